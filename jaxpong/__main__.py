@@ -1,0 +1,5 @@
+import sys
+
+from jaxpong.cli import main
+
+sys.exit(main())

@@ -1,0 +1,71 @@
+"""Checkpoints with orbax: written atomically (a temporary folder renamed on completion), the last K kept.
+
+A checkpoint is named by the agent step it was taken at and holds the training state (parameters,
+optimizer state, RNG key) plus JSON metadata: counters, the resolved config, the world size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxpong.config import ConfigError
+
+
+def _ocp():
+    import orbax.checkpoint as ocp  # imported lazily: it is slow to import and only some commands need it
+
+    return ocp
+
+
+class Checkpoints:
+    def __init__(self, directory: str | Path, keep: int = 3, read_only: bool = False):
+        ocp = _ocp()
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=not read_only, enable_async_checkpointing=False, read_only=read_only,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, state, meta: dict) -> None:
+        ocp = _ocp()
+        host_state = jax.tree.map(np.asarray, state)
+        self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
+                                                        meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.wait_until_finished()
+
+    def read_meta(self, step: int) -> dict:
+        ocp = _ocp()
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception as err:  # orbax raises many kinds; the user needs the file and what to do
+            raise ConfigError(f"checkpoint {self.directory / str(step)} cannot be read ({type(err).__name__}); "
+                              "it may be truncated or from another version") from None
+
+    def restore(self, step: int, template) -> tuple:
+        """(state shaped like `template`, meta). A mismatch (other model or algorithm) is a ConfigError."""
+        ocp = _ocp()
+        abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                    meta=ocp.args.JsonRestore()))
+        except Exception as err:
+            raise ConfigError(
+                f"checkpoint {self.directory / str(step)} cannot be restored into this model "
+                f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}); it is truncated, "
+                "corrupted, or from another model or algorithm"
+            ) from None
+        state = out["state"]
+        for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):
+            if np.shape(got) != np.shape(want):
+                raise ConfigError(f"checkpoint {self.directory / str(step)} holds another model shape "
+                                  f"({np.shape(got)} where this config needs {np.shape(want)})")
+        return jax.tree.map(lambda t, s: np.asarray(s, dtype=np.asarray(t).dtype), template, state), out["meta"]
+
+    def close(self):
+        self.manager.close()

@@ -1,0 +1,348 @@
+"""The experiment configuration: one typed value, built as defaults < YAML file < command-line flags.
+
+Every field carries a one-line help text (it becomes `train --help`) and, where it has one, its range.
+Field names are unique across sections, so each is also a flag: `num_envs` -> `--num-envs`.
+How a run is launched (run directory, resume, number of ranks) is not part of this value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """Bad user input: reported as one line and exit status 2, never as a traceback."""
+
+
+def _f(default, help: str, *, choices=None, min=None, max=None, min_exclusive=False):
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class EnvConfig:
+    """envpool Pong; the defaults are envpool's Pong-v5 defaults."""
+
+    env_id: str = _f("Pong-v5", "envpool task id", choices=["Pong-v5"])
+    num_envs: int = _f(32, "games stepped in parallel by this process", min=1)
+    batch_size: int = _f(0, "envpool batch: 0 = num_envs (sync mode); smaller = async mode, must divide num_envs", min=0)
+    num_threads: int = _f(0, "envpool worker threads; 0 = one per core", min=0)
+    frame_skip: int = _f(4, "emulator frames per agent step (max-pooled over the last two)", min=1)
+    repeat_action_probability: float = _f(0.0, "sticky-action probability (0.25 is the 'sticky' benchmark setting)", min=0.0, max=1.0)
+    noop_max: int = _f(30, "random no-op steps at the start of each game", min=0)
+    episodic_life: bool = _f(False, "end a learning episode at each lost life (Pong has none; kept for the record)")
+    reward_clip: bool = _f(False, "clip rewards to {-1,0,1} for learning (Pong's rewards already are)")
+    max_episode_steps: int = _f(27000, "agent steps after which a game is truncated", min=1)
+
+
+@dataclass
+class ModelConfig:
+    network: str = _f("mlp", "policy network", choices=["mlp", "small_cnn", "nature_cnn"])
+    obs_mode: str = _f(
+        "diff64",
+        "input: diff64 = binarised difference of the 64x84 playfield of envpool's 84x84 frames; "
+        "karpathy80 = the 2016 80x80 difference frame from 210x160 frames; stack84 = 4 stacked 84x84 frames",
+        choices=["diff64", "karpathy80", "stack84"],
+    )
+    actions: list = _f([2, 3], "envpool action ids the policy chooses from (2 = up, 3 = down, 0 = no-op)")
+    hidden_size: int = _f(200, "units in the MLP's hidden layer (or the CNN's dense layer)", min=1)
+    use_bias: bool = _f(True, "biases in the network's layers (the 2016 MLP had none)")
+    value_head: bool = _f(True, "add a value head (needed by ppo; the 2016 pg policy has none)")
+    bernoulli_head: bool = _f(False, "two actions from one logit: P(first action) = sigmoid(z) (the 2016 head)")
+
+
+@dataclass
+class AlgoConfig:
+    algo: str = _f("ppo", "learning algorithm", choices=["ppo", "pg"])
+    num_steps: int = _f(64, "buffer length per env per round (steps collected before each update, unless cut by the deadline)", min=1)
+    gamma: float = _f(0.99, "discount factor", min=0.0, max=1.0)
+    learning_rate: float = _f(5e-4, "optimizer learning rate", min=0.0, min_exclusive=True)
+    optimizer: str = _f("adam", "optax optimizer", choices=["adam", "rmsprop"])
+    adam_eps: float = _f(1e-5, "epsilon of adam", min=0.0, min_exclusive=True)
+    rmsprop_decay: float = _f(0.99, "decay of rmsprop's squared-gradient average", min=0.0, max=1.0)
+    rmsprop_eps: float = _f(1e-5, "epsilon of rmsprop", min=0.0, min_exclusive=True)
+    anneal_lr: bool = _f(True, "anneal the learning rate linearly to 0 over --total-steps")
+    max_grad_norm: float = _f(0.5, "clip the global gradient norm to this (0 = no clipping)", min=0.0)
+    gae_lambda: float = _f(0.95, "ppo: GAE lambda", min=0.0, max=1.0)
+    update_epochs: int = _f(4, "ppo: passes over each round's batch", min=1)
+    num_minibatches: int = _f(4, "ppo: minibatches per epoch", min=1)
+    clip_coef: float = _f(0.1, "ppo: surrogate clipping coefficient", min=0.0)
+    clip_vloss: bool = _f(True, "ppo: clip the value loss like the policy")
+    ent_coef: float = _f(0.01, "ppo: entropy bonus coefficient", min=0.0)
+    vf_coef: float = _f(0.5, "ppo: value loss coefficient", min=0.0)
+    norm_adv: bool = _f(True, "ppo: normalise advantages over the round's valid samples (all ranks)")
+    pg_unscored: str = _f(
+        "mask",
+        "pg: steps after the last point scored in a round: mask = no gradient (counted as masked); "
+        "zero = return 0 (the 2016 behaviour)",
+        choices=["mask", "zero"],
+    )
+    pg_standardize: bool = _f(True, "pg: standardise returns over the round's valid samples (all ranks)")
+
+
+@dataclass
+class DistConfig:
+    deadline_s: str = _f(
+        "auto",
+        "collection deadline per round: auto (from the lower-median rank's fill time), SECONDS, "
+        "0 (none: a fixed number of steps), or game (pg: until each env finishes a game)",
+    )
+    deadline_margin: float = _f(0.02, "auto deadline = lower-median fill time x (1 + this)", min=0.0)
+    slow_rank: int = _f(-1, "fault injection: this rank steps its envs slower by sleeping (-1 = none)", min=-1)
+    slow_factor: float = _f(1.0, "fault injection: how many times slower the slow rank steps", min=1.0)
+    replication_check_every: int = _f(50, "compare a parameter checksum across ranks every N updates (0 = never)", min=0)
+
+
+@dataclass
+class RunConfig:
+    seed: int = _f(1, "run seed: parameters, env seeds (with rank folded in) and sampling", min=0)
+    total_steps: int = _f(10_000_000, "stop after this many valid agent steps (all ranks, whole run)", min=1)
+    time_limit_s: float = _f(0.0, "stop after this many wall-clock seconds of this process (0 = none)", min=0.0)
+    target_return: float = _f(math.nan, "stop once the mean of the last 20 full games >= this (nan = never)")
+    log_every: int = _f(1, "write a metrics line every N updates", min=1)
+    checkpoint_every: int = _f(100, "save a checkpoint every N updates (and always at the end)", min=1)
+    keep_checkpoints: int = _f(3, "checkpoints to keep", min=1)
+    eval_every: int = _f(0, "play greedy eval games every N updates (0 = never)", min=0)
+    eval_episodes: int = _f(4, "full games per evaluation", min=1)
+    capture_video: bool = _f(False, "record a short video of the final policy into the run directory")
+    tensorboard: bool = _f(True, "write TensorBoard event files")
+    progress: str = _f("auto", "progress display: auto (bar on a terminal, log lines otherwise), bar, log, off", choices=["auto", "bar", "log", "off"])
+    progress_every_s: float = _f(10.0, "seconds between plain progress lines", min=0.0, min_exclusive=True)
+    max_bad_updates: int = _f(10, "stop with an error after this many consecutive non-finite updates", min=1)
+    xla_threads: int = _f(0, "CPU threads for XLA's intra-op work (0 = XLA's default)", min=0)
+    debug_nan_at_update: int = _f(-1, "testing: make the loss NaN at this update (-1 = never)", min=-1)
+
+
+@dataclass
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    # Derived values, computed from the fields; not settable.
+    @property
+    def env_batch_size(self) -> int:
+        return self.env.batch_size or self.env.num_envs
+
+    @property
+    def is_async(self) -> bool:
+        return self.env_batch_size < self.env.num_envs
+
+    @property
+    def deadline(self) -> float | str:
+        """'auto', 'game', or seconds (0.0 = none)."""
+        return parse_deadline(self.dist.deadline_s)
+
+    @property
+    def preset_name(self) -> str:
+        """A name for the game settings, recorded with every run."""
+        diffs = [
+            f"{f.name}={getattr(self.env, f.name)}"
+            for f in dataclasses.fields(EnvConfig)
+            if f.name in _PRESET_FIELDS and getattr(self.env, f.name) != f.default
+        ]
+        return "envpool-Pong-v5-defaults" + ("" if not diffs else " + " + ", ".join(diffs))
+
+
+_PRESET_FIELDS = (
+    "frame_skip", "repeat_action_probability", "noop_max", "episodic_life", "reward_clip", "max_episode_steps",
+)
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTION_TYPES = {"env": EnvConfig, "model": ModelConfig, "algo": AlgoConfig, "dist": DistConfig, "run": RunConfig}
+
+
+def parse_deadline(value: Any) -> float | str:
+    text = str(value).strip().lower()
+    if text in ("auto", "game"):
+        return text
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ConfigError(f"dist.deadline_s: {value!r} is not accepted; use auto, game, 0 (none) or a number of seconds") from None
+    if not seconds >= 0 or math.isinf(seconds):
+        raise ConfigError(f"dist.deadline_s: {value!r} must be >= 0 (0 = no deadline)")
+    return seconds
+
+
+def all_fields():
+    """(section, field, type) for every settable field, in order."""
+    for section, cls in _SECTION_TYPES.items():
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            yield section, f, hints[f.name]
+
+
+def _coerce(section: str, f: dataclasses.Field, typ, value: Any, origin: str):
+    where = f"{section}.{f.name}"
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{where}: {value!r} ({origin}) is not a boolean; use true or false")
+    if typ is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}: {value!r} ({origin}) is not an integer")
+        try:
+            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {value!r} ({origin}) is not an integer") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: {value!r} ({origin}) is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {value!r} ({origin}) is not a number") from None
+    if typ is list:
+        if isinstance(value, str):
+            value = [v for v in value.replace(",", " ").split() if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: {value!r} ({origin}) is not a list; use for example 2,3")
+        try:
+            return [int(v) for v in value]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}: {value!r} ({origin}) must be a list of integers") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where}: {value!r} ({origin}) is not a single value")
+        return str(value)
+    raise AssertionError(f"unhandled type {typ} for {where}")
+
+
+def _check_field(section: str, f: dataclasses.Field, value: Any):
+    meta = f.metadata
+    where = f"{section}.{f.name}"
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{where}: {value!r} is not accepted; choose one of {', '.join(map(str, meta['choices']))}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and (value < lo or (meta.get("min_exclusive") and value <= lo)):
+            rel = ">" if meta.get("min_exclusive") else ">="
+            raise ConfigError(f"{where}: {value} is out of range; it must be {rel} {lo}")
+        if hi is not None and value > hi:
+            raise ConfigError(f"{where}: {value} is out of range; it must be <= {hi}")
+
+
+def validate(cfg: Config) -> Config:
+    """Check every field and the relations between them; raise ConfigError naming the field."""
+    for section, f, _ in all_fields():
+        _check_field(section, f, getattr(getattr(cfg, section), f.name))
+    env, algo, model = cfg.env, cfg.algo, cfg.model
+    if env.batch_size > env.num_envs:
+        raise ConfigError(f"env.batch_size: {env.batch_size} is larger than env.num_envs ({env.num_envs}); use at most num_envs (0 = sync)")
+    if env.batch_size and env.num_envs % env.batch_size:
+        raise ConfigError(f"env.batch_size: {env.batch_size} must divide env.num_envs ({env.num_envs})")
+    if not model.actions or any(a < 0 or a > 5 for a in model.actions) or len(set(model.actions)) != len(model.actions):
+        raise ConfigError(f"model.actions: {model.actions} must be distinct Pong action ids in 0..5 (2 = up, 3 = down)")
+    if algo.algo == "ppo":
+        if not model.value_head:
+            raise ConfigError("model.value_head: ppo needs a value head; set --value-head true")
+        if algo.num_minibatches > algo.num_steps * env.num_envs:
+            raise ConfigError(
+                f"algo.num_minibatches: {algo.num_minibatches} is larger than the batch (num_steps x num_envs = "
+                f"{algo.num_steps * env.num_envs}); use at most that"
+            )
+    deadline = parse_deadline(cfg.dist.deadline_s)
+    if deadline == "game" and algo.algo != "pg":
+        raise ConfigError("dist.deadline_s: 'game' is only for --algo pg (the 2016 per-game synchronisation)")
+    if model.bernoulli_head and len(model.actions) != 2:
+        raise ConfigError(f"model.bernoulli_head: needs exactly two actions, got {model.actions}")
+    if model.network != "mlp" and model.obs_mode != "stack84":
+        raise ConfigError(f"model.obs_mode: the {model.network} network needs obs_mode stack84")
+    if model.network == "mlp" and model.obs_mode == "stack84":
+        raise ConfigError("model.obs_mode: the mlp network takes diff64 or karpathy80 (stack84 is for the CNNs)")
+    return cfg
+
+
+def from_dict(data: dict, origin: str, base: Config | None = None) -> Config:
+    """Overlay a nested mapping (as in a YAML file) onto `base`."""
+    cfg = base if base is not None else Config()
+    if data is None:
+        return cfg
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: the top level must be a mapping of sections ({', '.join(_SECTION_TYPES)})")
+    for section, values in data.items():
+        if section not in _SECTION_TYPES:
+            raise ConfigError(f"{origin}: unknown section {section!r}; sections are {', '.join(_SECTION_TYPES)}")
+        if values is None:
+            continue
+        if not isinstance(values, dict):
+            raise ConfigError(f"{origin}: section {section!r} must be a mapping of field: value")
+        cls = _SECTION_TYPES[section]
+        hints = get_type_hints(cls)
+        by_name = {f.name: f for f in dataclasses.fields(cls)}
+        obj = getattr(cfg, section)
+        for key, value in values.items():
+            if key not in by_name:
+                raise ConfigError(f"{origin}: unknown key {section}.{key}; {section} has {', '.join(by_name)}")
+            setattr(obj, key, _coerce(section, by_name[key], hints[key], value, origin))
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def load_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found; give a YAML file such as configs/default.yaml")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML{at}; fix its syntax") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {str(p)!r} cannot be read ({err.__class__.__name__})") from None
+    return data if data is not None else {}
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser):
+    """One flag per field. Flags default to None so that only what the user typed overrides the YAML."""
+    for section, f, typ in all_fields():
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        shown = ",".join(map(str, default)) if isinstance(default, list) else default
+        parser.add_argument(
+            flag_name(f.name),
+            dest=f"cfg__{section}__{f.name}",
+            default=None,
+            metavar=typ.__name__.upper() if typ is not list else "IDS",
+            help=f"{f.metadata['help']} [{section}; default: {shown}]",
+        )
+
+
+def flags_to_overrides(args: argparse.Namespace) -> dict:
+    out: dict = {}
+    for key, value in vars(args).items():
+        if key.startswith("cfg__") and value is not None:
+            _, section, name = key.split("__", 2)
+            out.setdefault(section, {})[name] = value
+    return out
+
+
+def build(config_path: str | None, overrides: dict, base: dict | None = None) -> Config:
+    """defaults < base (a saved run's config, for --resume) < YAML file < flags; then validated."""
+    cfg = Config()
+    if base:
+        cfg = from_dict(base, "the saved run config", cfg)
+    if config_path:
+        cfg = from_dict(load_yaml(config_path), f"config file {config_path!r}", cfg)
+    cfg = from_dict(overrides, "command line", cfg)
+    return validate(cfg)

@@ -1,0 +1,98 @@
+"""envpool Pong: creating the games, deriving their seeds, and keeping score of full games."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from jaxpong.config import Config, ModelConfig
+
+# Seed purposes, folded into every env seed so that training, evaluation and videos never share games.
+PURPOSE_TRAIN, PURPOSE_EVAL, PURPOSE_VIDEO = 0, 1, 2
+
+
+def frame_shape(model: ModelConfig) -> tuple[int, int, int]:
+    """(stack, height, width) that envpool must deliver for an observation mode."""
+    if model.obs_mode == "karpathy80":
+        return 2, 210, 160  # the full frame, so the 2016 crop and stride-2 downsampling apply unchanged
+    if model.obs_mode == "diff64":
+        return 2, 84, 84  # previous and current frame: their difference is the input
+    return 4, 84, 84
+
+
+def env_seeds(seed: int, rank: int, resume_count: int, purpose: int, num_envs: int) -> list[int]:
+    """Per-env seeds from (run seed, rank, resume counter, purpose): distinct streams for each of them."""
+    state = np.random.SeedSequence([seed, rank, resume_count, purpose]).generate_state(num_envs, dtype=np.uint32)
+    return [int(s) & 0x7FFFFFFF for s in state]
+
+
+def default_threads(num_envs: int) -> int:
+    return max(1, min(num_envs, len(os.sched_getaffinity(0))))
+
+
+def make_env(cfg: Config, *, seeds: list[int], num_envs: int | None = None, batch_size: int | None = None,
+             num_threads: int | None = None, rgb: bool = False):
+    """An envpool Pong-v5 with the configured preset. `rgb=True` gives 210x160 colour frames (videos)."""
+    import envpool
+
+    env_cfg, model = cfg.env, cfg.model
+    n = num_envs or env_cfg.num_envs
+    stack, height, width = frame_shape(model)
+    kwargs = dict(
+        env_type="gymnasium",
+        num_envs=n,
+        batch_size=batch_size or (cfg.env_batch_size if num_envs is None else n),
+        num_threads=num_threads or env_cfg.num_threads or default_threads(n),
+        env_seed=seeds,
+        frame_skip=env_cfg.frame_skip,
+        repeat_action_probability=env_cfg.repeat_action_probability,
+        noop_max=env_cfg.noop_max,
+        episodic_life=env_cfg.episodic_life,
+        reward_clip=env_cfg.reward_clip,
+        max_episode_steps=env_cfg.max_episode_steps,
+        stack_num=stack,
+        img_height=height,
+        img_width=width,
+    )
+    if rgb:
+        kwargs.update(gray_scale=False, stack_num=1, img_height=210, img_width=160)
+    return envpool.make(env_cfg.env_id, **kwargs)
+
+
+@dataclass
+class GameScores:
+    """Full-game returns per env (first to 21 points), whatever reward shaping is used for learning.
+
+    Rewards come from envpool's `info["reward"]` (the unclipped game reward). A game counts when it
+    terminates; a game cut by max_episode_steps is counted separately as truncated.
+    """
+
+    num_envs: int
+    running: np.ndarray = None
+    lengths: np.ndarray = None
+    finished: list = field(default_factory=list)  # (return, length) of games finished since last drain
+    truncated: int = 0
+
+    def __post_init__(self):
+        self.running = np.zeros(self.num_envs, np.float64)
+        self.lengths = np.zeros(self.num_envs, np.int64)
+
+    def update(self, env_ids: np.ndarray, rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray):
+        self.running[env_ids] += rewards
+        self.lengths[env_ids] += 1
+        ended = terminated | truncated
+        if ended.any():
+            for i in np.nonzero(ended)[0]:
+                e = env_ids[i]
+                if terminated[i]:
+                    self.finished.append((float(self.running[e]), int(self.lengths[e])))
+                else:
+                    self.truncated += 1
+                self.running[e] = 0.0
+                self.lengths[e] = 0
+
+    def drain(self) -> list:
+        out, self.finished = self.finished, []
+        return out

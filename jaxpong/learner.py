@@ -1,0 +1,108 @@
+"""The jitted round update: algorithm losses -> gradient sums -> one fused collective -> identical optax step.
+
+Nothing here knows how many ranks there are: `allreduce` sums an array over ranks (the identity on
+one rank) and is called inside jit, once per optimizer step, on one flat buffer holding the
+gradient sums, the valid count and the metric sums.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+from jax.flatten_util import ravel_pytree
+
+from jaxpong.algorithms import ALGORITHMS
+from jaxpong.batch import Batch
+from jaxpong.config import Config
+
+
+@struct.dataclass
+class TrainState:
+    """Everything needed to continue training, on any number of ranks (counters live in `Counters`)."""
+
+    params: dict
+    opt_state: optax.OptState
+    key: jax.Array
+
+
+def make_optimizer(cfg: Config) -> optax.GradientTransformation:
+    a = cfg.algo
+    if a.optimizer == "adam":
+        base = optax.adam(a.learning_rate, eps=a.adam_eps)
+    else:
+        base = optax.rmsprop(a.learning_rate, decay=a.rmsprop_decay, eps=a.rmsprop_eps)
+    chain = optax.chain(optax.clip_by_global_norm(a.max_grad_norm), base) if a.max_grad_norm > 0 else base
+    # A non-finite gradient skips the step on every rank alike (all ranks see the same global gradient);
+    # the trainer, not optax, decides when too many consecutive skips end the run.
+    return optax.apply_if_finite(chain, max_consecutive_errors=2**30)
+
+
+def schedule(cfg: Config):
+    """(num_epochs, num_minibatches) per round."""
+    if cfg.algo.algo == "ppo":
+        return cfg.algo.update_epochs, cfg.algo.num_minibatches
+    return 1, 1
+
+
+def make_prepare(cfg: Config, apply_fn: Callable):
+    algorithm = ALGORITHMS[cfg.algo.algo]
+
+    @jax.jit
+    def prepare(params, batch: Batch):
+        return algorithm.prepare(apply_fn, params, batch, cfg)
+
+    return prepare
+
+
+def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTransformation,
+                  allreduce: Callable[[jax.Array], jax.Array]):
+    algorithm = ALGORITHMS[cfg.algo.algo]
+    epochs, minibatches = schedule(cfg)
+
+    def loss_fn(params, samples, norm, poison):
+        loss_sum, aux = algorithm.loss_sums(apply_fn, params, samples, norm, cfg)
+        return loss_sum * poison, aux
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    @jax.jit
+    def optimize(state: TrainState, batch: Batch, targets: dict, norm: jax.Array, lr_frac, poison):
+        T, N = batch.actions.shape
+        size = T * N
+        flat = lambda x: x.reshape((size,) + x.shape[2:])
+        samples = {
+            "features": flat(batch.features), "actions": flat(batch.actions), "logprobs": flat(batch.logprobs),
+            "values": flat(batch.values), **{k: flat(v) for k, v in targets.items() if k != "masked"},
+        }
+        key, perm_key = jax.random.split(state.key)
+        per_mb = size // minibatches
+        perm_keys = jax.random.split(perm_key, epochs)
+        if minibatches == 1 and epochs == 1:
+            order = jnp.arange(size)[None]
+        else:
+            order = jax.vmap(lambda k: jax.random.permutation(k, size))(perm_keys)
+            order = order[:, : per_mb * minibatches].reshape(epochs * minibatches, per_mb)
+
+        def step(carry, idx):
+            params, opt_state = carry
+            mb = jax.tree.map(lambda x: x[idx], samples)
+            (_, (count, metrics)), grads = grad_fn(params, mb, norm, poison)
+            buffer, unravel = ravel_pytree((grads, count, metrics))
+            grads, count, metrics = unravel(allreduce(buffer))  # the one collective of this step
+            grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
+            updates, new_opt_state = optimizer.update(grads, opt_state, params)
+            # No valid sample on any rank: leave parameters and optimizer state as they are.
+            has_data = count > 0
+            updates = jax.tree.map(lambda u: jnp.where(has_data, u * lr_frac, 0.0), updates)
+            new_opt_state = jax.tree.map(lambda n, o: jnp.where(has_data, n, o), new_opt_state, opt_state)
+            return (optax.apply_updates(params, updates), new_opt_state), (count, metrics)
+
+        (params, opt_state), (counts, metrics) = jax.lax.scan(step, (state.params, state.opt_state), order)
+        total = jnp.maximum(counts.sum(), 1.0)
+        return TrainState(params=params, opt_state=opt_state, key=key), metrics.sum(0) / total, counts
+
+    return optimize

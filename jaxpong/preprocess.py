@@ -1,0 +1,56 @@
+"""Frames from envpool -> network inputs. Pure jnp functions, used inside the jitted policy step.
+
+Each mode returns a compact dtype (int8 or uint8) so rollout buffers stay small; `to_float` makes
+the network input from it.
+
+How these differ from the 2016 original (gym Pong-v0, 210x160 RGB): envpool converts to grey,
+max-pools the last two of the 4 skipped frames, and skips a fixed 4 frames (Pong-v0 skipped 2-4 at
+random, with sticky actions 0.25). The background (RGB 144,72,17) is grey level 87 here; the 2016
+code erased R-channel values 144 and 109 and set everything else to 1. Erasing grey 87 and 0 (the
+few black HUD pixels) gives the same binary picture of paddles and ball.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+BACKGROUND_GREY = 87  # Pong's brown background after envpool's RGB->grey conversion
+
+
+def _binarise(frames):
+    return ((frames != BACKGROUND_GREY) & (frames != 0)).astype(jnp.int8)
+
+
+def karpathy80(frames):
+    """[..., 2, 210, 160] uint8 (previous, current) -> [..., 80, 80] int8 in {-1, 0, 1}.
+
+    Crop rows 35..194 (the playfield), keep every second row and column, erase the background,
+    binarise, and subtract the previous frame from the current one.
+    """
+    cropped = frames[..., 35:195:2, ::2]
+    binary = _binarise(cropped)
+    return binary[..., 1, :, :] - binary[..., 0, :, :]
+
+
+def diff64(frames):
+    """[..., 2, 84, 84] uint8 -> [..., 64, 84] int8: the same idea on envpool's 84x84 frames.
+
+    Rows 14..77 of the 84-row frame are the playfield (rows 35..194 of 210, scaled by 0.4).
+    """
+    binary = _binarise(frames[..., 14:78, :])
+    return binary[..., 1, :, :] - binary[..., 0, :, :]
+
+
+def stack84(frames):
+    """[..., 4, 84, 84] uint8 -> unchanged (the CNN scales it)."""
+    return frames
+
+
+PREPROCESSORS = {"karpathy80": karpathy80, "diff64": diff64, "stack84": stack84}
+
+
+def to_float(features):
+    """Compact stored features -> float32 network input (uint8 frames are scaled to [0, 1])."""
+    if features.dtype == jnp.uint8:
+        return features.astype(jnp.float32) / 255.0
+    return features.astype(jnp.float32)

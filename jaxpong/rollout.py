@@ -1,0 +1,156 @@
+"""Collecting one round of play: a host loop over envpool that calls a jitted policy step.
+
+Why a host loop rather than a jitted scan over envpool's XLA interface: a wall-clock deadline needs a
+clock between steps, and async envpool (num_envs > batch_size, fast games run ahead) hands back
+whichever envs are ready, which a fixed-shape scan cannot follow. The policy step itself is jitted;
+per batch the host only copies small arrays into preallocated buffers.
+
+Each env writes its own row of the [T, N] buffers at its own cursor. A round ends, for all envs at
+once, when the deadline passes, when sending another step could overflow an env's row, or (deadline
+'game') when every env has finished a game this round; in-flight steps are then drained, so every
+env ends the round holding an observation it has not acted on yet. That observation is the
+bootstrap for the cut trajectory and the first one acted on next round: games never reset between
+rounds.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpong.batch import Batch
+from jaxpong.envs import GameScores
+from jaxpong.preprocess import PREPROCESSORS, to_float
+
+
+def make_policy_step(apply_fn, obs_mode: str):
+    """(params, frames, key, greedy) -> (features, action index, log-prob, value, next key); jitted."""
+    preprocess = PREPROCESSORS[obs_mode]
+
+    @jax.jit
+    def policy_step(params, frames, key, greedy=False):
+        features = preprocess(frames)
+        logits, value = apply_fn(params, to_float(features))
+        key, sub = jax.random.split(key)
+        sampled = jax.random.categorical(sub, logits)
+        action = jnp.where(greedy, jnp.argmax(logits, -1), sampled)
+        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
+        return features, action.astype(jnp.int32), logp, value, key
+
+    return policy_step
+
+
+@dataclass
+class RoundInfo:
+    collect_s: float
+    filled_steps: int
+    valid_steps: int
+    cut_by_deadline: bool
+    env_wait_s: float  # time blocked in envpool's recv (the env stepping this thread did not overlap)
+
+
+class Collector:
+    """Owns the envs and the rollout buffers of one rank; `collect` plays one round."""
+
+    def __init__(self, env, cfg, policy_step, *, num_steps: int, slow_factor: float = 1.0):
+        self.env = env
+        self.num_envs = cfg.env.num_envs
+        self.num_steps = num_steps
+        self.actions = np.asarray(cfg.model.actions, np.int32)
+        self.policy_step = policy_step
+        self.slow_extra = max(0.0, slow_factor - 1.0)
+        self.scores = GameScores(self.num_envs)
+        self.total_env_steps = 0
+        obs, _ = env.reset()
+        self.pending = obs  # frames each env will act on next
+        self.pending_terminal = np.zeros(self.num_envs, bool)
+        self._buffers = None
+
+    def _allocate(self, features: np.ndarray):
+        T, N = self.num_steps, self.num_envs
+        self.features = np.zeros((T, N) + features.shape[1:], features.dtype)
+        self.act_idx = np.zeros((T, N), np.int32)
+        self.logprobs = np.zeros((T, N), np.float32)
+        self.values = np.zeros((T, N), np.float32)
+        self.rewards = np.zeros((T, N), np.float32)
+        self.dones = np.zeros((T, N), bool)
+        self.filled = np.zeros((T, N), bool)
+        self.valid = np.zeros((T, N), bool)
+        self._buffers = True
+
+    def _act(self, params, key, ids: np.ndarray, cursor: np.ndarray):
+        frames = self.pending[ids]
+        features, action, logp, value, key = self.policy_step(params, frames, key)
+        features, action = np.asarray(features), np.asarray(action)
+        if self._buffers is None:
+            self._allocate(features)
+        rows = cursor[ids]
+        self.features[rows, ids] = features
+        self.act_idx[rows, ids] = action
+        self.logprobs[rows, ids] = np.asarray(logp)
+        self.values[rows, ids] = np.asarray(value)
+        # envpool resets a finished game on the next step and ignores its action: no signal there.
+        self.valid[rows, ids] = ~self.pending_terminal[ids]
+        self.env.send(self.actions[action], ids.astype(np.int32))
+        return key
+
+    def collect(self, params, key, deadline_s: float | None, until_game_end: bool = False):
+        """Play until the deadline (seconds from now; None = none), a full buffer, or (until_game_end)
+        every env finishing a game. Returns (Batch of numpy arrays, RoundInfo, next key)."""
+        T, N = self.num_steps, self.num_envs
+        start = time.perf_counter()
+        stop_at = None if deadline_s is None else start + deadline_s
+        cursor = np.zeros(N, np.int64)
+        if self._buffers is not None:
+            self.filled[:] = False
+            self.valid[:] = False
+        game_ended = np.zeros(N, bool)
+        key = self._act(params, key, np.arange(N), cursor)
+        in_flight = N
+        stopping = False
+        cut = False
+        env_wait = 0.0
+        while in_flight:
+            t0 = time.perf_counter()
+            obs, reward, terminated, truncated, info = self.env.recv()
+            dt = time.perf_counter() - t0
+            env_wait += dt
+            if self.slow_extra:
+                time.sleep(self.slow_extra * dt)  # fault injection: this rank's games run slower
+            ids = np.asarray(info["env_id"])
+            in_flight -= len(ids)
+            rows = cursor[ids]
+            done = terminated | truncated
+            self.rewards[rows, ids] = reward
+            self.dones[rows, ids] = done
+            self.filled[rows, ids] = True
+            cursor[ids] += 1
+            self.scores.update(ids, np.asarray(info.get("reward", reward)), terminated, truncated)
+            self.pending[ids] = obs
+            self.pending_terminal[ids] = done
+            game_ended[ids] |= done
+            if not stopping:
+                if stop_at is not None and time.perf_counter() >= stop_at:
+                    stopping = cut = True
+                elif cursor[ids].max() >= T:
+                    stopping = True
+                elif until_game_end and game_ended.all():
+                    stopping = True
+            if not stopping:
+                key = self._act(params, key, ids, cursor)
+                in_flight += len(ids)
+        filled = int(cursor.sum())
+        self.total_env_steps += filled
+        bootstrap = np.asarray(self.policy_step(params, self.pending, key)[0])
+        batch = Batch(
+            features=self.features, actions=self.act_idx, logprobs=self.logprobs, values=self.values,
+            rewards=self.rewards, dones=self.dones, filled=self.filled, valid=self.valid & self.filled,
+            bootstrap_features=bootstrap,
+        )
+        info = RoundInfo(collect_s=time.perf_counter() - start, filled_steps=filled,
+                         valid_steps=int(batch.valid.sum()), cut_by_deadline=cut, env_wait_s=env_wait)
+        return batch, info, key

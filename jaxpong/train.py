@@ -1,0 +1,318 @@
+"""The training loop: rounds of (collect until the deadline) -> (exchange per-round facts) -> (update).
+
+One rank is the degenerate case of many: the same code runs with a communicator that does nothing.
+Every rank issues the same collectives in the same order every round: one host gather of small
+per-round facts (its duration is the rank's wait: the late-sender cost), then the jitted update with
+one allreduce per optimizer step. Stop decisions are computed from gathered facts, so all ranks agree.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxpong import rundir
+from jaxpong.algorithms import ALGORITHMS
+from jaxpong.checkpoint import Checkpoints
+from jaxpong.config import Config, ConfigError
+from jaxpong.deadline import Deadline, fill_time_estimate
+from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
+from jaxpong.learner import TrainState, make_optimize, make_optimizer, make_prepare
+from jaxpong.logger import Progress, RunLogger, log_line
+from jaxpong.networks import make_network
+from jaxpong.preprocess import PREPROCESSORS, to_float
+from jaxpong.rollout import Collector, make_policy_step
+
+EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
+RECENT_GAMES = 20
+
+
+@dataclass
+class Counters:
+    """Host-side counters, saved with every checkpoint."""
+
+    update: int = 0
+    step: int = 0  # valid agent steps used for learning, all ranks, whole run
+    env_steps: int = 0  # all agent steps played, all ranks
+    episodes: int = 0
+    masked: int = 0
+    skipped_updates: int = 0
+    resume_count: int = 0
+    elapsed_s: float = 0.0  # training seconds of earlier processes of this run
+    recent_returns: list = field(default_factory=list)
+
+
+class Stop(Exception):
+    def __init__(self, reason: str, code: int):
+        super().__init__(reason)
+        self.reason, self.code = reason, code
+
+
+def init_state(cfg: Config, network, optimizer, seed_key) -> TrainState:
+    stack, h, w = frame_shape(cfg.model)
+    dummy = PREPROCESSORS[cfg.model.obs_mode](jnp.zeros((1, stack, h, w), jnp.uint8))
+    init_key, run_key = jax.random.split(seed_key)
+    params = network.init(init_key, to_float(dummy))
+    return TrainState(params=params, opt_state=optimizer.init(params), key=run_key)
+
+
+def param_checksum(params) -> float:
+    """A cheap fingerprint of the parameters; equal on every rank while they stay replicated."""
+    leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(params)]
+    flat = np.concatenate(leaves)
+    return float(flat.sum() + (flat * np.linspace(1.0, 2.0, flat.size)).sum())
+
+
+class SignalFlag:
+    """SIGTERM/SIGINT ask for a clean stop at the end of the round; a second one exits at once."""
+
+    def __init__(self):
+        self.received: str | None = None
+
+    def install(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.received is not None:
+            os._exit(EXIT_PREEMPTED)
+        self.received = signal.Signals(signum).name
+
+
+def _apply_fn(network):
+    return lambda params, x: network.apply(params, x)
+
+
+class Trainer:
+    def __init__(self, cfg: Config, comm, run_dir: Path, resume_step: int | None = None):
+        self.cfg, self.comm, self.run_dir = cfg, comm, Path(run_dir)
+        self.is_main = comm.rank == 0
+        self.signals = SignalFlag()
+        self.network = make_network(cfg.model)
+        apply_fn = _apply_fn(self.network)
+        self.optimizer = make_optimizer(cfg)
+        self.policy_step = make_policy_step(apply_fn, cfg.model.obs_mode)
+        self.prepare = make_prepare(cfg, apply_fn)
+        self.optimize = make_optimize(cfg, apply_fn, self.optimizer, comm.allreduce_sum)
+        self.metric_names = ALGORITHMS[cfg.algo.algo].METRICS
+        self.counters = Counters()
+        state = init_state(cfg, self.network, self.optimizer, jax.random.PRNGKey(cfg.run.seed))
+        self.checkpoints = Checkpoints(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints) if self.is_main else None
+        if resume_step is not None and self.is_main:
+            restored, meta = self.checkpoints.restore(resume_step, state)
+            state = restored
+            self.counters = Counters(**meta["counters"])
+            self.counters.resume_count += 1
+            saved_ranks = meta.get("world_size", 1)
+            if saved_ranks != comm.size:
+                log_line(f"resuming a run checkpointed with {saved_ranks} rank(s) on {comm.size} rank(s); "
+                         f"counters continue from update {self.counters.update}, step {self.counters.step:,}")
+        # Rank 0's state (fresh or restored) is everyone's state: replication starts exact.
+        host_state = comm.bcast(jax.tree.map(np.asarray, state) if self.is_main else None)
+        self.state = jax.tree.map(jnp.asarray, host_state)
+        self.counters = comm.bcast(self.counters)
+        # Each rank draws its own actions: fold the rank (and resume count) into the sampling key.
+        self.sample_key = jax.random.fold_in(jax.random.fold_in(self.state.key, comm.rank), self.counters.resume_count)
+        seeds = env_seeds(cfg.run.seed, comm.rank, self.counters.resume_count, PURPOSE_TRAIN, cfg.env.num_envs)
+        self.env = make_env(cfg, seeds=seeds)
+        slow = cfg.dist.slow_factor if cfg.dist.slow_rank == comm.rank else 1.0
+        self.collector = Collector(self.env, cfg, self.policy_step, num_steps=cfg.algo.num_steps, slow_factor=slow)
+        self.deadline = Deadline(cfg.deadline, cfg.dist.deadline_margin, comm.size)
+        self.logger = RunLogger(self.run_dir, cfg.run.tensorboard,
+                                resume_update=self.counters.update if resume_step is not None else None) if self.is_main else None
+        self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
+        self.rank_totals = collections.defaultdict(lambda: np.zeros(4))  # wait, busy, valid, masked per rank
+        self.resumed = resume_step is not None
+
+    # -- one round ---------------------------------------------------------------------------------
+    def _round(self, t0: float, pending_records: list):
+        cfg, comm, c = self.cfg, self.comm, self.counters
+        round_start = time.perf_counter()
+        deadline_s = self.deadline.seconds()
+        batch, info, self.sample_key = self.collector.collect(
+            self.state.params, self.sample_key, deadline_s, until_game_end=self.deadline.until_game_end)
+        t_prep = time.perf_counter()
+        batch = jax.tree.map(jnp.asarray, batch)
+        targets, moments = self.prepare(self.state.params, batch)
+        moments = np.asarray(moments, np.float64)
+        masked = int(np.asarray(targets["masked"]).sum())
+        prep_s = time.perf_counter() - t_prep
+
+        check = cfg.dist.replication_check_every and c.update % cfg.dist.replication_check_every == 0
+        payload = {
+            "records": pending_records,
+            "fill_s": fill_time_estimate(info.collect_s, info.filled_steps, cfg.env.num_envs, cfg.algo.num_steps),
+            "moments": moments,
+            "games": self.collector.scores.drain(),
+            "truncated": self.collector.scores.truncated,
+            "filled": info.filled_steps,
+            "masked": masked,
+            "signal": self.signals.received,
+            "elapsed_s": time.perf_counter() - t0,
+            "checksum": param_checksum(self.state.params) if check and comm.size > 1 else None,
+        }
+        t_wait = time.perf_counter()
+        gathered = comm.gather(payload)  # everyone waits here for the last rank: the late-sender cost
+        wait_s = time.perf_counter() - t_wait
+
+        sums = [p["checksum"] for p in gathered]
+        if sums[0] is not None and any(abs(s - sums[0]) > 1e-6 * max(1.0, abs(sums[0])) for s in sums):
+            raise Stop(f"ranks hold different parameters at update {c.update} (checksums {sums}); replication broke", EXIT_FAULT)
+        self.deadline.observe([p["fill_s"] for p in gathered])
+        norm = np.sum([p["moments"] for p in gathered], axis=0)
+
+        t_opt = time.perf_counter()
+        lr_frac = max(0.0, 1.0 - c.step / cfg.run.total_steps) if cfg.algo.anneal_lr else 1.0
+        poison = float("nan") if c.update == cfg.run.debug_nan_at_update else 1.0
+        skipped_before = int(self.state.opt_state.total_notfinite)
+        self.state, metrics, counts = self.optimize(self.state, batch, targets, jnp.asarray(norm, jnp.float32),
+                                                    lr_frac, poison)
+        metrics = np.asarray(metrics)
+        compute_s = prep_s + (time.perf_counter() - t_opt)
+
+        valid_global = int(round(norm[0]))
+        games = [g for p in gathered for g in p["games"]]
+        c.update += 1
+        c.step += valid_global
+        c.env_steps += sum(p["filled"] for p in gathered)
+        c.masked += sum(p["masked"] for p in gathered)
+        c.episodes += len(games)
+        self.recent.extend(r for r, _ in games)
+        skipped = int(self.state.opt_state.total_notfinite) - skipped_before
+        c.skipped_updates += skipped
+        record = {
+            "update": c.update, "rank": comm.rank, "start_s": round(round_start - t0, 6),
+            "collect_s": round(info.collect_s, 6), "compute_s": round(compute_s, 6), "wait_s": round(wait_s, 6),
+            "valid_samples": int(moments[0]), "masked_samples": masked, "cut_by_deadline": info.cut_by_deadline,
+            "deadline_s": deadline_s,
+        }
+        return gathered, record, metrics, games, skipped
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self, time_limit_s: float | None = None) -> int:
+        cfg, comm, c = self.cfg, self.comm, self.counters
+        self.signals.install()
+        comm.barrier()
+        t0 = time.perf_counter()
+        progress = Progress(cfg.run.progress, cfg.run.total_steps, cfg.run.progress_every_s, enabled=self.is_main)
+        pending: list = []
+        code, reason = EXIT_OK, ""
+        last_log_step, last_log_time = c.step, 0.0
+        try:
+            while True:
+                gathered, record, metrics, games, skipped = self._round(t0, pending)
+                pending = [record]
+                self._account(gathered)
+                now = time.perf_counter() - t0
+                if self.is_main:
+                    self.logger.log_ranks([r for p in gathered for r in p["records"]])
+                    if c.update % cfg.run.log_every == 0:
+                        sps = (c.step - last_log_step) / max(now - last_log_time, 1e-9)
+                        last_log_step, last_log_time = c.step, now
+                        self._log(now, sps, metrics, games, gathered, record, skipped)
+                    progress.update(c.step, c.step / max(now, 1e-9) if c.update > 1 else 0.0, self.recent_mean(), now)
+                if self.state.opt_state.notfinite_count >= cfg.run.max_bad_updates:
+                    raise Stop(f"{int(self.state.opt_state.notfinite_count)} consecutive updates had non-finite "
+                               "gradients; stopping with the last good checkpoint kept", EXIT_FAULT)
+                reason = self._stop_reason(gathered, time_limit_s)
+                if reason:
+                    break
+                if self.is_main and c.update % cfg.run.checkpoint_every == 0:
+                    self.save()
+        except Stop as stop:
+            code, reason = stop.code, stop.reason
+        finally:
+            progress.close()
+        # The last round's timings: one more gather, which every rank makes.
+        final = comm.gather({"records": pending})
+        c.elapsed_s += time.perf_counter() - t0
+        if self.is_main:
+            self.logger.log_ranks([r for p in final for r in p["records"]])
+            if code != EXIT_FAULT:
+                self.save()
+            self.logger.close()
+            log_line(f"stopped: {reason} (update {c.update}, step {c.step:,}, {c.episodes} games, "
+                     f"return(last {RECENT_GAMES}) {self._fmt(self.recent_mean())})")
+        self.env.close()
+        if code == EXIT_OK and reason.startswith("signal"):
+            code = EXIT_PREEMPTED
+        return code
+
+    def _account(self, gathered):
+        for p in gathered:
+            for r in p["records"]:
+                if r["update"] > 1 or self.resumed:  # the first round includes compilation
+                    t = self.rank_totals[r["rank"]]
+                    t += [r["wait_s"], r["collect_s"] + r["compute_s"], r["valid_samples"], r["masked_samples"]]
+
+    def _stop_reason(self, gathered, time_limit_s) -> str:
+        cfg, c = self.cfg, self.counters
+        signals = [p["signal"] for p in gathered if p["signal"]]
+        if signals:
+            return f"signal {signals[0]} received; checkpoint written, resume with --resume"
+        if c.step >= cfg.run.total_steps:
+            return f"reached --total-steps {cfg.run.total_steps:,}"
+        limit = time_limit_s if time_limit_s is not None else cfg.run.time_limit_s
+        if limit and gathered[0]["elapsed_s"] >= limit:
+            return f"reached --time-limit-s {limit:g}"
+        target = cfg.run.target_return
+        if not math.isnan(target) and len(self.recent) >= RECENT_GAMES and self.recent_mean() >= target:
+            return f"reached --target-return {target:g} (mean of the last {RECENT_GAMES} games {self.recent_mean():+.2f})"
+        return ""
+
+    def recent_mean(self):
+        return float(np.mean(self.recent)) if self.recent else None
+
+    @staticmethod
+    def _fmt(x):
+        return "-" if x is None else f"{x:+.2f}"
+
+    def _log(self, now, sps, metrics, games, gathered, record, skipped):
+        c = self.counters
+        line = {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3), "charts/SPS": round(sps, 1),
+                "charts/episodes": c.episodes, "charts/env_steps": c.env_steps,
+                "charts/learning_rate": self.cfg.algo.learning_rate * (max(0.0, 1.0 - c.step / self.cfg.run.total_steps)
+                                                                      if self.cfg.algo.anneal_lr else 1.0)}
+        if games:
+            line["charts/episodic_return"] = float(np.mean([r for r, _ in games]))
+            line["charts/episodic_length"] = float(np.mean([n for _, n in games]))
+        if self.recent:
+            line["charts/return_last20"] = self.recent_mean()
+        for name, value in zip(self.metric_names, metrics):
+            line[name] = float(value)
+        valid = sum(int(p["moments"][0]) for p in gathered)
+        masked = sum(p["masked"] for p in gathered)
+        waits = [t[0] / max(t[0] + t[1], 1e-12) for t in self.rank_totals.values()]
+        line.update({
+            "comm/world_size": self.comm.size,
+            "comm/masked_fraction": masked / max(valid + masked, 1),
+            "comm/deadline_s": record["deadline_s"] or 0.0,
+            "faults/skipped_updates": c.skipped_updates,
+        })
+        if waits:
+            line["comm/wait_fraction_max"] = max(waits)
+            line["comm/wait_fraction_mean"] = float(np.mean(waits))
+        prev = [r for p in gathered for r in p["records"]]
+        if prev:
+            line["comm/allreduce_ms"] = 1000.0 * min(r["wait_s"] for r in prev)
+        self.logger.log(line)
+
+    def save(self):
+        c = self.counters
+        c.recent_returns = list(self.recent)
+        meta = {"counters": asdict(c), "config": None, "world_size": self.comm.size, "algo": self.cfg.algo.algo,
+                "network": self.cfg.model.network}
+        from jaxpong.config import to_dict
+
+        meta["config"] = to_dict(self.cfg)
+        meta["counters"]["elapsed_s"] = c.elapsed_s
+        self.checkpoints.save(c.step, jax.tree.map(np.asarray, self.state), meta)
