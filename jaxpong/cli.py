@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _config_parser(sub, "bench", "throughput: raw envpool steps/s against the trainer's steps/s")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of timed running for each measurement")
     p.add_argument("--run-dir", metavar="DIR", help="where the trainer measurement writes its run (default: a temporary folder)")
+    p.add_argument("--ranks", type=int, default=1, metavar="N",
+                   help="launch N ranks with mpirun and compare sync (--deadline-s 0) with auto deadline masking")
     p.set_defaults(func=cmd_bench)
     return parser
 
@@ -131,11 +133,17 @@ def latest_checkpoint_step(run_dir: Path) -> int:
 
 
 def cmd_bench(args) -> int:
-    from jaxpong.bench import throughput
+    from jaxpong import bench
 
     cfg = config_lib.build(args.config, _overrides(args))
+    if args.ranks < 1:
+        raise ConfigError(f"--ranks: {args.ranks} must be at least 1")
+    if args.seconds <= 0:
+        raise ConfigError(f"--seconds: {args.seconds} must be positive")
+    if args.ranks > 1:
+        return bench.ranks_benchmark(cfg, args.ranks, seconds=args.seconds, run_dir=args.run_dir)
     setup_jax(cfg.run.xla_threads)
-    return throughput(cfg, seconds=args.seconds, run_dir=args.run_dir)
+    return bench.throughput(cfg, seconds=args.seconds, run_dir=args.run_dir)
 
 
 def main(argv=None) -> int:

@@ -232,10 +232,15 @@ class Trainer:
             code, reason = stop.code, stop.reason
         finally:
             progress.close()
-        # The last round's timings: one more gather, which every rank makes.
-        final = comm.gather({"records": pending})
+        # The last round's timings and a final replication check: one more gather, which every rank makes.
+        final = comm.gather({"records": pending, "checksum": param_checksum(self.state.params)})
         c.elapsed_s += time.perf_counter() - t0
+        sums = [p["checksum"] for p in final]
+        if any(abs(s - sums[0]) > 1e-6 * max(1.0, abs(sums[0])) for s in sums):
+            code, reason = EXIT_FAULT, f"ranks ended with different parameters (checksums {sums}); replication broke"
         if self.is_main:
+            if comm.size > 1 and code != EXIT_FAULT:
+                log_line(f"parameters identical on all {comm.size} ranks at the end (checksum {sums[0]:.6g})")
             self.logger.log_ranks([r for p in final for r in p["records"]])
             if code != EXIT_FAULT:
                 self.save()

@@ -1,0 +1,56 @@
+# jaxpong: `make train` and `make test` set everything up on a fresh machine (Python 3.11+, no GPU).
+# MPICC=/path/to/mpicc builds mpi4py and mpi4jax against that MPI instead of the mpich wheel.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MPICC ?=
+CONFIG ?= configs/default.yaml
+ARGS ?=
+SECONDS ?= 20
+SEEDS ?= 3
+
+# mpi4jax builds its CUDA bridge whenever it finds nvcc; pointing CUDA_PATH at an empty folder keeps
+# the default build CPU-only, also where a CUDA toolkit without headers is installed.
+NOCUDA := $(abspath $(VENV))/nocuda
+
+.PHONY: install train test bench bench-learn bench-ranks clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+ifeq ($(MPICC),)
+	$(PY) -m pip install -q "mpich==5.0.2"
+	mkdir -p $(NOCUDA)
+	PATH="$(abspath $(VENV))/bin:$$PATH" CUDA_PATH=$(NOCUDA) MPI4JAX_BUILD_MPICC="$(abspath $(VENV))/bin/mpicc" \
+		$(PY) -m pip install -q "mpi4py==4.1.2" "mpi4jax==0.9.1.post2"
+	$(PY) -m pip install -q -e ".[mpich,test]"
+else
+	mkdir -p $(NOCUDA)
+	MPICC="$(MPICC)" $(PY) -m pip install -q --no-binary mpi4py --no-cache-dir "mpi4py==4.1.2"
+	CUDA_PATH=$(NOCUDA) MPI4JAX_BUILD_MPICC="$(MPICC)" $(PY) -m pip install -q --no-cache-dir "mpi4jax==0.9.1.post2"
+	$(PY) -m pip install -q -e ".[test]"
+endif
+	touch $(STAMP)
+
+train: install
+	$(PY) -m jaxpong train --config $(CONFIG) $(ARGS)
+
+test: install
+	$(PY) -m pytest -q tests $(ARGS)
+
+bench: install
+	$(PY) -m jaxpong bench --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
+
+bench-learn: install
+	$(PY) -m jaxpong bench --learn --config $(CONFIG) --seeds $(SEEDS) $(ARGS)
+
+bench-ranks: install
+	$(PY) -m jaxpong bench --ranks 2 --slow-rank 1 --slow-factor 2 --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

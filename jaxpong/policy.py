@@ -1,0 +1,163 @@
+"""A trained policy, loaded from a run directory's checkpoint or from an exported policy file.
+
+`eval`, `video` and `export` all start here: `load(source, checkpoint)` gives the validated config
+and the network parameters, whatever wrote them (ppo or pg, one rank or many: parameters are
+replicated, and only rank 0 checkpoints).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jaxpong import config as config_lib
+from jaxpong.config import Config, ConfigError
+
+BEST_DIR = "checkpoints_best"  # the best in-training evaluation, kept beside checkpoints/ (see train.py)
+
+
+@dataclass
+class Policy:
+    cfg: Config
+    params: Any  # the network's parameter tree (numpy arrays)
+    source: str  # where it came from, for messages and for the export's description
+    step: int | None = None  # the agent step of the checkpoint, when known
+    meta: dict = field(default_factory=dict)
+
+    def describe(self) -> str:
+        m = self.cfg.model
+        at = f" at agent step {self.step:,}" if self.step is not None else ""
+        return f"{self.cfg.algo.algo} policy ({m.network} on {m.obs_mode}) from {self.source}{at}"
+
+
+def load(source: str | Path, checkpoint: str | None = None) -> Policy:
+    """From a run directory (checkpoint: an agent step, 'latest' (default) or 'best') or an exported file."""
+    path = Path(source)
+    if not path.exists():
+        raise ConfigError(f"{str(path)!r} does not exist; give a run directory (with config.yaml and checkpoints/) "
+                          "or a file written by `jaxpong export`")
+    if path.is_dir():
+        with _quiet_orbax():
+            return _from_run_dir(path, checkpoint)
+    if checkpoint not in (None, "latest"):
+        raise ConfigError(f"--checkpoint applies to run directories; {str(path)!r} is an exported policy file, "
+                          "which holds one set of parameters")
+    return _from_file(path)
+
+
+@contextlib.contextmanager
+def _quiet_orbax():
+    """Orbax logs a warning for each read-only checkpoint folder it opens: noise for a read-only command."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
+def checkpoint_steps(directory: Path) -> list[int]:
+    """Agent steps of the checkpoints saved in `directory` ([] if none)."""
+    if not directory.is_dir():
+        return []
+    from jaxpong.checkpoint import Checkpoints
+
+    try:
+        return Checkpoints(directory, read_only=True).steps()
+    except Exception as err:  # orbax raises several kinds for a folder that is not its own
+        raise ConfigError(f"{str(directory)!r} cannot be read as a checkpoint folder ({type(err).__name__})") from None
+
+
+def _choose_step(run_dir: Path, checkpoint: str | None) -> tuple[Path, int]:
+    choice = "latest" if checkpoint is None else str(checkpoint).strip().lower()
+    if choice == "best":
+        directory = run_dir / BEST_DIR
+        steps = checkpoint_steps(directory)
+        if not steps:
+            raise ConfigError(f"{str(run_dir)!r} has no best checkpoint (no {BEST_DIR}/<step>/); it is written by "
+                              "training with --eval-every N; use --checkpoint latest or a step")
+        return directory, steps[-1]
+    directory = run_dir / "checkpoints"
+    steps = checkpoint_steps(directory)
+    if not steps:
+        raise ConfigError(f"{str(run_dir)!r} has no checkpoint (no checkpoints/<step>/); train it first, or give "
+                          "another run directory")
+    if choice == "latest":
+        return directory, steps[-1]
+    try:
+        step = int(choice.replace(",", "").replace("_", ""))
+    except ValueError:
+        raise ConfigError(f"--checkpoint {checkpoint!r} is not accepted; give an agent step ({_listing(steps)}), "
+                          "latest or best") from None
+    if step not in steps:
+        raise ConfigError(f"--checkpoint {step} is not among the checkpoints of {str(run_dir)!r}: {_listing(steps)}")
+    return directory, step
+
+
+def _listing(steps: list[int]) -> str:
+    shown = ", ".join(map(str, steps[-8:]))
+    return ("..., " if len(steps) > 8 else "") + shown
+
+
+def _build_config(doc: Any, origin: str) -> Config:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{origin} holds no config mapping")
+    doc = {k: v for k, v in doc.items() if not k.startswith("_")}
+    return config_lib.build(None, {}, base=doc)
+
+
+def _network_template(cfg: Config):
+    """Zeros shaped like the training state of `cfg`: shapes come from jax.eval_shape, so nothing is
+    initialised or compiled (a real initialisation of a large layer takes seconds on a CPU)."""
+    import jax
+    import numpy as np
+
+    from jaxpong.learner import make_optimizer
+    from jaxpong.networks import make_network
+    from jaxpong.train import init_state
+
+    network = make_network(cfg.model)
+    shapes = jax.eval_shape(lambda key: init_state(cfg, network, make_optimizer(cfg), key), jax.random.PRNGKey(0))
+    return jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
+    from jaxpong import rundir
+    from jaxpong.checkpoint import Checkpoints
+
+    saved = rundir.read_config(run_dir)  # a clear error when this is not a run directory
+    directory, step = _choose_step(run_dir, checkpoint)
+    checkpoints = Checkpoints(directory, read_only=True)
+    meta = checkpoints.read_meta(step)
+    # The checkpoint's own config is the one its parameters were trained under (config.yaml is rewritten
+    # on --resume); config.yaml is the fallback for checkpoints without one.
+    doc = meta.get("config") if isinstance(meta, dict) and meta.get("config") else saved
+    cfg = _build_config(doc, f"checkpoint {directory / str(step)}")
+    state, meta = checkpoints.restore(step, _network_template(cfg))
+    return Policy(cfg=cfg, params=state.params, source=str(directory / str(step)), step=step, meta=meta)
+
+
+def _from_file(path: Path) -> Policy:
+    import jax
+    import numpy as np
+
+    from jaxpong.export import read_policy_file
+
+    config_doc, params, description = read_policy_file(path)
+    cfg = _build_config(config_doc, f"policy file {str(path)!r}")
+    template = _network_template(cfg).params
+    want = jax.tree_util.tree_structure(template)
+    got = jax.tree_util.tree_structure(params)
+    if want != got:
+        raise ConfigError(f"policy file {str(path)!r} holds parameters of another network than its config describes; "
+                          "export it again")
+    for have, need in zip(jax.tree.leaves(params), jax.tree.leaves(template)):
+        if np.shape(have) != np.shape(need):
+            raise ConfigError(f"policy file {str(path)!r} holds a parameter of shape {np.shape(have)} where its "
+                              f"config needs {np.shape(need)}; export it again")
+    params = jax.tree.map(lambda p, t: np.asarray(p, dtype=np.asarray(t).dtype), params, template)
+    return Policy(cfg=cfg, params=params, source=str(path), step=description.get("agent_step"), meta=description)

@@ -1,0 +1,78 @@
+"""Real MPI: two ranks launched with the environment's mpirun (the mpich wheel), as users launch them."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MPIRUN = Path(sys.executable).parent / "mpirun"
+
+
+def _mpirun(args, timeout=300, env_extra=None):
+    env = dict(os.environ, **(env_extra or {}))
+    env.setdefault("JAXPONG_COMPILE_CACHE", str(Path("/tmp") / "jaxpong-test-cache"))
+    return subprocess.run([str(MPIRUN), "-n", "2", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_collectives_maths_across_two_ranks():
+    """Masked weighted means (a rank with zero valid samples included), global moments, and
+    2 ranks x N envs == 1 rank x 2N envs for both algorithms."""
+    proc = _mpirun([sys.executable, str(ROOT / "tests" / "mpi" / "check_collectives.py")])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for name in ("masked_mean_by_hand", "global_moments", "pg_two_ranks_equal_one_rank_with_twice_the_data",
+                 "ppo_two_ranks_equal_one_rank_with_twice_the_data"):
+        assert f"OK {name}" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def slow_rank_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("mpi") / "run"
+    proc = _mpirun([sys.executable, "-m", "jaxpong", "train", "--config", "configs/smoke.yaml", "--run-dir", str(run_dir),
+                    "--num-envs", "4", "--num-threads", "1", "--total-steps", "3072", "--slow-rank", "1",
+                    "--slow-factor", "3", "--deadline-s", "auto", "--replication-check-every", "1",
+                    "--checkpoint-every", "1000"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir, proc
+
+
+def test_two_rank_run_writes_one_set_of_outputs(slow_rank_run):
+    run_dir, proc = slow_rank_run
+    assert "2 rank(s)" in proc.stderr and "MPICH" in proc.stderr  # rank 0 names the world size and the MPI library
+    assert proc.stderr.count("run directory") == 1  # only rank 0 speaks
+    assert "parameters identical on all 2 ranks" in proc.stderr
+    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    updates = [l["update"] for l in lines]
+    assert updates == sorted(set(updates))  # one writer: no update logged twice
+    assert all(l["comm/world_size"] == 2 for l in lines)
+    for key in ("comm/wait_fraction_max", "comm/wait_fraction_mean", "comm/masked_fraction", "comm/allreduce_ms",
+                "comm/deadline_s"):
+        assert key in lines[-1]
+    assert lines[-1]["step"] >= 3072
+    assert len(list((run_dir / "checkpoints").iterdir())) >= 1
+    ranks = [json.loads(l) for l in (run_dir / "ranks.jsonl").read_text().splitlines()]
+    assert {r["rank"] for r in ranks} == {0, 1}
+    per_update = {}
+    for r in ranks:
+        per_update.setdefault(r["update"], []).append(r["rank"])
+    assert all(sorted(v) == [0, 1] for v in per_update.values())  # every round, both ranks, once
+    for r in ranks:
+        for key in ("update", "rank", "start_s", "collect_s", "compute_s", "wait_s", "valid_samples", "masked_samples"):
+            assert key in r
+    # The global step is the sum of both ranks' valid samples.
+    assert sum(r["valid_samples"] for r in ranks) == lines[-1]["step"]
+
+
+def test_slow_rank_is_cut_by_the_deadline(slow_rank_run):
+    run_dir, _ = slow_rank_run
+    ranks = [json.loads(l) for l in (run_dir / "ranks.jsonl").read_text().splitlines()]
+    later = [r for r in ranks if r["update"] > 1]  # round 1 has no deadline yet (it compiles)
+    assert later, "expected more than one round"
+    valid = {k: sum(r["valid_samples"] for r in later if r["rank"] == k) for k in (0, 1)}
+    assert valid[1] < 0.8 * valid[0], valid
+    assert any(r["cut_by_deadline"] for r in later if r["rank"] == 1)
+    assert all(r["deadline_s"] for r in later)
