@@ -15,7 +15,7 @@ SEEDS ?= 3
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test bench bench-learn bench-ranks clean
+.PHONY: install train test bench bench-learn bench-ranks bench-sim clean
 
 install: $(STAMP)
 
@@ -50,6 +50,12 @@ bench-learn: install
 
 bench-ranks: install
 	$(PY) -m jaxpong bench --ranks 2 --slow-rank 1 --slow-factor 2 --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
+
+# The scale simulator against real mpirun runs (1, 2 and 4 ranks; slow rank or not; deadline 0, auto, seconds):
+# predicted against measured wait fractions, as a markdown table (README "Late senders and scale").
+SIM_SECONDS ?= 30
+bench-sim: install
+	$(PY) -m jaxpong simulate --validate --seconds $(SIM_SECONDS) $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -6,6 +6,7 @@ optimizer state, RNG key) plus JSON metadata: counters, the resolved config, the
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import jax
@@ -14,9 +15,25 @@ import numpy as np
 from jaxpong.config import ConfigError
 
 
+def _silence_late_reads() -> None:
+    """After a failed restore, tensorstore reads still in flight finish into orbax's already closed event
+    loop, and Python reports each as an unraisable 'Event loop is closed' error: a traceback after our
+    one-line message. Drop just those (the process is about to report the error and exit)."""
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+
+
 def _ocp():
     import orbax.checkpoint as ocp  # imported lazily: it is slow to import and only some commands need it
+    from absl import logging as absl_logging
 
+    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warning chatter is not for our users
     return ocp
 
 
@@ -34,6 +51,10 @@ class Checkpoints:
 
     def save(self, step: int, state, meta: dict) -> None:
         ocp = _ocp()
+        if step in self.manager.all_steps():
+            # A checkpoint of this step exists: an unusable one left behind by --resume-fallback, or one
+            # written moments ago at the same step. Replace it rather than fail the run at its end.
+            self.manager.delete(step)
         host_state = jax.tree.map(np.asarray, state)
         self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
                                                         meta=ocp.args.JsonSave(meta)), force=True)
@@ -44,6 +65,7 @@ class Checkpoints:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as err:  # orbax raises many kinds; the user needs the file and what to do
+            _silence_late_reads()
             raise ConfigError(f"checkpoint {self.directory / str(step)} cannot be read ({type(err).__name__}); "
                               "it may be truncated or from another version") from None
 
@@ -55,6 +77,7 @@ class Checkpoints:
             out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                     meta=ocp.args.JsonRestore()))
         except Exception as err:
+            _silence_late_reads()
             raise ConfigError(
                 f"checkpoint {self.directory / str(step)} cannot be restored into this model "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}); it is truncated, "

@@ -18,6 +18,10 @@ EXIT_USAGE = 2
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)  # a typo such as --num-env must not silently mean --num-envs
+        super().__init__(*args, **kwargs)
+
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
@@ -53,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<env>__<algo>__<seed>__<unix time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --run-dir")
+    p.add_argument("--resume-fallback", action="store_true",
+                   help="with --resume: if the latest checkpoint is unusable, resume from the newest good one")
     p.set_defaults(func=cmd_train)
 
     p = _config_parser(sub, "bench", "throughput: raw envpool steps/s against the trainer's steps/s")
@@ -61,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", type=int, default=1, metavar="N",
                    help="launch N ranks with mpirun and compare sync (--deadline-s 0) with auto deadline masking")
     p.set_defaults(func=cmd_bench)
+    _add_watch_commands(sub)
+    _add_scale_commands(sub)
     return parser
 
 
@@ -80,10 +88,10 @@ def cmd_train(args) -> int:
 
     comm = make_comm()
     return run_training(cfg, comm, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, resume_fallback=args.resume_fallback)
 
 
-def run_training(cfg, comm, run_dir, resume: bool, overwrite: bool = False) -> int:
+def run_training(cfg, comm, run_dir, resume: bool, overwrite: bool = False, resume_fallback: bool = False) -> int:
     """Shared by `train` and the benchmarks: check the run directory on rank 0, then train on every rank."""
     from jaxpong import rundir
     from jaxpong.logger import log_line
@@ -108,14 +116,18 @@ def run_training(cfg, comm, run_dir, resume: bool, overwrite: bool = False) -> i
 
     from jaxpong.train import Trainer
 
-    trainer = Trainer(cfg, comm, path, resume_step=decision["resume_step"])
+    trainer = Trainer(cfg, comm, path, resume_step=decision["resume_step"], resume_fallback=resume_fallback)
+    where = comm.gather(f"{comm.rank}=pid {os.getpid()}@{os.uname().nodename}")
     if comm.rank == 0:
+        if comm.size > 1:
+            log_line("ranks: " + ", ".join(where) + " (a launcher's message about a PID names the rank here)")
         rundir.write_config(path, cfg, comm.size, {"resume_count": trainer.counters.resume_count})
         log_line(f"run directory {path}  |  {comm.size} rank(s), MPI: {comm.library}  |  algo {cfg.algo.algo}, "
                  f"{cfg.model.network} on {cfg.model.obs_mode}, {cfg.env.num_envs} envs "
                  f"({'async' if cfg.is_async else 'sync'}), preset {cfg.preset_name}")
         if resume:
-            log_line(f"resumed from checkpoint at step {decision['resume_step']:,} (update {trainer.counters.update})")
+            log_line(f"resumed from the checkpoint at step {trainer.resumed_from:,} (update {trainer.counters.update}, "
+                     f"resume #{trainer.counters.resume_count})")
     # After a resume --time-limit-s counts only this process; --total-steps counts the whole run.
     return trainer.run()
 
@@ -144,6 +156,249 @@ def cmd_bench(args) -> int:
         return bench.ranks_benchmark(cfg, args.ranks, seconds=args.seconds, run_dir=args.run_dir)
     setup_jax(cfg.run.xla_threads)
     return bench.throughput(cfg, seconds=args.seconds, run_dir=args.run_dir)
+
+
+# -- eval, video, plot, export: watching, measuring and sharing a trained policy ------------------------
+
+_SOURCE_HELP = "a run directory written by `jaxpong train`, or a policy file written by `jaxpong export`"
+_CHECKPOINT_HELP = ("which checkpoint of a run directory: an agent step (see RUN_DIR/checkpoints/), latest, or best "
+                    "(the best greedy evaluation during training, kept with --eval-every N)")
+_SEED_HELP = ("seed of the games (default: the run's seed); eval and video games never repeat training games, "
+              "as the env seeds fold in what they are for")
+
+
+def _add_watch_commands(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("eval", help="play full games (first to 21) with a saved policy and report their scores",
+                       description="Play full games (first to 21) with a saved policy on fresh envpool envs and print "
+                       "each game's score, then mean, standard deviation, min and max; the last line of standard "
+                       "output is one JSON object.", formatter_class=fmt)
+    p.add_argument("source", metavar="RUN_DIR", help=_SOURCE_HELP)
+    p.add_argument("--checkpoint", metavar="STEP", default="latest", help=_CHECKPOINT_HELP)
+    p.add_argument("--episodes", metavar="N", type=int, default=10, help="full games to play")
+    p.add_argument("--greedy", action="store_true", help="take the most probable action instead of sampling")
+    p.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
+    p.add_argument("--num-envs", metavar="N", type=int, default=None,
+                   help="games played at once (default min(episodes, 8)); which games are played depends on it")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("video", help="record a game played by a saved policy (MP4, or GIF)",
+                       description="Record a game played by a saved policy: one colour frame (210x160, the "
+                       "Atari's own resolution, score at the top) per agent step, plus the opening screen.",
+                       formatter_class=fmt)
+    p.add_argument("source", metavar="RUN_DIR", help=_SOURCE_HELP)
+    p.add_argument("--checkpoint", metavar="STEP", default="latest", help=_CHECKPOINT_HELP)
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="video file, .mp4 or .gif (default RUN_DIR/videos/step_<STEP>.mp4, or FILE.mp4 beside an "
+                   "exported policy FILE)")
+    p.add_argument("--max-steps", metavar="N", type=int, default=None,
+                   help="stop after N agent steps (default: the end of the game)")
+    p.add_argument("--greedy", action="store_true", help="take the most probable action instead of sampling")
+    p.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
+    p.add_argument("--fps", type=int, default=15, help="frames per second (15 = the console's real speed)")
+    p.set_defaults(func=cmd_video)
+
+    p = sub.add_parser("plot", help="learning curves of one or several runs on one image",
+                       description="Learning curves (full-game return against agent steps and against wall-clock "
+                       "minutes; steps/s) of one or several runs on one image, labelled by run name.",
+                       formatter_class=fmt)
+    p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="run directories written by `jaxpong train`")
+    p.add_argument("--out", metavar="FILE", default=None,
+                   help="image file (default RUN_DIR/learning_curve.png for one run, learning_curves.png here for "
+                   "several)")
+    p.add_argument("--title", default=None, help="figure title (default: the run names)")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("export", help="write a policy as one self-describing file for eval and video",
+                       description="Write a policy as one file: its parameters plus the model, preprocessing and "
+                       "game config (msgpack, no pickle). `eval` and `video` accept it in place of a run directory.",
+                       formatter_class=fmt)
+    p.add_argument("source", metavar="RUN_DIR", help=_SOURCE_HELP)
+    p.add_argument("--checkpoint", metavar="STEP", default="latest", help=_CHECKPOINT_HELP)
+    p.add_argument("--out", metavar="FILE", required=True, help="the file to write (any name, e.g. pong.msgpack)")
+    p.set_defaults(func=cmd_export)
+
+
+def _positive(name: str, value, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if value is None or value < 1:
+        raise ConfigError(f"{name}: {value} must be >= 1")
+
+
+def _check_seed(seed) -> None:
+    if seed is not None and not 0 <= seed < 2**31:
+        raise ConfigError(f"--seed: {seed} must be in 0..{2**31 - 1}")
+
+
+def _load_policy(args):
+    from jaxpong import policy as policy_lib
+    from jaxpong.logger import log_line
+
+    policy = policy_lib.load(args.source, args.checkpoint)
+    log_line(f"loaded {policy.describe()}")
+    return policy
+
+
+def cmd_eval(args) -> int:
+    import json
+
+    _positive("--episodes", args.episodes, allow_none=False)
+    _positive("--num-envs", args.num_envs)
+    _check_seed(args.seed)
+    setup_jax()
+    from jaxpong.evaluate import format_report, play_games
+
+    policy = _load_policy(args)
+    seed = policy.cfg.run.seed if args.seed is None else args.seed
+    result = play_games(policy.cfg, policy.params, episodes=args.episodes, seed=seed, greedy=args.greedy,
+                        num_envs=args.num_envs)
+    for line in format_report(result):
+        print(line)
+    summary = {**result.summary(), "source": policy.source, "checkpoint_step": policy.step,
+               "algo": policy.cfg.algo.algo}
+    print(json.dumps(summary), flush=True)
+    return 0
+
+
+def cmd_video(args) -> int:
+    import json
+
+    _positive("--max-steps", args.max_steps)
+    _positive("--fps", args.fps, allow_none=False)
+    _check_seed(args.seed)
+    from jaxpong.video import output_format
+
+    if args.out is not None:
+        output_format(args.out)  # a wrong extension fails before anything is loaded
+    setup_jax()
+    from jaxpong.logger import log_line
+    from jaxpong.video import record
+
+    policy = _load_policy(args)
+    out = args.out
+    if out is None:
+        source = Path(args.source)
+        out = (source / "videos" / f"step_{policy.step}.mp4") if source.is_dir() else source.with_suffix(".mp4")
+    seed = policy.cfg.run.seed if args.seed is None else args.seed
+    info = record(policy.cfg, policy.params, out, seed=seed, greedy=args.greedy, max_steps=args.max_steps,
+                  fps=args.fps)
+    log_line(f"wrote {info['out']}: {info['frames']} frames ({info['agent_steps']} agent steps, "
+             f"{info['frames'] / info['fps']:.1f} s at {info['fps']} fps); score agent {info['agent_score']} - "
+             f"{info['opponent_score']} opponent")
+    print(json.dumps({**info, "source": policy.source, "checkpoint_step": policy.step}), flush=True)
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from jaxpong.logger import log_line
+    from jaxpong.plots import plot_runs
+
+    out = args.out or (Path(args.runs[0]) / "learning_curve.png" if len(args.runs) == 1 else Path("learning_curves.png"))
+    written = plot_runs(args.runs, out, title=args.title)
+    log_line(f"wrote {written}")
+    print(str(written))
+    return 0
+
+
+def cmd_export(args) -> int:
+    import json
+
+    setup_jax()
+    from jaxpong.export import export_policy
+    from jaxpong.logger import log_line
+
+    policy = _load_policy(args)
+    description = export_policy(policy, args.out)
+    size = Path(args.out).stat().st_size
+    log_line(f"wrote {args.out} ({size / 1e6:.1f} MB, {description['parameters']:,} parameters); use it as "
+             f"`jaxpong eval {args.out}` or `jaxpong video {args.out}`")
+    print(json.dumps({"out": str(args.out), "bytes": size, **description}), flush=True)
+    return 0
+
+
+# -- report, simulate: late senders in a run, and what a setup would cost at scale ---------------------
+
+def _add_scale_commands(sub) -> None:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("report", help="late senders: a rank x time picture of a run's rounds, a table per rank, a finding",
+                       description="Read RUN_DIR/ranks.jsonl and write RUN_DIR/imbalance.png (each rank's collect, "
+                       "wait and update per round against wall-clock time; wait and masked fractions per rank), "
+                       "print a table per rank and a plain-language finding; the last line of standard output is "
+                       "one JSON object. `train` writes this report itself at the end of a multi-rank run.",
+                       formatter_class=fmt)
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `jaxpong train`")
+    p.add_argument("--rounds", metavar="N", type=int, default=20,
+                   help="rounds drawn in the timeline: the last N (0 = all); the numbers always use every round "
+                   "after the first")
+    p.add_argument("--out", metavar="FILE", default=None, help="image file (default RUN_DIR/imbalance.png)")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("simulate", help="scale: Monte Carlo of update rounds on many ranks in each sync mode",
+                       description="A Monte Carlo model of update rounds across many ranks, driven by measured "
+                       "distributions (shipped defaults, or --from RUN_DIR): parallel efficiency, masked fraction "
+                       "and samples/s per mode and rank count, as a table and a PNG; the last line of standard "
+                       "output is one JSON object. The model is described in jaxpong/simulate.py.",
+                       formatter_class=fmt)
+    p.add_argument("--ranks", default="1,2,4,...,1024,1536,10000",
+                   help="rank counts; '...' continues the ratio of the two values before it")
+    p.add_argument("--modes", default="game,steps,window,deadline",
+                   help="game (sync per full game), steps (--deadline-s 0), window (fixed seconds, no masking), "
+                   "deadline (--deadline-s auto, with masking)")
+    p.add_argument("--from", dest="from_dir", metavar="RUN_DIR", default=None,
+                   help="drive the model with this run's own distributions (step times, gaps, update time, "
+                   "game lengths, setup) instead of the shipped defaults")
+    p.add_argument("--rounds", metavar="N", type=int, default=300, help="simulated rounds per mode and rank count")
+    p.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (validation: also the runs' seed)")
+    p.add_argument("--window-s", metavar="SECONDS", type=float, default=None,
+                   help="window mode's seconds (default: the setup's; --validate: 0.15)")
+    p.add_argument("--slow-rank", metavar="R", type=int, default=-1,
+                   help="multiply this simulated rank's step times by --slow-factor (-1 = none)")
+    p.add_argument("--slow-factor", metavar="F", type=float, default=1.0,
+                   help="how many times slower --slow-rank steps (--validate: the runs' factor, default 2)")
+    p.add_argument("--masking", choices=["unscored", "none"], default=None,
+                   help="override the setup's masking: unscored = pg --pg-unscored mask (steps after an env's last "
+                   "point in a round get no weight), none = ppo or pg --pg-unscored zero")
+    p.add_argument("--timing-spread", metavar="F", type=float, default=1.0,
+                   help="scale how far the measured timings (step, update, gap) lie from their medians: 1 = as "
+                   "measured, 0 = constant; a what-if for a quieter (or noisier) machine than the measured one")
+    p.add_argument("--latency-us", metavar="US", type=float, default=None, help="override the collectives' latency alpha")
+    p.add_argument("--bandwidth-gbs", metavar="GB_S", type=float, default=None,
+                   help="override the collectives' bandwidth beta (GB/s)")
+    p.add_argument("--measured", metavar="FILE", default=None,
+                   help="a distributions JSON file (default: the shipped jaxpong/data/simulate_defaults.json)")
+    p.add_argument("--collectives", metavar="FILE", default=None, help="collective costs measured by --calibrate")
+    p.add_argument("--save-measured", metavar="FILE", default=None,
+                   help="write the distributions used (e.g. those of --from RUN_DIR) as a JSON file")
+    p.add_argument("--note", default=None, help="with --save-measured: how the distributions were measured")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for simulate.png/.txt/.json (default: the --from run, else runs/simulate); "
+                   "--validate: where its runs go (default: a temporary folder)")
+    p.add_argument("--calibrate", metavar="FILE", default=None,
+                   help="under mpirun -n 2: time allreduce and the host gather, fit the alpha-beta model, write FILE")
+    p.add_argument("--validate", action="store_true",
+                   help="launch real train runs (1, 2 and 4 ranks; with and without a slow rank; deadline 0, auto, "
+                   "seconds) and compare their wait fractions with the model's predictions")
+    p.add_argument("--seconds", type=float, default=30.0, help="--validate: seconds of training per run")
+    p.add_argument("--num-envs", metavar="N", type=int, default=4, help="--validate: envs per rank in the runs")
+    p.add_argument("--config", metavar="FILE", default=None, help="--validate: a YAML config under the runs' flags")
+    p.set_defaults(func=cmd_simulate)
+
+
+def cmd_report(args) -> int:
+    from jaxpong import report
+
+    return report.run_cli(args)
+
+
+def cmd_simulate(args) -> int:
+    from jaxpong import simulate
+
+    if args.rounds < 1:
+        raise ConfigError(f"--rounds: {args.rounds} must be >= 1")
+    if args.seconds <= 0:
+        raise ConfigError(f"--seconds: {args.seconds} must be positive")
+    return simulate.run_cli(args)
 
 
 def main(argv=None) -> int:

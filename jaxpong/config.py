@@ -99,6 +99,9 @@ class DistConfig:
     deadline_margin: float = _f(0.02, "auto deadline = lower-median fill time x (1 + this)", min=0.0)
     slow_rank: int = _f(-1, "fault injection: this rank steps its envs slower by sleeping (-1 = none)", min=-1)
     slow_factor: float = _f(1.0, "fault injection: how many times slower the slow rank steps", min=1.0)
+    hang_timeout_s: float = _f(
+        30.0, "abort the job when a rank waits longer than this (or 3x the slowest recent round) for its peers "
+        "in one collective; the first round, which compiles, gets 10x", min=1.0)
     replication_check_every: int = _f(50, "compare a parameter checksum across ranks every N updates (0 = never)", min=0)
 
 
@@ -119,7 +122,8 @@ class RunConfig:
     progress_every_s: float = _f(10.0, "seconds between plain progress lines", min=0.0, min_exclusive=True)
     max_bad_updates: int = _f(10, "stop with an error after this many consecutive non-finite updates", min=1)
     xla_threads: int = _f(0, "CPU threads for XLA's intra-op work (0 = XLA's default)", min=0)
-    debug_nan_at_update: int = _f(-1, "testing: make the loss NaN at this update (-1 = never)", min=-1)
+    debug_nan_at_update: int = _f(-1, "testing: make the loss NaN from this update on (-1 = never)", min=-1)
+    debug_nan_count: int = _f(1, "testing: for how many consecutive updates the loss is NaN", min=1)
 
 
 @dataclass
@@ -315,16 +319,19 @@ def flag_name(name: str) -> str:
 
 
 def add_config_flags(parser: argparse.ArgumentParser):
-    """One flag per field. Flags default to None so that only what the user typed overrides the YAML."""
+    """One flag per field. Flags are absent unless typed (SUPPRESS), so only what the user typed overrides
+    the YAML, and help shows the field's real default rather than argparse's "(default: None)"."""
     for section, f, typ in all_fields():
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = ",".join(map(str, default)) if isinstance(default, list) else default
         parser.add_argument(
             flag_name(f.name),
             dest=f"cfg__{section}__{f.name}",
-            default=None,
+            default=argparse.SUPPRESS,
             metavar=typ.__name__.upper() if typ is not list else "IDS",
             help=f"{f.metadata['help']} [{section}; default: {shown}]",
+            # A boolean flag alone means true (`--capture-video`); `--capture-video false` works too.
+            **({"nargs": "?", "const": "true"} if typ is bool else {}),
         )
 
 

@@ -16,7 +16,7 @@ agent steps per env).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,7 +38,6 @@ class EvalResult:
     num_envs: int
     agent_steps: int  # steps taken by all envs, including those idle after their share
     seconds: float
-    extra: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         """The numbers a user quotes: mean, standard deviation (population), min and max of full-game returns."""
@@ -60,7 +59,6 @@ class EvalResult:
             "seed": self.seed,
             "num_envs": self.num_envs,
             "seconds": round(self.seconds, 3),
-            **self.extra,
         }
 
 

@@ -82,12 +82,17 @@ def read_policy_file(path: str | Path) -> tuple[dict, dict, dict]:
             data = head + f.read()
     except OSError as err:
         raise ConfigError(f"{str(path)!r} cannot be read ({err.strerror})") from None
+    ours = FORMAT.encode() in data  # tells a damaged policy file from a file of another kind
     try:
         doc = serialization.msgpack_restore(data)
-    except Exception as err:  # msgpack raises several kinds for truncated or damaged input
-        raise ConfigError(f"{str(path)!r} is a damaged jaxpong policy file ({type(err).__name__}); export it again") from None
+    except Exception as err:  # msgpack raises several kinds for truncated or foreign input
+        if ours:
+            raise ConfigError(f"{str(path)!r} is a damaged jaxpong policy file ({type(err).__name__}); "
+                              "export it again") from None
+        doc = None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("params"), dict):
-        raise ConfigError(f"{str(path)!r} is not a jaxpong policy file; give a file written by `jaxpong export`")
+        raise ConfigError(f"{str(path)!r} is not a jaxpong policy file (nor a run directory); give a run directory "
+                          "or a file written by `jaxpong export`")
     version = doc.get("format_version")
     if version != FORMAT_VERSION:
         raise ConfigError(f"{str(path)!r} has policy-file format version {version!r}; this jaxpong reads version "

@@ -29,7 +29,8 @@ def _truncate_jsonl(path: Path, last_update: int) -> None:
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_update: int | None = None):
+    def __init__(self, run_dir: Path, tensorboard: bool, resume_update: int | None = None,
+                 resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ranks_path = self.run_dir / "ranks.jsonl"
@@ -42,7 +43,8 @@ class RunLogger:
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=None if resume_update is None else None)
+            # On resume, TensorBoard hides points logged after the checkpoint's step (its x axis is agent steps).
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_step)
 
     def log(self, record: dict) -> None:
         clean = {k: v for k, v in record.items() if not (isinstance(v, float) and not math.isfinite(v))}

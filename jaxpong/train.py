@@ -12,6 +12,7 @@ import collections
 import math
 import os
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,9 +32,11 @@ from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
 from jaxpong.preprocess import PREPROCESSORS, to_float
 from jaxpong.rollout import Collector, make_policy_step
+from jaxpong.watchdog import Watchdog
 
 EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
 RECENT_GAMES = 20
+CAPTURE_VIDEO_STEPS = 600  # --capture-video: the clip's length in agent steps at most (40 s at real speed)
 
 
 @dataclass
@@ -84,8 +87,12 @@ class SignalFlag:
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            os._exit(EXIT_PREEMPTED)
+            # Second signal: leave now. The last checkpoint on disk is intact (orbax writes atomically).
+            print(f"jaxpong: second signal ({signal.Signals(signum).name}): exiting at once", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
         self.received = signal.Signals(signum).name
+        print(f"jaxpong: {self.received} received: finishing this round, then checkpointing and exiting "
+              f"with status {EXIT_PREEMPTED} (send it again to exit at once)", file=sys.stderr, flush=True)
 
 
 def _apply_fn(network):
@@ -93,7 +100,7 @@ def _apply_fn(network):
 
 
 class Trainer:
-    def __init__(self, cfg: Config, comm, run_dir: Path, resume_step: int | None = None):
+    def __init__(self, cfg: Config, comm, run_dir: Path, resume_step: int | None = None, resume_fallback: bool = False):
         self.cfg, self.comm, self.run_dir = cfg, comm, Path(run_dir)
         self.is_main = comm.rank == 0
         self.signals = SignalFlag()
@@ -107,19 +114,20 @@ class Trainer:
         self.counters = Counters()
         state = init_state(cfg, self.network, self.optimizer, jax.random.PRNGKey(cfg.run.seed))
         self.checkpoints = Checkpoints(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints) if self.is_main else None
-        if resume_step is not None and self.is_main:
-            restored, meta = self.checkpoints.restore(resume_step, state)
-            state = restored
-            self.counters = Counters(**meta["counters"])
-            self.counters.resume_count += 1
-            saved_ranks = meta.get("world_size", 1)
-            if saved_ranks != comm.size:
-                log_line(f"resuming a run checkpointed with {saved_ranks} rank(s) on {comm.size} rank(s); "
-                         f"counters continue from update {self.counters.update}, step {self.counters.step:,}")
+        shared = None
+        if self.is_main:
+            try:
+                if resume_step is not None:
+                    state = self._restore(resume_step, state, resume_fallback)
+                shared = (jax.tree.map(np.asarray, state), self.counters)
+            except ConfigError as err:
+                shared = str(err)  # every rank must learn of it, or the others would wait forever
         # Rank 0's state (fresh or restored) is everyone's state: replication starts exact.
-        host_state = comm.bcast(jax.tree.map(np.asarray, state) if self.is_main else None)
+        shared = comm.bcast(shared)
+        if isinstance(shared, str):
+            raise ConfigError(shared)
+        host_state, self.counters = shared
         self.state = jax.tree.map(jnp.asarray, host_state)
-        self.counters = comm.bcast(self.counters)
         # Each rank draws its own actions: fold the rank (and resume count) into the sampling key.
         self.sample_key = jax.random.fold_in(jax.random.fold_in(self.state.key, comm.rank), self.counters.resume_count)
         seeds = env_seeds(cfg.run.seed, comm.rank, self.counters.resume_count, PURPOSE_TRAIN, cfg.env.num_envs)
@@ -128,10 +136,50 @@ class Trainer:
         self.collector = Collector(self.env, cfg, self.policy_step, num_steps=cfg.algo.num_steps, slow_factor=slow)
         self.deadline = Deadline(cfg.deadline, cfg.dist.deadline_margin, comm.size)
         self.logger = RunLogger(self.run_dir, cfg.run.tensorboard,
-                                resume_update=self.counters.update if resume_step is not None else None) if self.is_main else None
+                                resume_update=self.counters.update if resume_step is not None else None,
+                                resume_step=self.counters.step if resume_step is not None else None) if self.is_main else None
         self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
         self.rank_totals = collections.defaultdict(lambda: np.zeros(4))  # wait, busy, valid, masked per rank
         self.resumed = resume_step is not None
+        self.last_eval_s = 0.0  # how long rank 0's last evaluation took (every rank learns it from the records)
+        self.best_checkpoints = None  # rank 0: checkpoints_best/, opened at the first evaluation
+        self.best_eval_return: float | None = None
+        self.slowest_round_s = 0.0
+        self.consecutive_skips = 0
+        self.watchdog = Watchdog(comm)
+
+    def _restore(self, step: int, template, fallback: bool):
+        """Restore checkpoint `step`; with `fallback`, the newest one that restores cleanly instead."""
+        candidates = [step] + ([s for s in reversed(self.checkpoints.steps()) if s < step] if fallback else [])
+        first_error = None
+        for candidate in candidates:
+            try:
+                state, meta = self.checkpoints.restore(candidate, template)
+                self.counters = Counters(**meta["counters"])
+            except (ConfigError, TypeError, KeyError) as err:
+                first_error = first_error or err
+                if fallback:
+                    log_line(f"checkpoint at step {candidate:,} is unusable ({err}); trying an older one")
+                continue
+            if candidate != step:
+                log_line(f"--resume-fallback: resuming from the newest good checkpoint, step {candidate:,}")
+            self.counters.resume_count += 1
+            self.resumed_from = candidate
+            saved_ranks = meta.get("world_size", 1)
+            if saved_ranks != self.comm.size:
+                log_line(f"resuming a run checkpointed with {saved_ranks} rank(s) on {self.comm.size} rank(s); "
+                         f"counters continue from update {self.counters.update}, step {self.counters.step:,}")
+            return state
+        if fallback and len(candidates) > 1:
+            raise ConfigError(f"no usable checkpoint in {self.checkpoints.directory} (newest: {first_error})")
+        raise ConfigError(f"{first_error}; use --resume-fallback to resume from the newest good checkpoint")
+
+    def _hang_limit(self, gathered=None) -> float:
+        """How long one collective may block before the job is declared dead or hung."""
+        base = self.cfg.dist.hang_timeout_s
+        if self.counters.update == 0 or not self.resumed and self.counters.update < 2:
+            return 10 * base + self._eval_allowance_s()  # the first round compiles on every rank, at different speeds
+        return max(base, 3 * self.slowest_round_s) + self._eval_allowance_s()
 
     # -- one round ---------------------------------------------------------------------------------
     def _round(self, t0: float, pending_records: list):
@@ -161,8 +209,17 @@ class Trainer:
             "checksum": param_checksum(self.state.params) if check and comm.size > 1 else None,
         }
         t_wait = time.perf_counter()
-        gathered = comm.gather(payload)  # everyone waits here for the last rank: the late-sender cost
+        # Everyone waits here for the last rank: the late-sender cost.
+        limit = self._hang_limit()
+        label = f"the exchange after update {c.update}"
+        # The gather names a rank that never arrives; the watchdog covers one that stops halfway through.
+        self.watchdog.arm(label, limit + 5.0)
+        gathered = comm.gather(payload, timeout_s=limit, label=label)
+        self.watchdog.disarm()
         wait_s = time.perf_counter() - t_wait
+        prev = [r for p in gathered for r in p["records"]]
+        if prev:
+            self.slowest_round_s = max(r["collect_s"] + r["compute_s"] for r in prev)
 
         sums = [p["checksum"] for p in gathered]
         if sums[0] is not None and any(abs(s - sums[0]) > 1e-6 * max(1.0, abs(sums[0])) for s in sums):
@@ -172,11 +229,14 @@ class Trainer:
 
         t_opt = time.perf_counter()
         lr_frac = max(0.0, 1.0 - c.step / cfg.run.total_steps) if cfg.algo.anneal_lr else 1.0
-        poison = float("nan") if c.update == cfg.run.debug_nan_at_update else 1.0
+        nan_from = cfg.run.debug_nan_at_update
+        poison = float("nan") if 0 <= nan_from <= c.update < nan_from + cfg.run.debug_nan_count else 1.0
         skipped_before = int(self.state.opt_state.total_notfinite)
+        self.watchdog.arm(f"the update after round {c.update + 1} (its allreduces)", self._hang_limit())
         self.state, metrics, counts = self.optimize(self.state, batch, targets, jnp.asarray(norm, jnp.float32),
                                                     lr_frac, poison)
         metrics = np.asarray(metrics)
+        self.watchdog.disarm()
         compute_s = prep_s + (time.perf_counter() - t_opt)
 
         valid_global = int(round(norm[0]))
@@ -187,8 +247,11 @@ class Trainer:
         c.masked += sum(p["masked"] for p in gathered)
         c.episodes += len(games)
         self.recent.extend(r for r, _ in games)
-        skipped = int(self.state.opt_state.total_notfinite) - skipped_before
+        # An update (round) is skipped when any of its optimizer steps had a non-finite gradient; optax
+        # left parameters and optimizer state untouched for those steps, on every rank alike.
+        skipped = int(int(self.state.opt_state.total_notfinite) > skipped_before)
         c.skipped_updates += skipped
+        self.consecutive_skips = self.consecutive_skips + 1 if skipped else 0
         record = {
             "update": c.update, "rank": comm.rank, "start_s": round(round_start - t0, 6),
             "collect_s": round(info.collect_s, 6), "compute_s": round(compute_s, 6), "wait_s": round(wait_s, 6),
@@ -207,21 +270,24 @@ class Trainer:
         pending: list = []
         code, reason = EXIT_OK, ""
         last_log_step, last_log_time = c.step, 0.0
+        start_step = c.step
         try:
             while True:
                 gathered, record, metrics, games, skipped = self._round(t0, pending)
                 pending = [record]
                 self._account(gathered)
                 now = time.perf_counter() - t0
+                eval_metrics = self._evaluate_between_rounds(gathered, record)  # rank 0 only, when due
                 if self.is_main:
                     self.logger.log_ranks([r for p in gathered for r in p["records"]])
-                    if c.update % cfg.run.log_every == 0:
+                    if c.update % cfg.run.log_every == 0 or eval_metrics:
                         sps = (c.step - last_log_step) / max(now - last_log_time, 1e-9)
                         last_log_step, last_log_time = c.step, now
-                        self._log(now, sps, metrics, games, gathered, record, skipped)
-                    progress.update(c.step, c.step / max(now, 1e-9) if c.update > 1 else 0.0, self.recent_mean(), now)
-                if self.state.opt_state.notfinite_count >= cfg.run.max_bad_updates:
-                    raise Stop(f"{int(self.state.opt_state.notfinite_count)} consecutive updates had non-finite "
+                        self._log(now, sps, metrics, games, gathered, record, skipped, extra=eval_metrics)
+                    progress.update(c.step, (c.step - start_step) / max(now, 1e-9) if c.update > 1 else 0.0,
+                                    self.recent_mean(), now)
+                if self.consecutive_skips >= cfg.run.max_bad_updates:
+                    raise Stop(f"{self.consecutive_skips} consecutive updates had non-finite "
                                "gradients; stopping with the last good checkpoint kept", EXIT_FAULT)
                 reason = self._stop_reason(gathered, time_limit_s)
                 if reason:
@@ -233,7 +299,8 @@ class Trainer:
         finally:
             progress.close()
         # The last round's timings and a final replication check: one more gather, which every rank makes.
-        final = comm.gather({"records": pending, "checksum": param_checksum(self.state.params)})
+        final = comm.gather({"records": pending, "checksum": param_checksum(self.state.params)},
+                            timeout_s=self._hang_limit(), label="the final exchange")
         c.elapsed_s += time.perf_counter() - t0
         sums = [p["checksum"] for p in final]
         if any(abs(s - sums[0]) > 1e-6 * max(1.0, abs(sums[0])) for s in sums):
@@ -247,10 +314,23 @@ class Trainer:
             self.logger.close()
             log_line(f"stopped: {reason} (update {c.update}, step {c.step:,}, {c.episodes} games, "
                      f"return(last {RECENT_GAMES}) {self._fmt(self.recent_mean())})")
+            if comm.size > 1:
+                self._write_imbalance_report()
+            self._write_end_of_run_media(code, reason)
         self.env.close()
         if code == EXIT_OK and reason.startswith("signal"):
             code = EXIT_PREEMPTED
         return code
+
+    def _write_imbalance_report(self) -> None:
+        """`jaxpong report` at the end of a multi-rank run (rank 0): a failure here never fails the run."""
+        try:
+            from jaxpong.report import IMAGE_NAME, write_after_training
+
+            finding = write_after_training(self.run_dir)
+            log_line(f"late senders: {finding} (picture: {self.run_dir / IMAGE_NAME})")
+        except Exception as err:  # noqa: BLE001 - the run itself has succeeded; say so and move on
+            log_line(f"imbalance report not written ({type(err).__name__}: {err}); try `jaxpong report {self.run_dir}`")
 
     def _account(self, gathered):
         for p in gathered:
@@ -281,7 +361,7 @@ class Trainer:
     def _fmt(x):
         return "-" if x is None else f"{x:+.2f}"
 
-    def _log(self, now, sps, metrics, games, gathered, record, skipped):
+    def _log(self, now, sps, metrics, games, gathered, record, skipped, extra: dict | None = None):
         c = self.counters
         line = {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3), "charts/SPS": round(sps, 1),
                 "charts/episodes": c.episodes, "charts/env_steps": c.env_steps,
@@ -309,9 +389,11 @@ class Trainer:
         prev = [r for p in gathered for r in p["records"]]
         if prev:
             line["comm/allreduce_ms"] = 1000.0 * min(r["wait_s"] for r in prev)
+        line.update(extra or {})
         self.logger.log(line)
 
-    def save(self):
+    def save(self, checkpoints: Checkpoints | None = None, extra_meta: dict | None = None):
+        """Checkpoint the training state (into checkpoints/, or `checkpoints`), with `extra_meta` in its metadata."""
         c = self.counters
         c.recent_returns = list(self.recent)
         meta = {"counters": asdict(c), "config": None, "world_size": self.comm.size, "algo": self.cfg.algo.algo,
@@ -320,4 +402,91 @@ class Trainer:
 
         meta["config"] = to_dict(self.cfg)
         meta["counters"]["elapsed_s"] = c.elapsed_s
-        self.checkpoints.save(c.step, jax.tree.map(np.asarray, self.state), meta)
+        meta.update(extra_meta or {})
+        (checkpoints or self.checkpoints).save(c.step, jax.tree.map(np.asarray, self.state), meta)
+
+    # -- evaluation during training, best checkpoint, end-of-run pictures (rank 0) -----------------
+    # Rank 0 evaluates between rounds, after the update of every eval_every-th round: greedy full
+    # games on fresh envs of their own (seeded for evaluation, so the same games each time). The
+    # other ranks meanwhile play their next round and then wait for rank 0 at the next gather, so
+    # rank 0's evaluation time shows as their wait (and as rank 0's "eval_s" in ranks.jsonl), and the
+    # wall-clock time and steps/s of the run include it. Every rank knows when an evaluation is due
+    # (the schedule is in the config), and the next collective's hang limit allows for it.
+
+    def _eval_due(self, update: int) -> bool:
+        every = self.cfg.run.eval_every
+        return bool(every) and update > 0 and update % every == 0
+
+    def _eval_allowance_s(self) -> float:
+        """Extra seconds the next collective may take because rank 0 is evaluating before it."""
+        if not self._eval_due(self.counters.update):
+            return 0.0
+        return max(10 * self.cfg.dist.hang_timeout_s, 3 * self.last_eval_s)
+
+    def _evaluate_between_rounds(self, gathered, record: dict) -> dict:
+        """Every rank: note rank 0's last evaluation time. Rank 0, when due: evaluate, keep the best
+        checkpoint, and return the eval/* metrics for this update's line ({} otherwise)."""
+        for p in gathered:
+            for r in p["records"]:
+                if "eval_s" in r:
+                    self.last_eval_s = r["eval_s"]
+        if not (self.is_main and self._eval_due(self.counters.update)):
+            return {}
+        from jaxpong.evaluate import play_games
+        from jaxpong.policy import BEST_DIR
+
+        c = self.counters
+        result = play_games(self.cfg, self.state.params, episodes=self.cfg.run.eval_episodes, seed=self.cfg.run.seed,
+                            greedy=True, policy_step=self.policy_step)
+        summary = result.summary()
+        record["eval_s"] = round(result.seconds, 6)  # reaches every rank with the next gather
+        self.last_eval_s = result.seconds
+        if self.best_checkpoints is None:
+            self.best_checkpoints = Checkpoints(self.run_dir / BEST_DIR, keep=1)
+            self.best_eval_return = self._saved_best_return()
+        mean = summary["mean_return"]
+        improved = mean is not None and (self.best_eval_return is None or mean > self.best_eval_return)
+        if improved:
+            self.best_eval_return = mean
+            self.save(self.best_checkpoints, {"eval": {**summary, "update": c.update}})
+        log_line(f"eval at update {c.update} (step {c.step:,}): {summary['episodes']} greedy games, mean "
+                 f"{self._fmt(mean)} (min {self._fmt(summary['min_return'])}, max {self._fmt(summary['max_return'])})"
+                 f"{'; new best, saved to ' + BEST_DIR if improved else ''} [{result.seconds:.1f} s]")
+        metrics = {"eval/episodes": summary["episodes"], "eval/truncated": summary["truncated"],
+                   "eval/seconds": round(result.seconds, 3)}
+        if mean is not None:
+            metrics.update({"eval/mean_return": mean, "eval/std_return": summary["std_return"],
+                            "eval/min_return": summary["min_return"], "eval/max_return": summary["max_return"],
+                            "eval/best_return": self.best_eval_return})
+        return metrics
+
+    def _saved_best_return(self) -> float | None:
+        """The best evaluation kept by an earlier process of this run (after --resume), if any."""
+        steps = self.best_checkpoints.steps()
+        if not steps:
+            return None
+        try:
+            return (self.best_checkpoints.read_meta(steps[-1]).get("eval") or {}).get("mean_return")
+        except ConfigError:
+            return None  # unreadable: the next evaluation replaces it
+
+    def _write_end_of_run_media(self, code: int, reason: str) -> None:
+        """Rank 0, after the last checkpoint: learning_curve.png, and with --capture-video a short clip of the
+        final policy (videos/final.mp4). A failure here is reported but does not change the exit status."""
+        from jaxpong.plots import plot_runs
+
+        try:
+            log_line(f"learning curve: {plot_runs([self.run_dir], self.run_dir / 'learning_curve.png')}")
+        except (ConfigError, OSError, ValueError, RuntimeError) as err:
+            log_line(f"no learning curve written: {err}")
+        if not self.cfg.run.capture_video or code == EXIT_FAULT or reason.startswith("signal"):
+            return
+        from jaxpong.video import record
+
+        try:
+            info = record(self.cfg, self.state.params, self.run_dir / "videos" / "final.mp4", seed=self.cfg.run.seed,
+                          max_steps=CAPTURE_VIDEO_STEPS, policy_step=self.policy_step)
+            log_line(f"video: {info['out']} ({info['agent_steps']} agent steps, score {info['agent_score']}-"
+                     f"{info['opponent_score']})")
+        except (ConfigError, OSError, RuntimeError) as err:
+            log_line(f"no video written: {err}")

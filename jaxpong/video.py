@@ -57,7 +57,7 @@ def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None 
         colour, colour_info = colour_env.reset()
         _check_lockstep(info, colour_info, 0)
         score = np.zeros(2, np.int64)  # agent, opponent: from the rewards
-        yield _hwc(colour[0]), obs[0], tuple(score)
+        yield _hwc(colour[0]), obs[0], (0, 0)
         for step in range(1, limit + 1):
             _, action, _, _, key = policy_step(params, obs, key, greedy)
             env_action = actions[np.asarray(action)]
@@ -101,40 +101,41 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a directory; give a file name such as game.mp4")
+    tmp = out.with_name(out.stem + ".tmp" + out.suffix)  # the encoder picks the format from the extension
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_bytes(b"")  # fail now, with a clear message, rather than after playing the game
     except OSError as err:
-        raise ConfigError(f"--out {str(out)!r}: its folder cannot be created ({err.strerror})") from None
+        raise ConfigError(f"--out {str(out)!r} cannot be written ({err.strerror}); choose a writable place") from None
     start = time.perf_counter()
     frames = 0
     score = (0, 0)
-    tmp = out.with_name(out.stem + ".tmp" + out.suffix)  # the encoder picks the format from the extension
+    game = play(cfg, params, seed=seed, greedy=greedy, max_steps=max_steps, policy_step=policy_step)
     try:
         if kind == "mp4":
             # macro_block_size=1: keep 210x160 as it is (both even, as yuv420p needs) instead of padding to 16.
-            with warnings.catch_warnings():
-                # JAX warns on any fork; imageio-ffmpeg's fork is followed at once by exec of ffmpeg, which is safe.
-                warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-                writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
-                                               macro_block_size=1, ffmpeg_log_level="error")
+            writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
+                                           macro_block_size=1, ffmpeg_log_level="error")
             try:
-                for frame, _, score in play(cfg, params, seed=seed, greedy=greedy, max_steps=max_steps,
-                                            policy_step=policy_step):
-                    writer.append_data(frame)
-                    frames += 1
+                with warnings.catch_warnings():
+                    # JAX warns on any fork; imageio-ffmpeg forks only to exec ffmpeg at once, which is safe.
+                    warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
+                    for frame, _, score in game:
+                        writer.append_data(frame)
+                        frames += 1
             finally:
                 writer.close()
         else:
             stack = []
-            for frame, _, score in play(cfg, params, seed=seed, greedy=greedy, max_steps=max_steps,
-                                        policy_step=policy_step):
+            for frame, _, score in game:
                 stack.append(frame)
             frames = len(stack)
-            iio.imwrite(tmp, np.stack(stack), extension=".gif", duration=1000.0 / fps, loop=0)
+            iio.imwrite(tmp, np.stack(stack), extension=".gif", duration=round(1000.0 / fps), loop=0)
         tmp.replace(out)
     except OSError as err:
         tmp.unlink(missing_ok=True)
-        raise ConfigError(f"--out {str(out)!r} cannot be written ({err.strerror or err}); choose a writable place") from None
+        reason = err.strerror or str(err).strip().splitlines()[0]
+        raise ConfigError(f"--out {str(out)!r} cannot be written ({reason}); choose a writable place") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

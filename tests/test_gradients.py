@@ -35,10 +35,9 @@ def setup(algo="ppo", seed=0):
     network = make_network(cfg.model)
     rng = np.random.default_rng(seed)
     features = rng.integers(-1, 2, size=(T, N, H, W)).astype(np.int8)
-    params = network.init(jax.random.PRNGKey(seed), jnp.zeros((1, H, W)))
+    params = jax.jit(network.init)(jax.random.PRNGKey(seed), jnp.zeros((1, H, W)))  # eager init compiles op by op
     valid = np.arange(T)[:, None] < np.array([6, 2, 0, 4])[None, :]  # cut rows; env 2 has nothing
     valid[1, 0] = False  # an auto-reset step inside a row
-    valid &= True
     batch = Batch(
         features=features,
         actions=rng.integers(0, 2, size=(T, N)).astype(np.int32),
@@ -97,66 +96,80 @@ def test_padding_adds_nothing_and_ranks_sum_to_the_whole(algo):
     assert c_padded == c_valid == 6 + 1 + 0 + 4 - 0  # rows 6, 2, 0, 4 long, one auto-reset step out
     assert_trees_close(g_padded, g_valid)
 
-    # Two "ranks" holding different numbers of samples: rank 0 the first 10 flat samples, rank 1 the rest.
-    g0, c0 = grad_sum(module, network, params, flat_samples(batch, targets, np.arange(10)), norm, cfg)
-    g1, c1 = grad_sum(module, network, params, flat_samples(batch, targets, np.arange(10, T * N)), norm, cfg)
-    assert c0 != c1 and c0 + c1 == c_padded
+    # Two "ranks" of 12 samples each, holding different numbers of valid samples (rounds t=0-2 and t=3-5):
+    # the sum of their gradient sums over the sum of their counts is the whole batch's mean gradient.
+    g0, c0 = grad_sum(module, network, params, flat_samples(batch, targets, np.arange(12)), norm, cfg)
+    g1, c1 = grad_sum(module, network, params, flat_samples(batch, targets, np.arange(12, T * N)), norm, cfg)
+    assert (c0, c1) == (7.0, 4.0)
     mean_two_ranks = jax.tree.map(lambda a, b: (a + b) / (c0 + c1), g0, g1)
-    mean_whole = jax.tree.map(lambda g: g / c_padded, g_padded)
+    mean_whole = jax.tree.map(lambda g: g / c_valid, g_valid)
     assert_trees_close(mean_two_ranks, mean_whole)
-
-    # The mean gradient is the gradient of the mean loss over the valid samples alone.
-    apply_fn = lambda p, x: network.apply(p, x)
-    valid_only = flat_samples(batch, targets, valid_rows)
-    g_mean = jax.jit(jax.grad(lambda p: module.loss_sums(apply_fn, p, valid_only, norm, cfg)[0] / c_valid))(params)
-    assert_trees_close(mean_whole, g_mean)
-    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(g_mean)) > 1e-4  # not trivially zero
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(mean_whole)) > 1e-4  # not trivially zero
+    # ... which is not what averaging the two ranks' own means would give (they hold unequal counts).
+    mean_of_means = jax.tree.map(lambda a, b: (a / c0 + b / c1) / 2, g0, g1)
+    assert max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(mean_of_means),
+                                                          jax.tree.leaves(mean_whole))) > 1e-5
 
 
-def make_step(cfg, network, allreduce, learning_rate=1.0):
-    optimizer = optax.sgd(learning_rate)
-    optimize = make_optimize(cfg, lambda p, x: network.apply(p, x), optimizer, allreduce)
-    return optimizer, optimize
+OPTIMIZER = optax.sgd(1.0, momentum=0.9)  # first step: update = -1 x gradient; its state (a trace) must move
 
 
-def test_make_optimize_applies_the_mean_gradient_of_valid_samples():
-    cfg, network, params, batch, targets, norm = setup("ppo")
-    optimizer, optimize = make_step(cfg, network, lambda x: x)
-    state = TrainState(params=params, opt_state=optimizer.init(params), key=jax.random.PRNGKey(3))
-    new_state, metrics, counts = optimize(state, jax.tree.map(jnp.asarray, batch), targets, norm, 1.0, 1.0)
+@pytest.fixture(scope="module")
+def ppo_setup():
+    return setup("ppo")
+
+
+@pytest.fixture(scope="module")
+def optimize_one_rank(ppo_setup):
+    cfg, network = ppo_setup[0], ppo_setup[1]
+    return make_optimize(cfg, lambda p, x: network.apply(p, x), OPTIMIZER, lambda x: x)
+
+
+def fresh_state(params):
+    return TrainState(params=params, opt_state=OPTIMIZER.init(params), key=jax.random.PRNGKey(3))
+
+
+def test_make_optimize_applies_the_mean_gradient_of_valid_samples(ppo_setup, optimize_one_rank):
+    cfg, network, params, batch, targets, norm = ppo_setup
+    state = fresh_state(params)
+    new_state, metrics, counts = optimize_one_rank(state, jax.tree.map(jnp.asarray, batch), targets, norm, 1.0, 1.0)
     assert np.asarray(counts).tolist() == [11.0]
     valid_rows = np.nonzero(flat_samples(batch, targets)["valid"])[0]
     g, c = grad_sum(ppo, network, params, flat_samples(batch, targets, valid_rows), norm, cfg)
-    want = jax.tree.map(lambda p, gr: p - gr / c, params, g)  # sgd with learning rate 1
+    want = jax.tree.map(lambda p, gr: p - gr / c, params, g)  # learning rate 1, empty momentum
     assert_trees_close(new_state.params, want, rtol=1e-5, atol=1e-6)
     # Metrics are means over the valid samples: the entropy of a near-uniform 2-action policy ~ ln 2.
     assert abs(float(metrics[2]) - np.log(2)) < 0.01
     assert not np.array_equal(np.asarray(new_state.key), np.asarray(state.key))  # the key moves on
+    # lr_frac scales the step: half the learning-rate fraction, half the parameter change.
+    half, _, _ = optimize_one_rank(state, jax.tree.map(jnp.asarray, batch), targets, norm, 0.5, 1.0)
+    assert_trees_close(jax.tree.map(lambda n, p: 2 * (n - p), half.params, params),
+                       jax.tree.map(lambda n, p: n - p, new_state.params, params), rtol=1e-4, atol=1e-6)
 
 
-def test_make_optimize_two_identical_ranks_give_the_same_step():
+def test_make_optimize_two_identical_ranks_give_the_same_step(ppo_setup, optimize_one_rank):
     """An allreduce summing two ranks with the same data doubles sums and counts: the mean is unchanged."""
-    cfg, network, params, batch, targets, norm = setup("ppo")
-    optimizer, one = make_step(cfg, network, lambda x: x)
-    _, two = make_step(cfg, network, lambda x: 2.0 * x)
-    state = TrainState(params=params, opt_state=optimizer.init(params), key=jax.random.PRNGKey(3))
+    cfg, network, params, batch, targets, norm = ppo_setup
+    two = make_optimize(cfg, lambda p, x: network.apply(p, x), OPTIMIZER, lambda x: 2.0 * x)
+    state = fresh_state(params)
     b = jax.tree.map(jnp.asarray, batch)
-    s1, m1, c1 = one(state, b, targets, norm, 1.0, 1.0)
+    s1, m1, c1 = optimize_one_rank(state, b, targets, norm, 1.0, 1.0)
     s2, m2, c2 = two(state, b, targets, norm, 1.0, 1.0)
     assert float(c2[0]) == 2 * float(c1[0])
     assert_trees_close(s1.params, s2.params, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(np.asarray(m1), np.asarray(m2), rtol=1e-6)
 
 
-def test_make_optimize_without_valid_samples_leaves_the_state_alone():
-    cfg, network, params, batch, targets, norm = setup("ppo")
+def test_make_optimize_without_valid_samples_leaves_the_state_alone(ppo_setup, optimize_one_rank):
+    cfg, network, params, batch, targets, norm = ppo_setup
     none = np.zeros((T, N), bool)
-    batch = batch.replace(valid=none, filled=none)
-    targets = dict(targets, valid=none)
-    optimizer = optax.adam(0.1)
-    optimize = make_optimize(cfg, lambda p, x: network.apply(p, x), optimizer, lambda x: x)
-    state = TrainState(params=params, opt_state=optimizer.init(params), key=jax.random.PRNGKey(3))
-    new_state, _, counts = optimize(state, jax.tree.map(jnp.asarray, batch), targets, jnp.zeros(3), 1.0, 1.0)
+    state = fresh_state(params)
+    # One real step first, so that the momentum trace is nonzero and would move again.
+    state, _, _ = optimize_one_rank(state, jax.tree.map(jnp.asarray, batch), targets, norm, 1.0, 1.0)
+    assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(state.opt_state)) > 0
+    empty = jax.tree.map(jnp.asarray, batch.replace(valid=none, filled=none))
+    new_state, _, counts = optimize_one_rank(state, empty, dict(targets, valid=none), jnp.zeros(3), 1.0, 1.0)
     assert float(counts[0]) == 0.0
-    for a, b in zip(jax.tree.leaves((state.params, state.opt_state)), jax.tree.leaves((new_state.params, new_state.opt_state))):
+    for a, b in zip(jax.tree.leaves((state.params, state.opt_state)), jax.tree.leaves((new_state.params, new_state.opt_state)),
+                    strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

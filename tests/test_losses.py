@@ -129,7 +129,7 @@ def test_invalid_samples_contribute_nothing(algo):
     cfg = ppo_cfg() if algo == "ppo" else Config()
     module = ppo if algo == "ppo" else pg
     norm = jnp.array([4.0, 1.0, 3.0])
-    grad_fn = jax.value_and_grad(lambda p, s: module.loss_sums(logits_apply, p, s, norm, cfg), has_aux=True)
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, s: module.loss_sums(logits_apply, p, s, norm, cfg), has_aux=True))
     (loss_all, (count_all, m_all)), g_all = grad_fn(PARAMS, samples)
     (loss_valid, (count_valid, m_valid)), g_valid = grad_fn(PARAMS, subset(samples, slice(0, 4)))
     assert float(count_all) == float(count_valid) == 4.0

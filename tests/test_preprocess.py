@@ -1,0 +1,131 @@
+"""Frames -> network inputs (jaxpong.preprocess) on synthetic frames with known answers, and on real envpool frames."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxpong import preprocess
+from jaxpong.config import Config
+from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
+
+BG, PADDLE, BALL = 87, 147, 236
+
+
+def full_frames():
+    """(previous, current) 210x160 frames. Rows 35, 37, ..., 193 and even columns are what karpathy80 keeps."""
+    prev = np.full((210, 160), BG, np.uint8)
+    cur = np.full((210, 160), BG, np.uint8)
+    prev[0:12, :] = 0  # black HUD pixels above the playfield
+    cur[0:12, :] = 0
+    prev[20, 30] = cur[20, 31] = BALL  # score digits region (row < 35): cropped away
+    # A paddle moving down by 2 rows: rows 51..65 -> 53..67, columns 140..143.
+    prev[51:66, 140:144] = PADDLE
+    cur[53:68, 140:144] = PADDLE
+    # The ball moves from rows 100-101, cols 80-81 to rows 104-105, cols 84-85.
+    prev[100:102, 80:82] = BALL
+    cur[104:106, 84:86] = BALL
+    # A black pixel inside the playfield, on a kept row and column, in the current frame only: erased like the background.
+    cur[61, 20] = 0
+    # Objects the stride skips: an even row, and an odd column.
+    cur[70, 60] = BALL
+    cur[71, 61] = BALL
+    # Rows 195+ (below the playfield) are cropped.
+    cur[195, 10] = BALL
+    return np.stack([prev, cur])
+
+
+def karpathy_expected():
+    out = np.zeros((80, 80), np.int8)
+    # paddle columns 140, 142 -> 70, 71; prev rows 51..65 -> 8..15, cur rows 53..67 -> 9..16
+    out[8, 70:72] = -1
+    out[16, 70:72] = 1
+    # ball: prev row 101 -> 33, col 80 -> 40; cur row 105 -> 35, col 84 -> 42
+    out[33, 40] = -1
+    out[35, 42] = 1
+    return out
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_karpathy80_on_a_synthetic_frame(jitted):
+    fn = jax.jit(preprocess.karpathy80) if jitted else preprocess.karpathy80
+    frames = full_frames()
+    out = np.asarray(fn(jnp.asarray(frames)))
+    assert out.shape == (80, 80) and out.dtype == np.int8
+    np.testing.assert_array_equal(out, karpathy_expected())
+    # A batch of three: [3, 2, 210, 160] -> [3, 80, 80]; swapping the frames flips the sign.
+    batch = np.stack([frames, frames[::-1], np.stack([frames[1], frames[1]])])
+    out = np.asarray(fn(jnp.asarray(batch)))
+    assert out.shape == (3, 80, 80)
+    np.testing.assert_array_equal(out[0], karpathy_expected())
+    np.testing.assert_array_equal(out[1], -karpathy_expected())
+    np.testing.assert_array_equal(out[2], np.zeros((80, 80)))
+
+
+def small_frames():
+    """(previous, current) 84x84 frames; rows 14..77 are the playfield diff64 keeps, all 84 columns."""
+    prev = np.full((84, 84), BG, np.uint8)
+    cur = np.full((84, 84), BG, np.uint8)
+    prev[20:28, 75] = cur[20:28, 75] = PADDLE  # a still paddle: no difference
+    prev[30, 40] = BALL
+    cur[32, 42] = BALL
+    cur[50, 10] = 0  # black: erased
+    cur[40, 5] = 89  # an anti-aliased edge grey: counts as an object
+    cur[13, 3] = BALL  # just above the playfield: cropped
+    cur[14, 4] = BALL  # first playfield row -> output row 0
+    cur[77, 6] = BALL  # last playfield row -> output row 63
+    cur[78, 7] = BALL  # just below: cropped
+    return np.stack([prev, cur])
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_diff64_on_a_synthetic_frame(jitted):
+    fn = jax.jit(preprocess.diff64) if jitted else preprocess.diff64
+    out = np.asarray(fn(jnp.asarray(small_frames()[None])))
+    assert out.shape == (1, 64, 84) and out.dtype == np.int8
+    want = np.zeros((64, 84), np.int8)
+    want[30 - 14, 40] = -1
+    want[32 - 14, 42] = 1
+    want[40 - 14, 5] = 1
+    want[0, 4] = 1
+    want[63, 6] = 1
+    np.testing.assert_array_equal(out[0], want)
+
+
+def test_stack84_and_to_float():
+    frames = np.random.default_rng(0).integers(0, 256, size=(2, 4, 84, 84)).astype(np.uint8)
+    np.testing.assert_array_equal(np.asarray(preprocess.stack84(jnp.asarray(frames))), frames)
+    f = np.asarray(preprocess.to_float(jnp.asarray(np.array([0, 51, 255], np.uint8))))
+    np.testing.assert_allclose(f, [0.0, 0.2, 1.0], rtol=1e-6)  # uint8 frames are scaled to [0, 1]
+    d = np.asarray(preprocess.to_float(jnp.asarray(np.array([-1, 0, 1], np.int8))))
+    assert d.dtype == np.float32 and d.tolist() == [-1.0, 0.0, 1.0]  # differences are kept as they are
+
+
+@pytest.mark.parametrize("obs_mode, out_shape", [("diff64", (64, 84)), ("karpathy80", (80, 80))])
+def test_real_pong_frames(obs_mode, out_shape):
+    """On envpool's own frames: the static background is erased, and moving objects show up after some steps."""
+    cfg = Config()
+    cfg.model.obs_mode = obs_mode
+    cfg.env.num_envs = 2
+    env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, 2), num_threads=1)
+    try:
+        obs, _ = env.reset()
+        fn = jax.jit(preprocess.PREPROCESSORS[obs_mode])
+        current = obs[:, -1]
+        same = np.asarray(fn(jnp.asarray(np.stack([current, current], axis=1))))
+        assert same.shape == (2,) + out_shape
+        assert not same.any()  # identical frames: nothing moves, nothing shows
+        # Against a frame of pure background, only the objects (paddles, ball, walls' edges) remain: a few percent.
+        blank = np.full_like(current, BG)
+        objects = np.asarray(fn(jnp.asarray(np.stack([blank, current], axis=1))))
+        assert set(np.unique(objects)) <= {0, 1}
+        assert 0 < objects.mean() < 0.1
+        moved = np.zeros(2, bool)
+        for step in range(80):
+            obs, *_ = env.step(np.full(2, 2 + step // 20 % 2, np.int32))  # up, then down, ...
+            moved |= np.asarray(fn(jnp.asarray(obs))).reshape(2, -1).any(-1)
+        assert moved.all()
+    finally:
+        env.close()
