@@ -10,6 +10,7 @@ CONFIG ?= configs/default.yaml
 ARGS ?=
 SECONDS ?= 20
 SEEDS ?= 3
+LEARN_SECONDS ?= 300
 
 # mpi4jax builds its CUDA bridge whenever it finds nvcc; pointing CUDA_PATH at an empty folder keeps
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
@@ -46,7 +47,7 @@ bench: install
 	$(PY) -m jaxpong bench --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
 
 bench-learn: install
-	$(PY) -m jaxpong bench --learn --config $(CONFIG) --seeds $(SEEDS) $(ARGS)
+	$(PY) -m jaxpong bench --learn --config $(CONFIG) --seeds $(SEEDS) --time-limit-s $(LEARN_SECONDS) $(ARGS)
 
 bench-ranks: install
 	$(PY) -m jaxpong bench --ranks 2 --slow-rank 1 --slow-factor 2 --config $(CONFIG) --seconds $(SECONDS) $(ARGS)

@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _config_parser(sub, "bench", "throughput: raw envpool steps/s against the trainer's steps/s")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of timed running for each measurement")
     p.add_argument("--run-dir", metavar="DIR", help="where the trainer measurement writes its run (default: a temporary folder)")
+    p.add_argument("--learn", action="store_true",
+                   help="learning speed: train from scratch for --time-limit-s per seed, report milestones and a greedy check")
+    p.add_argument("--seeds", type=int, default=1, metavar="K", help="with --learn: seeds run one after another")
     p.add_argument("--ranks", type=int, default=1, metavar="N",
                    help="launch N ranks with mpirun and compare sync (--deadline-s 0) with auto deadline masking")
     p.set_defaults(func=cmd_bench)
@@ -152,6 +155,12 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--ranks: {args.ranks} must be at least 1")
     if args.seconds <= 0:
         raise ConfigError(f"--seconds: {args.seconds} must be positive")
+    if args.learn:
+        from jaxpong.learnbench import learning_benchmark
+
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds: {args.seeds} must be at least 1")
+        return learning_benchmark(cfg, time_limit_s=cfg.run.time_limit_s, seeds=args.seeds, run_dir=args.run_dir)
     if args.ranks > 1:
         return bench.ranks_benchmark(cfg, args.ranks, seconds=args.seconds, run_dir=args.run_dir)
     setup_jax(cfg.run.xla_threads)
@@ -379,7 +388,9 @@ def _add_scale_commands(sub) -> None:
     p.add_argument("--validate", action="store_true",
                    help="launch real train runs (1, 2 and 4 ranks; with and without a slow rank; deadline 0, auto, "
                    "seconds) and compare their wait fractions with the model's predictions")
-    p.add_argument("--seconds", type=float, default=30.0, help="--validate: seconds of training per run")
+    p.add_argument("--seconds", type=float, default=30.0,
+                   help="--validate: seconds of training per run (start-up adds about 20 s; oversubscribed runs "
+                   "get twice the time)")
     p.add_argument("--num-envs", metavar="N", type=int, default=4, help="--validate: envs per rank in the runs")
     p.add_argument("--config", metavar="FILE", default=None, help="--validate: a YAML config under the runs' flags")
     p.set_defaults(func=cmd_simulate)

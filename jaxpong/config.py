@@ -109,7 +109,8 @@ class DistConfig:
 class RunConfig:
     seed: int = _f(1, "run seed: parameters, env seeds (with rank folded in) and sampling", min=0)
     total_steps: int = _f(10_000_000, "stop after this many valid agent steps (all ranks, whole run)", min=1)
-    time_limit_s: float = _f(0.0, "stop after this many wall-clock seconds of this process (0 = none)", min=0.0)
+    time_limit_s: float = _f(0.0, "stop after this many wall-clock seconds since this process started, start-up "
+                             "included (0 = none); after --resume it counts only the resumed process", min=0.0)
     target_return: float = _f(math.nan, "stop once the mean of the last 20 full games >= this (nan = never)")
     log_every: int = _f(1, "write a metrics line every N updates", min=1)
     checkpoint_every: int = _f(100, "save a checkpoint every N updates (and always at the end)", min=1)

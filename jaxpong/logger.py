@@ -37,6 +37,10 @@ class RunLogger:
         if resume_update is not None:
             _truncate_jsonl(self.metrics_path, resume_update)
             _truncate_jsonl(self.ranks_path, resume_update)
+        self.games_path = self.run_dir / "games.jsonl"
+        if resume_update is not None:
+            _truncate_jsonl(self.games_path, resume_update)
+        self.games_file = open(self.games_path, "a")
         self.metrics_file = open(self.metrics_path, "a", buffering=1)
         self.ranks_file = open(self.ranks_path, "a")
         self.tb = None
@@ -55,6 +59,13 @@ class RunLogger:
                 if "/" in k and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
 
+    def log_games(self, games: list[dict]) -> None:
+        """One line per full game finished (any rank): the raw material of learning-speed milestones."""
+        for g in games:
+            self.games_file.write(json.dumps(g) + "\n")
+        if games:
+            self.games_file.flush()
+
     def log_ranks(self, records: list[dict]) -> None:
         for r in records:
             self.ranks_file.write(json.dumps(r) + "\n")
@@ -63,6 +74,7 @@ class RunLogger:
     def close(self) -> None:
         self.metrics_file.close()
         self.ranks_file.close()
+        self.games_file.close()
         if self.tb is not None:
             self.tb.close()
 

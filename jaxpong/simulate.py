@@ -407,23 +407,40 @@ def message_bytes(cfg) -> float:
     return 4.0 * (params + 1 + len(ALGORITHMS[cfg.algo.algo].METRICS))
 
 
-def _games(metrics: list[dict]) -> tuple[list[float], list[float]]:
-    """Game lengths and steps per point from metrics.jsonl. Each line holds the MEAN over the games that
-    finished in its update; lines where exactly one game finished are single games and are preferred."""
+def _points(game_return: float) -> float:
+    """Points played in a full game (first to 21): 42 - |return|."""
+    return 2 * POINTS_TO_WIN - min(abs(float(game_return)), POINTS_TO_WIN)
+
+
+def _games(run_dir: Path) -> tuple[list[float], list[float], str]:
+    """Game lengths and steps per point of a run's finished games, and where they came from.
+
+    games.jsonl (one line per finished game) where the run has it; otherwise metrics.jsonl, whose lines
+    hold the MEAN over the games that finished in their update: lines where exactly one game finished
+    are single games and are preferred (means understate the spread)."""
+    from jaxpong import report
+
+    path = Path(run_dir) / "games.jsonl"
+    if path.is_file():
+        rows = [g for g in report._read_jsonl(path) if isinstance(g.get("length"), (int, float)) and "return" in g]
+        if rows:
+            return ([float(g["length"]) for g in rows], [float(g["length"]) / max(_points(g["return"]), 1.0) for g in rows],
+                    "games.jsonl")
+    metrics = report.read_metrics(run_dir)
     single, means, prev = [], [], 0  # a fresh run starts with no game
     for m in metrics:
         episodes = m.get("charts/episodes")
         length, ret = m.get("charts/episodic_length"), m.get("charts/episodic_return")
         if length is not None and ret is not None:
-            points = 2 * POINTS_TO_WIN - min(abs(float(ret)), POINTS_TO_WIN)  # first to 21: 42 - |return| points
-            row = (float(length), float(length) / max(points, 1.0))
+            row = (float(length), float(length) / max(_points(ret), 1.0))
             means.append(row)
             if prev is not None and episodes is not None and episodes - prev == 1:
                 single.append(row)
         if episodes is not None:
             prev = episodes
-    chosen = single if len(single) >= 10 else means
-    return [r[0] for r in chosen], [r[1] for r in chosen]
+    chosen, origin = (single, "metrics.jsonl, single-game updates") if len(single) >= 10 else \
+        (means, "metrics.jsonl, per-update means")
+    return [r[0] for r in chosen], [r[1] for r in chosen], origin
 
 
 def measured_from_run(run_dir, base: Measured | None = None) -> Measured:
@@ -475,10 +492,11 @@ def measured_from_run(run_dir, base: Measured | None = None) -> Measured:
         per_round.setdefault(x["update"], []).append(x["compute_s"])
     own = setup.optimizer_steps * coll.allreduce_s(len(ranks), setup.message_bytes)
     compute = [max(1e-6, float(np.median(v)) - own) for v in per_round.values()]
-    lengths, intervals = _games(report.read_metrics(path))
+    lengths, intervals, origin = _games(path)
     source = {"run_dir": str(path), "ranks": len(ranks), "rounds": len(per_round),
               "slow_rank": slow, "slow_factor": cfg.dist.slow_factor, "deadline_s": cfg.dist.deadline_s,
-              "games": len(lengths) or f"none finished: game lengths from {base.source.get('name', 'the defaults')}",
+              "games": f"{len(lengths)} from {origin}" if lengths else
+              f"none finished: game lengths from {base.source.get('name', 'the defaults')}",
               "collectives": f"from {base.source.get('name', 'the defaults')}"}
     if not lengths:
         lengths, intervals = base.game_length_steps, base.point_interval_steps
@@ -547,6 +565,7 @@ def calibrate(out_path) -> int:
 
 
 # -- validation against real runs -----------------------------------------------------------------
+STARTUP_S = 20.0
 VALIDATION_RUNS = (  # (ranks, slow rank, deadline)
     (1, -1, "0"), (1, -1, "auto"),
     (2, -1, "0"), (2, -1, "auto"),
@@ -582,19 +601,23 @@ def validate(seconds: float, out_dir, rounds: int, window_s: float, slow_factor:
         deadline = f"{window_s:g}" if deadline == "WINDOW" else deadline
         name = f"n{ranks}_{'slow' if slow >= 0 else 'even'}_d{deadline}"
         run_dir = out / name
+        oversubscribed = ranks > cores
+        # train's --time-limit-s counts from process start: add start-up (imports, compilation), and give
+        # oversubscribed runs, whose ranks share cores, twice the time
+        limit = (seconds + STARTUP_S) * (2 if oversubscribed else 1)
         cmd = launcher + ["-n", str(ranks), sys.executable, "-m", "jaxpong", "train", "--run-dir", str(run_dir),
                           "--overwrite"]
         if config:
             cmd += ["--config", config]
         cmd += ["--network", "mlp", "--obs-mode", "diff64", "--algo", "ppo", "--num-envs", str(num_envs),
                 "--num-threads", "1", "--num-steps", "32", "--update-epochs", "2", "--num-minibatches", "2",
-                "--total-steps", "1000000000", "--time-limit-s", f"{seconds:g}", "--checkpoint-every", "1000000",
+                "--total-steps", "1000000000", "--time-limit-s", f"{limit:g}", "--checkpoint-every", "1000000",
                 "--progress", "off", "--deadline-s", deadline, "--seed", str(seed)]
         if slow >= 0:
             cmd += ["--slow-rank", str(slow), "--slow-factor", f"{slow_factor:g}"]
         print(f"[validate] {name}: {' '.join(cmd[1:3])} ... {' '.join(cmd[-8:])}", file=sys.stderr, flush=True)
         with open(out / f"{name}.log", "w") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=seconds + 300).returncode
+            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=limit + 300).returncode
         if rc != 0:
             raise ConfigError(f"validation run {name} failed (exit {rc}); see {out / (name + '.log')}")
         from jaxpong import report
@@ -603,7 +626,6 @@ def validate(seconds: float, out_dir, rounds: int, window_s: float, slow_factor:
         measured = measured_from_run(run_dir, base)
         mode = mode_of(_parse_deadline(deadline))
         outcome = simulate(measured, mode, ranks, rounds=rounds, seed=seed)
-        oversubscribed = ranks > cores
         for s in stats:
             predicted = float(outcome.rank_wait_fraction[s.rank])
             rows.append({"run": name, "ranks": ranks, "slow_rank": slow, "deadline_s": deadline, "mode": mode,

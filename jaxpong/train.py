@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import rundir
+from jaxpong import PROCESS_START, rundir
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.checkpoint import Checkpoints
 from jaxpong.config import Config, ConfigError
@@ -206,6 +206,7 @@ class Trainer:
             "masked": masked,
             "signal": self.signals.received,
             "elapsed_s": time.perf_counter() - t0,
+            "process_s": time.time() - PROCESS_START,
             "checksum": param_checksum(self.state.params) if check and comm.size > 1 else None,
         }
         t_wait = time.perf_counter()
@@ -280,6 +281,10 @@ class Trainer:
                 eval_metrics = self._evaluate_between_rounds(gathered, record)  # rank 0 only, when due
                 if self.is_main:
                     self.logger.log_ranks([r for p in gathered for r in p["records"]])
+                    self.logger.log_games([
+                        {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3),
+                         "process_s": round(time.time() - PROCESS_START, 3), "rank": k, "return": ret, "length": n}
+                        for k, p in enumerate(gathered) for ret, n in p["games"]])
                     if c.update % cfg.run.log_every == 0 or eval_metrics:
                         sps = (c.step - last_log_step) / max(now - last_log_time, 1e-9)
                         last_log_step, last_log_time = c.step, now
@@ -347,7 +352,7 @@ class Trainer:
         if c.step >= cfg.run.total_steps:
             return f"reached --total-steps {cfg.run.total_steps:,}"
         limit = time_limit_s if time_limit_s is not None else cfg.run.time_limit_s
-        if limit and gathered[0]["elapsed_s"] >= limit:
+        if limit and gathered[0]["process_s"] >= limit:
             return f"reached --time-limit-s {limit:g}"
         target = cfg.run.target_return
         if not math.isnan(target) and len(self.recent) >= RECENT_GAMES and self.recent_mean() >= target:
@@ -363,7 +368,8 @@ class Trainer:
 
     def _log(self, now, sps, metrics, games, gathered, record, skipped, extra: dict | None = None):
         c = self.counters
-        line = {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3), "charts/SPS": round(sps, 1),
+        line = {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3),
+                "process_s": round(time.time() - PROCESS_START, 3), "charts/SPS": round(sps, 1),
                 "charts/episodes": c.episodes, "charts/env_steps": c.env_steps,
                 "charts/learning_rate": self.cfg.algo.learning_rate * (max(0.0, 1.0 - c.step / self.cfg.run.total_steps)
                                                                       if self.cfg.algo.anneal_lr else 1.0)}

@@ -273,7 +273,12 @@ def test_simulate_from_a_synthetic_run(tmp_path, capsys):
     assert measured.step_time_s[2][0] == pytest.approx(0.3 * 4 / 80)  # collect_s / steps per env
     assert measured.typical_ranks == [0, 1]  # rank 2 was fault-injected
     assert measured.setup.num_envs == 4 and measured.setup.optimizer_steps == 4
-    assert measured.game_length_steps[0] == 910.0  # single-game updates preferred
+    assert measured.game_length_steps[0] == 910.0  # no games.jsonl: metrics.jsonl's per-update means
+    (run / "games.jsonl").write_text("".join(json.dumps({"update": u, "rank": 0, "return": -21.0 + u, "length": 800 + u})
+                                             + "\n" for u in range(1, 7)))
+    measured = sim.measured_from_run(run)  # one line per finished game is preferred
+    assert measured.game_length_steps == [801.0, 802.0, 803.0, 804.0, 805.0, 806.0]
+    assert measured.point_interval_steps[0] == pytest.approx(801 / 22)  # 21-1: 22 points
     assert measured.gap_s[0][0] == pytest.approx(0.002, abs=1e-6)
     code = main(["simulate", "--from", str(run), "--ranks", "3", "--modes", "steps", "--rounds", "50"])
     out, err = capsys.readouterr()
@@ -285,11 +290,12 @@ def test_simulate_from_a_synthetic_run(tmp_path, capsys):
 # -- one real run ------------------------------------------------------------------------------------
 @pytest.mark.skipif(not MPIRUN.exists(), reason="needs the venv's mpirun (mpich wheel)")
 def test_real_two_rank_run_with_a_slow_rank(tmp_path):
-    """A 2-rank run whose rank 1 steps 3x slower: train writes imbalance.png itself, and report names rank 1."""
+    """A 2-rank run whose rank 1 steps 3x slower: train writes imbalance.png itself, and report names rank 1.
+    (--time-limit-s counts from process start: about 20 s of start-up, then some 10 s of rounds.)"""
     run = tmp_path / "r2"
     train = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG), "--run-dir", str(run),
              "--num-envs", "4", "--num-threads", "1", "--slow-rank", "1", "--slow-factor", "3", "--deadline-s", "0",
-             "--total-steps", "1000000000", "--time-limit-s", "10", "--checkpoint-every", "100000", "--progress", "off"]
+             "--total-steps", "1000000000", "--time-limit-s", "30", "--checkpoint-every", "100000", "--progress", "off"]
     proc = subprocess.run([str(MPIRUN), "-n", "2", *train], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "imbalance.png").read_bytes()[:8] == PNG_MAGIC  # written by train at the end

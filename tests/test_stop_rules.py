@@ -23,8 +23,8 @@ def bare_trainer(total_steps=10_000, time_limit_s=0.0, target_return=math.nan, s
     return trainer
 
 
-def gathered(elapsed_s=1.0, signal=None):
-    return [{"signal": signal, "elapsed_s": elapsed_s}, {"signal": None, "elapsed_s": elapsed_s + 5}]
+def gathered(process_s=1.0, signal=None):
+    return [{"signal": signal, "process_s": process_s}, {"signal": None, "process_s": process_s + 5}]
 
 
 def test_nothing_stops_a_young_run():
@@ -39,11 +39,11 @@ def test_total_steps():
 
 def test_time_limit_uses_rank_0_elapsed_time():
     t = bare_trainer(time_limit_s=30.0)
-    assert t._stop_reason(gathered(elapsed_s=29.9), None) == ""  # rank 1's 34.9 s does not count
-    assert "--time-limit-s 30" in t._stop_reason(gathered(elapsed_s=30.0), None)
+    assert t._stop_reason(gathered(process_s=29.9), None) == ""  # rank 1's 34.9 s does not count
+    assert "--time-limit-s 30" in t._stop_reason(gathered(process_s=30.0), None)
     # An explicit limit passed to run() replaces the configured one.
-    assert "--time-limit-s 5" in t._stop_reason(gathered(elapsed_s=6.0), 5.0)
-    assert bare_trainer(time_limit_s=0.0)._stop_reason(gathered(elapsed_s=1e9), None) == ""  # 0 = none
+    assert "--time-limit-s 5" in t._stop_reason(gathered(process_s=6.0), 5.0)
+    assert bare_trainer(time_limit_s=0.0)._stop_reason(gathered(process_s=1e9), None) == ""  # 0 = none
 
 
 def test_target_return_needs_twenty_games_with_a_mean_at_least_the_target():

@@ -1,0 +1,136 @@
+"""`jaxpong bench --learn`: how fast a config learns, in wall-clock seconds since the process started.
+
+Each seed trains from scratch in a fresh process (imports and compilation count, as they do for a
+user), for a wall-clock budget. From that run's games.jsonl (every full game, in order) we find the
+first moment the mean of the last 20 full games reaches each milestone. Then the final policy plays
+10 greedy full games on fresh envs, so a trailing training mean cannot flatter a run.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jaxpong.config import Config, ConfigError, to_dict
+
+MILESTONES = (-15, -10, 0, 10, 18, 20)
+WINDOW = 20
+GREEDY_GAMES = 10
+
+
+def milestones_from_games(games: list[dict], window: int = WINDOW) -> dict:
+    """{"-15": {"time_s", "step"} or None, ...}: first time the mean of the last `window` games >= m."""
+    out = {str(m): None for m in MILESTONES}
+    returns = []
+    for g in games:
+        returns.append(g["return"])
+        if len(returns) < window:
+            continue
+        mean = float(np.mean(returns[-window:]))
+        for m in MILESTONES:
+            if out[str(m)] is None and mean >= m:
+                out[str(m)] = {"time_s": round(g["process_s"], 1), "step": int(g["step"])}
+    return out
+
+
+def median_milestones(per_seed: list[dict]) -> dict:
+    """Median over seeds; a seed that never reached a milestone counts as infinitely slow, so the
+    median is null when fewer than half of the seeds reached it."""
+    out = {}
+    for m in MILESTONES:
+        times = sorted((s[str(m)]["time_s"], s[str(m)]["step"]) if s[str(m)] else (np.inf, np.inf) for s in per_seed)
+        mid = times[(len(times) - 1) // 2]  # the lower median: an observed seed, never an average
+        out[str(m)] = None if not np.isfinite(mid[0]) else {"time_s": mid[0], "step": int(mid[1])}
+    return out
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def _plot(per_seed_runs: list[tuple[int, list[dict]]], out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for seed, games in per_seed_runs:
+        if len(games) < 1:
+            continue
+        rets = np.array([g["return"] for g in games], float)
+        t = np.array([g["process_s"] for g in games], float)
+        trailing = np.array([rets[max(0, i - WINDOW + 1): i + 1].mean() for i in range(len(rets))])
+        ax.plot(t, trailing, label=f"seed {seed}")
+    for m in MILESTONES:
+        ax.axhline(m, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("wall-clock seconds since process start")
+    ax.set_ylabel(f"mean return, last {WINDOW} full games")
+    ax.set_ylim(-21.5, 21.5)
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def learning_benchmark(cfg: Config, *, time_limit_s: float, seeds: int, run_dir: str | None,
+                       extra_args: list[str] | None = None) -> int:
+    import time
+
+    import yaml
+
+    if time_limit_s <= 0:
+        raise ConfigError("bench --learn needs --time-limit-s SECONDS > 0 (the wall-clock budget of each seed)")
+    base = Path(run_dir) if run_dir else Path("runs") / f"bench_learn__{cfg.algo.algo}__{int(time.time())}"
+    base.mkdir(parents=True, exist_ok=True)
+    cfg_file = base / "config.yaml"
+    cfg_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    per_seed, curves = [], []
+    for k in range(seeds):
+        seed = cfg.run.seed + k
+        seed_dir = base / f"seed_{seed}"
+        cmd = [sys.executable, "-m", "jaxpong", "train", "--config", str(cfg_file), "--run-dir", str(seed_dir),
+               "--overwrite", "--seed", str(seed), "--time-limit-s", str(time_limit_s), "--progress", "log",
+               "--checkpoint-every", "1000000000", *(extra_args or [])]
+        print(f"seed {seed}: training for {time_limit_s:g} s -> {seed_dir}", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"seed {seed}: training failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+        games = _read_jsonl(seed_dir / "games.jsonl")
+        metrics = _read_jsonl(seed_dir / "metrics.jsonl")
+        reached = milestones_from_games(games)
+        sps = (metrics[-1]["step"] - metrics[0]["step"]) / max(metrics[-1]["time_s"] - metrics[0]["time_s"], 1e-9) \
+            if len(metrics) > 1 else 0.0
+        final = float(np.mean([g["return"] for g in games[-WINDOW:]])) if games else None
+        ev = subprocess.run([sys.executable, "-m", "jaxpong", "eval", str(seed_dir), "--episodes", str(GREEDY_GAMES),
+                             "--greedy"], capture_output=True, text=True)
+        greedy = json.loads(ev.stdout.strip().splitlines()[-1]) if ev.returncode == 0 else None
+        row = {"seed": seed, "milestones": reached, "sps": round(sps, 1), "final_return": final, "games": len(games),
+               "steps": metrics[-1]["step"] if metrics else 0,
+               "greedy_mean": greedy["mean_return"] if greedy else None,
+               "greedy_returns": greedy["returns"] if greedy else None, "run_dir": str(seed_dir)}
+        per_seed.append(row)
+        curves.append((seed, games))
+        print("  " + "  ".join(f"{m:+d}: " + (f"{r['time_s']:.0f}s" if (r := reached[str(m)]) else "-") for m in MILESTONES)
+              + f"  | {sps:,.0f} steps/s | last-20 {final if final is None else round(final, 2)} | greedy "
+              f"{row['greedy_mean']}", flush=True)
+    med = median_milestones([r["milestones"] for r in per_seed])
+    png = base / "learning_curve.png"
+    _plot(curves, png, f"{cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, {cfg.env.num_envs} envs; "
+                       f"{seeds} seed(s), {time_limit_s:g} s each")
+    finals = [r["final_return"] for r in per_seed if r["final_return"] is not None]
+    greedy = [r["greedy_mean"] for r in per_seed if r["greedy_mean"] is not None]
+    print(f"median milestones (seconds since process start): " +
+          ", ".join(f"{m}: {v['time_s']}s" if v else f"{m}: -" for m, v in med.items()))
+    print(f"learning curve: {png}")
+    print(json.dumps({"milestones": med, "per_seed": per_seed,
+                      "sps": round(float(np.median([r["sps"] for r in per_seed])), 1),
+                      "final_return": float(np.median(finals)) if finals else None,
+                      "greedy_mean": float(np.median(greedy)) if greedy else None,
+                      "time_limit_s": time_limit_s, "run_dir": str(base)}))
+    return 0
