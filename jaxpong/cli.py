@@ -132,7 +132,17 @@ def run_training(cfg, comm, run_dir, resume: bool, overwrite: bool = False, resu
             log_line(f"resumed from the checkpoint at step {trainer.resumed_from:,} (update {trainer.counters.update}, "
                      f"resume #{trainer.counters.resume_count})")
     # After a resume --time-limit-s counts only this process; --total-steps counts the whole run.
-    return trainer.run()
+    try:
+        return trainer.run()
+    except Exception:
+        if comm.size == 1:
+            raise
+        # An unexpected error on one rank would leave the others waiting in a collective forever.
+        import traceback
+
+        traceback.print_exc()
+        print(f"jaxpong: rank {comm.rank} failed (above); aborting the MPI job", file=sys.stderr, flush=True)
+        comm.abort(1)
 
 
 def latest_checkpoint_step(run_dir: Path) -> int:

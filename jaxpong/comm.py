@@ -87,7 +87,7 @@ class MpiComm:
         while not arrived.Test():
             if time.monotonic() - start > timeout_s:
                 if self.rank == 0:
-                    missing = [r for r, req in notes.items() if not req.Test()[0]]
+                    missing = [r for r, req in notes.items() if not req.Test()]
                     who = f"rank(s) {missing} did not arrive" if missing else "a rank did not arrive"
                 else:
                     who = "a peer (rank 0 names it, unless it is rank 0) did not arrive"

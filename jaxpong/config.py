@@ -50,8 +50,9 @@ class ModelConfig:
     obs_mode: str = _f(
         "diff64",
         "input: diff64 = binarised difference of the 64x84 playfield of envpool's 84x84 frames; "
-        "karpathy80 = the 2016 80x80 difference frame from 210x160 frames; stack84 = 4 stacked 84x84 frames",
-        choices=["diff64", "karpathy80", "stack84"],
+        "diff32 = diff64 summed over 2x2 blocks (32x42); karpathy80 = the 2016 80x80 difference frame from "
+        "210x160 frames; stack84 = 4 stacked 84x84 frames",
+        choices=["diff64", "diff32", "karpathy80", "stack84"],
     )
     actions: list = _f([2, 3], "envpool action ids the policy chooses from (2 = up, 3 = down, 0 = no-op)")
     hidden_size: int = _f(200, "units in the MLP's hidden layer (or the CNN's dense layer)", min=1)
@@ -97,6 +98,9 @@ class DistConfig:
         "0 (none: a fixed number of steps), or game (pg: until each env finishes a game)",
     )
     deadline_margin: float = _f(0.02, "auto deadline = lower-median fill time x (1 + this)", min=0.0)
+    buffer_headroom: float = _f(
+        0.25, "with a deadline (auto or SECONDS), each env's buffer holds num_steps x (1 + this), so ranks faster "
+        "than the typical one keep collecting until the deadline instead of idling", min=0.0)
     slow_rank: int = _f(-1, "fault injection: this rank steps its envs slower by sleeping (-1 = none)", min=-1)
     slow_factor: float = _f(1.0, "fault injection: how many times slower the slow rank steps", min=1.0)
     hang_timeout_s: float = _f(
@@ -267,7 +271,7 @@ def validate(cfg: Config) -> Config:
     if model.network != "mlp" and model.obs_mode != "stack84":
         raise ConfigError(f"model.obs_mode: the {model.network} network needs obs_mode stack84")
     if model.network == "mlp" and model.obs_mode == "stack84":
-        raise ConfigError("model.obs_mode: the mlp network takes diff64 or karpathy80 (stack84 is for the CNNs)")
+        raise ConfigError("model.obs_mode: the mlp network takes diff64, diff32 or karpathy80 (stack84 is for the CNNs)")
     return cfg
 
 

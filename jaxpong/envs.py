@@ -17,7 +17,7 @@ def frame_shape(model: ModelConfig) -> tuple[int, int, int]:
     """(stack, height, width) that envpool must deliver for an observation mode."""
     if model.obs_mode == "karpathy80":
         return 2, 210, 160  # the full frame, so the 2016 crop and stride-2 downsampling apply unchanged
-    if model.obs_mode == "diff64":
+    if model.obs_mode in ("diff64", "diff32"):
         return 2, 84, 84  # previous and current frame: their difference is the input
     return 4, 84, 84
 

@@ -281,6 +281,10 @@ def make_report(run_dir, last_rounds: int = 20, out=None) -> dict:
 
 
 def run_cli(args) -> int:
+    if args.rounds < 0:
+        raise ConfigError(f"--rounds: {args.rounds} must be >= 0 (0 = all rounds)")
+    if args.out and not Path(args.out).parent.is_dir():
+        raise ConfigError(f"--out {args.out!r}: its folder does not exist")
     report = make_report(args.run_dir, last_rounds=args.rounds, out=args.out)
     result = report["summary"]
     print(report["table"])

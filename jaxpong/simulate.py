@@ -19,7 +19,8 @@ a rank plays depends on the mode, named as train's --deadline-s:
     window    until window_s seconds have passed, at most num_steps; steps after a window's last point
               keep return 0 and count, as in 2016's fix                       (train: SECONDS)
     deadline  until D = lower median over ranks of last round's fill times (num_steps * step) x
-              (1 + margin), at most num_steps; one rank has no deadline       (train: auto)
+              (1 + margin), at most num_steps x (1 + buffer_headroom): faster ranks keep playing until
+              the deadline; one rank has no deadline                         (train: auto)
 
 A rank checks the clock after each step, so a cut rank plays ceil(D / step) steps. Masking (setups
 with masking 'unscored', i.e. pg with --pg-unscored mask; never in window mode): the steps of an env
@@ -115,6 +116,7 @@ class Setup:
     message_bytes: float = 4.0 * 1_280_204  # gradient sums + count + metrics, float32
     masking: str = "unscored"  # 'unscored': pg --pg-unscored mask; 'none': ppo, or pg --pg-unscored zero
     deadline_margin: float = 0.02
+    buffer_headroom: float = 0.25  # train's --buffer-headroom: room beyond num_steps when a deadline is set
     window_s: float = 2.0
 
 
@@ -306,7 +308,8 @@ def simulate(measured: Measured, mode: str, ranks: int, rounds: int = 300, seed:
         elif mode == "window":
             steps = np.minimum(cap, np.maximum(1.0, np.ceil(setup.window_s / s)))
         elif mode == "deadline":
-            steps = np.full(ranks, cap) if deadline is None else np.minimum(cap, np.maximum(1.0, np.ceil(deadline / s)))
+            room = cap if ranks == 1 else np.ceil(cap * (1.0 + setup.buffer_headroom))
+            steps = np.full(ranks, cap) if deadline is None else np.minimum(room, np.maximum(1.0, np.ceil(deadline / s)))
             if ranks > 1:
                 deadline = lower_median(cap * s) * (1.0 + setup.deadline_margin)
         else:
@@ -477,7 +480,7 @@ def measured_from_run(run_dir, base: Measured | None = None) -> Measured:
         optimizer_steps=cfg.algo.update_epochs * cfg.algo.num_minibatches if cfg.algo.algo == "ppo" else 1,
         message_bytes=message_bytes(cfg),
         masking="unscored" if cfg.algo.algo == "pg" and cfg.algo.pg_unscored == "mask" else "none",
-        deadline_margin=cfg.dist.deadline_margin,
+        deadline_margin=cfg.dist.deadline_margin, buffer_headroom=cfg.dist.buffer_headroom,
     )
     slow = cfg.dist.slow_rank if cfg.dist.slow_factor > 1.0 else -1
     typical = [r for r in ranks if r != slow] or ranks
@@ -594,7 +597,7 @@ def validate(seconds: float, out_dir, rounds: int, window_s: float, slow_factor:
     out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="jaxpong-validate-"))
     out.mkdir(parents=True, exist_ok=True)
     launcher = _mpirun()
-    rows, runs = [], []
+    rows = []
     cores = len(os.sched_getaffinity(0))
     load_before = os.getloadavg()[0]
     for ranks, slow, deadline in VALIDATION_RUNS:
@@ -632,7 +635,6 @@ def validate(seconds: float, out_dir, rounds: int, window_s: float, slow_factor:
                          "rank": s.rank, "rounds": s.rounds, "measured": round(s.wait_fraction, 4),
                          "predicted": round(predicted, 4), "error": round(abs(predicted - s.wait_fraction), 4),
                          "oversubscribed": oversubscribed})
-        runs.append(name)
     return {"rows": rows, "runs_dir": str(out), "cores": cores, "load": (load_before, os.getloadavg()[0])}
 
 
@@ -654,6 +656,13 @@ def validation_table(rows: list[dict]) -> str:
 
 
 # -- output ---------------------------------------------------------------------------------------
+def _write(path: Path, text: str, flag: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as err:
+        raise ConfigError(f"{flag} {str(path)!r} cannot be written ({err.strerror})") from None
+
+
 def results_table(outcomes: list[Outcome]) -> str:
     head = f"{'mode':<9} {'ranks':>6} {'efficiency':>10} {'masked %':>8} {'wait %':>7} {'samples/s':>12} {'round s':>8}"
     lines = [head, "-" * len(head)]
@@ -705,7 +714,8 @@ def plot(outcomes: list[Outcome], path: Path, title: str, masking: str = "unscor
 def describe(measured: Measured) -> str:
     s, c = measured.setup, measured.collectives
     typical = [x for r in measured.typical_ranks for x in measured.step_time_s[r]]
-    return (f"inputs: {measured.source.get('name') or measured.source.get('run_dir', 'custom')}; "
+    where = measured.source.get("name") or f"run {Path(measured.source.get('run_dir', 'custom')).name}"
+    return (f"inputs: {where}; "
             f"{s.num_envs} env(s) x {s.num_steps} steps per rank, step {1e3 * float(np.median(typical)):.3g} ms "
             f"(median), update {1e3 * float(np.median(measured.compute_s)):.3g} ms + {s.optimizer_steps} allreduce(s) of "
             f"{s.message_bytes / 1e6:.3g} MB, game {float(np.median(measured.game_length_steps)):.0f} steps (median of "
@@ -736,9 +746,12 @@ def run_cli(args) -> int:
     if args.from_dir:
         measured = measured_from_run(args.from_dir, measured)
     if args.collectives:
-        doc = json.loads(Path(args.collectives).read_text()) if Path(args.collectives).is_file() else None
-        if not doc or "collectives" not in doc:
-            raise ConfigError(f"--collectives {args.collectives!r}: give the file --calibrate wrote")
+        try:
+            doc = json.loads(Path(args.collectives).read_text())
+        except (OSError, json.JSONDecodeError):
+            doc = None
+        if not isinstance(doc, dict) or "collectives" not in doc:
+            raise ConfigError(f"--collectives {args.collectives!r}: give the JSON file --calibrate wrote")
         measured.collectives = Collectives(**doc["collectives"])
         measured.source["collectives"] = f"--collectives {args.collectives}"
     c = measured.collectives
@@ -761,7 +774,7 @@ def run_cli(args) -> int:
         doc["source"]["saved_by"] = "python -m jaxpong " + " ".join(argv)
         if args.note:
             doc["source"]["measured_with"] = args.note
-        Path(args.save_measured).write_text(json.dumps(doc, indent=1) + "\n")
+        _write(Path(args.save_measured), json.dumps(doc, indent=1) + "\n", "--save-measured")
         print(f"distributions written to {args.save_measured}", file=sys.stderr)
     ranks, modes = parse_ranks(args.ranks), parse_modes(args.modes)
     if args.slow_factor < 1.0:
@@ -769,7 +782,10 @@ def run_cli(args) -> int:
     outcomes = [simulate(measured, mode, n, rounds=args.rounds, seed=args.seed, slow_rank=args.slow_rank,
                          slow_factor=args.slow_factor) for mode in modes for n in ranks]
     out = Path(args.out) if args.out else (Path(args.from_dir) if args.from_dir else Path("runs") / "simulate")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"--out {str(out)!r} cannot be created ({err.strerror})") from None
     text = describe(measured)
     table_text = results_table(outcomes)
     print(text)

@@ -52,6 +52,7 @@ class Counters:
     resume_count: int = 0
     elapsed_s: float = 0.0  # training seconds of earlier processes of this run
     recent_returns: list = field(default_factory=list)
+    window_reward_ema: float | None = None  # the 2016 running reward, per round
 
 
 class Stop(Exception):
@@ -66,6 +67,14 @@ def init_state(cfg: Config, network, optimizer, seed_key) -> TrainState:
     init_key, run_key = jax.random.split(seed_key)
     params = network.init(init_key, to_float(dummy))
     return TrainState(params=params, opt_state=optimizer.init(params), key=run_key)
+
+
+def buffer_steps(cfg: Config, deadline: Deadline) -> int:
+    """Rows of each env's buffer. With a clock deadline, num_steps is what the typical rank collects
+    by the deadline, and the headroom lets faster ranks keep playing until it instead of idling."""
+    if deadline.spec == "auto" or (isinstance(deadline.spec, float) and deadline.spec > 0):
+        return int(math.ceil(cfg.algo.num_steps * (1.0 + cfg.dist.buffer_headroom)))
+    return cfg.algo.num_steps
 
 
 def param_checksum(params) -> float:
@@ -133,8 +142,9 @@ class Trainer:
         seeds = env_seeds(cfg.run.seed, comm.rank, self.counters.resume_count, PURPOSE_TRAIN, cfg.env.num_envs)
         self.env = make_env(cfg, seeds=seeds)
         slow = cfg.dist.slow_factor if cfg.dist.slow_rank == comm.rank else 1.0
-        self.collector = Collector(self.env, cfg, self.policy_step, num_steps=cfg.algo.num_steps, slow_factor=slow)
         self.deadline = Deadline(cfg.deadline, cfg.dist.deadline_margin, comm.size)
+        self.collector = Collector(self.env, cfg, self.policy_step, num_steps=buffer_steps(cfg, self.deadline),
+                                   slow_factor=slow)
         self.logger = RunLogger(self.run_dir, cfg.run.tensorboard,
                                 resume_update=self.counters.update if resume_step is not None else None,
                                 resume_step=self.counters.step if resume_step is not None else None) if self.is_main else None
@@ -204,6 +214,8 @@ class Trainer:
             "truncated": self.collector.scores.truncated,
             "filled": info.filled_steps,
             "masked": masked,
+            # The 2016 criterion: reward summed over this round's window of play, per game stepped.
+            "window_reward": float(np.asarray(batch.rewards)[np.asarray(batch.filled)].sum()) / cfg.env.num_envs,
             "signal": self.signals.received,
             "elapsed_s": time.perf_counter() - t0,
             "process_s": time.time() - PROCESS_START,
@@ -241,6 +253,10 @@ class Trainer:
         compute_s = prep_s + (time.perf_counter() - t_opt)
 
         valid_global = int(round(norm[0]))
+        window = float(np.mean([p["window_reward"] for p in gathered]))
+        # Karpathy's running reward (0.99 decay), here per round: the moving average the 2016 run reported.
+        ema = c.window_reward_ema
+        c.window_reward_ema = window if ema is None else 0.99 * ema + 0.01 * window
         games = [g for p in gathered for g in p["games"]]
         c.update += 1
         c.step += valid_global
@@ -378,6 +394,8 @@ class Trainer:
             line["charts/episodic_length"] = float(np.mean([n for _, n in games]))
         if self.recent:
             line["charts/return_last20"] = self.recent_mean()
+        line["charts/window_reward"] = float(np.mean([p["window_reward"] for p in gathered]))
+        line["charts/window_reward_ema"] = c.window_reward_ema
         for name, value in zip(self.metric_names, metrics):
             line[name] = float(value)
         valid = sum(int(p["moments"][0]) for p in gathered)

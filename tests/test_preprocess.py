@@ -94,6 +94,24 @@ def test_diff64_on_a_synthetic_frame(jitted):
     np.testing.assert_array_equal(out[0], want)
 
 
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_diff32_sums_diff64_over_2x2_blocks(jitted):
+    fn = jax.jit(preprocess.diff32) if jitted else preprocess.diff32
+    out = np.asarray(fn(jnp.asarray(small_frames()[None])))
+    assert out.shape == (1, 32, 42) and out.dtype == np.int8
+    want = np.zeros((32, 42), np.int8)
+    want[16 // 2, 40 // 2] = -1  # the ball left playfield row 16, column 40
+    want[18 // 2, 42 // 2] = 1  # and arrived at row 18, column 42
+    want[26 // 2, 5 // 2] = 1
+    want[0, 4 // 2] = 1
+    want[63 // 2, 6 // 2] = 1
+    np.testing.assert_array_equal(out[0], want)
+    # Two changes in one block add up.
+    frames = np.full((1, 2, 84, 84), BG, np.uint8)
+    frames[0, 1, 14, 0] = frames[0, 1, 15, 1] = BALL
+    assert int(np.asarray(fn(jnp.asarray(frames)))[0, 0, 0]) == 2
+
+
 def test_stack84_and_to_float():
     frames = np.random.default_rng(0).integers(0, 256, size=(2, 4, 84, 84)).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(preprocess.stack84(jnp.asarray(frames))), frames)

@@ -27,10 +27,10 @@ FREE = sim.Collectives(latency_s=0.0, bandwidth_bytes_per_s=1e30, gather_latency
 
 
 def synthetic(step=1e-3, compute=0.05, games=(1000.0,), points=(40.0,), envs=1, steps=100, masking="none",
-              margin=0.0, window_s=0.05, ranks_measured=1, gap=0.0) -> sim.Measured:
+              margin=0.0, window_s=0.05, ranks_measured=1, gap=0.0, headroom=0.0) -> sim.Measured:
     """Constant (or explicitly listed) distributions and free collectives: closed forms apply."""
     setup = sim.Setup(num_envs=envs, num_steps=steps, optimizer_steps=1, message_bytes=0.0, masking=masking,
-                      deadline_margin=margin, window_s=window_s)
+                      deadline_margin=margin, window_s=window_s, buffer_headroom=headroom)
     return sim.Measured(step_time_s=[[step]] * ranks_measured, gap_s=[[gap]] * ranks_measured, compute_s=[compute],
                         game_length_steps=list(games), point_interval_steps=list(points),
                         typical_ranks=list(range(ranks_measured)), setup=setup, collectives=FREE)
@@ -63,19 +63,28 @@ def test_slow_rank_gives_the_closed_form_wait(factor):
     assert out.samples_per_s == pytest.approx(2 * T / (factor * T * s + c))
 
 
-def test_auto_deadline_cuts_the_slow_rank_in_closed_form():
-    """Deadline = lower median of fill times x (1 + margin) = the fast rank's fill x 1.2; the slow rank (F = 3)
-    is cut after ceil(D / (F s)) steps; the fast one fills its buffer and waits the difference."""
+@pytest.mark.parametrize("headroom", [0.0, 0.1, 0.5])
+def test_auto_deadline_cuts_the_slow_rank_in_closed_form(headroom):
+    """Deadline D = lower median of the times to collect num_steps T, x (1 + margin) = the fast rank's x 1.2.
+    The slow rank (F = 3) is cut after ceil(D / (F s)) steps; the fast one plays on until D or until its
+    buffer of ceil(T (1 + headroom)) rows is full, then waits for the slow one."""
     T, s, c, F, margin = 100, 1e-3, 0.05, 3.0, 0.2
-    out = sim.simulate(synthetic(step=s, compute=c, steps=T, margin=margin), "deadline", ranks=2, rounds=10,
-                       slow_rank=1, slow_factor=F, smooth=False)
+    out = sim.simulate(synthetic(step=s, compute=c, steps=T, margin=margin, headroom=headroom), "deadline", ranks=2,
+                       rounds=10, slow_rank=1, slow_factor=F, smooth=False)
     deadline = T * s * (1 + margin)
     slow_steps = math.ceil(deadline / (F * s))
     slow_collect = slow_steps * F * s
-    assert out.rank_wait_fraction[0] == pytest.approx((slow_collect - T * s) / (slow_collect + c))
-    assert out.rank_wait_fraction[1] == pytest.approx(0.0, abs=1e-12)
-    assert out.samples_per_s == pytest.approx((T + slow_steps) / (slow_collect + c))
-    assert out.efficiency == pytest.approx((T * s + slow_collect + 2 * c) / (2 * (slow_collect + c)))
+    fast_steps = min(math.ceil(T * (1 + headroom)), math.ceil(deadline / s))
+    fast_collect = fast_steps * s
+    wall = max(slow_collect, fast_collect) + c
+    assert out.rank_wait_fraction[0] == pytest.approx((wall - c - fast_collect) / wall, abs=1e-9)
+    assert out.rank_wait_fraction[1] == pytest.approx((wall - c - slow_collect) / wall, abs=1e-9)
+    assert out.samples_per_s == pytest.approx((fast_steps + slow_steps) / wall)
+    assert out.efficiency == pytest.approx((fast_collect + slow_collect + 2 * c) / (2 * wall))
+    if headroom == 0.0:  # a full buffer before the deadline: the fast rank idles for the difference
+        assert out.rank_wait_fraction[0] > 0.05
+    if headroom == 0.5:  # room to play until the deadline: nobody idles
+        assert out.rank_wait_fraction[0] == pytest.approx(0.0, abs=1e-9)
 
 
 def test_one_rank_has_no_auto_deadline():
