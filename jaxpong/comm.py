@@ -62,7 +62,7 @@ class MpiComm:
         self.world = MPI.COMM_WORLD
         self.jax_comm = self.world.Clone()
         self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
-        self.library = " ".join(MPI.Get_library_version().split()[:3])
+        self.library = " ".join(MPI.Get_library_version().split()[:3]).rstrip(",")
 
     def allreduce_sum(self, x):
         return self._mpi4jax.allreduce(x, op=self._MPI.SUM, comm=self.jax_comm)

@@ -65,8 +65,17 @@ class Collector:
         self.slow_extra = max(0.0, slow_factor - 1.0)
         self.scores = GameScores(self.num_envs)
         self.total_env_steps = 0
-        obs, _ = env.reset()
-        self.pending = obs  # frames each env will act on next
+        # Reset through send/recv: in async mode a plain reset() returns only one batch of envs.
+        env.async_reset()
+        self.pending = None  # frames each env will act on next
+        received = 0
+        while received < self.num_envs:
+            obs, _, _, _, info = env.recv()
+            ids = np.asarray(info["env_id"])
+            if self.pending is None:
+                self.pending = np.zeros((self.num_envs,) + obs.shape[1:], obs.dtype)
+            self.pending[ids] = obs
+            received += len(ids)
         self.pending_terminal = np.zeros(self.num_envs, bool)
         self._buffers = None
 

@@ -1,0 +1,77 @@
+"""The rollout on real envpool Pong, sync and async: fixed-shape buffers, prefix masks, deadlines."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxpong import config as config_lib
+from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
+from jaxpong.networks import make_network
+from jaxpong.rollout import Collector, make_policy_step
+from jaxpong.train import init_state
+from jaxpong.learner import make_optimizer
+
+
+def _collector(num_envs: int, batch_size: int, num_steps: int, slow_factor: float = 1.0):
+    cfg = config_lib.build(None, {"env": {"num_envs": num_envs, "batch_size": batch_size, "num_threads": 1},
+                                  "algo": {"num_steps": num_steps}, "model": {"hidden_size": 8}})
+    net = make_network(cfg.model)
+    state = init_state(cfg, net, make_optimizer(cfg), jax.random.PRNGKey(0))
+    env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, num_envs))
+    step = make_policy_step(lambda p, x: net.apply(p, x), cfg.model.obs_mode)
+    return Collector(env, cfg, step, num_steps=num_steps, slow_factor=slow_factor), state
+
+
+def _is_prefix(mask: np.ndarray) -> bool:
+    """Each column is True for a prefix of rows, then False."""
+    lengths = mask.sum(0)
+    return all(mask[:n, e].all() and not mask[n:, e].any() for e, n in enumerate(lengths))
+
+
+@pytest.mark.parametrize("num_envs, batch_size", [(6, 6), (8, 4)], ids=["sync", "async"])
+def test_a_round_fills_prefixes_and_stops_at_a_full_buffer(num_envs, batch_size):
+    collector, state = _collector(num_envs, batch_size, num_steps=24)
+    key = jax.random.PRNGKey(1)
+    for _ in range(3):  # rounds follow each other without resetting the games
+        batch, info, key = collector.collect(state.params, key, deadline_s=None)
+        filled = np.asarray(batch.filled)
+        assert filled.shape == (24, num_envs)
+        assert _is_prefix(filled)
+        assert info.filled_steps == filled.sum() and not info.cut_by_deadline
+        assert (np.asarray(batch.valid) <= filled).all()
+        if batch_size == num_envs:
+            assert filled.all()  # sync: every env steps together until the buffer is full
+        else:
+            # async: the round stops when one env's row is full; the others are close behind
+            assert filled.sum(0).max() == 24 and filled.sum(0).min() >= 12
+        assert batch.bootstrap_features.shape == (num_envs, 64, 84)
+        assert set(np.unique(np.asarray(batch.actions)[filled])) <= {0, 1}
+        assert np.isfinite(np.asarray(batch.logprobs)[filled]).all()
+    collector.env.close()
+
+
+def test_deadline_cuts_the_round_and_slow_factor_slows_stepping():
+    collector, state = _collector(4, 4, num_steps=400)
+    key = jax.random.PRNGKey(2)
+    collector.collect(state.params, key, deadline_s=None)  # compile the policy step outside the clock
+    start = time.perf_counter()
+    batch, info, key = collector.collect(state.params, key, deadline_s=0.05)
+    took = time.perf_counter() - start
+    assert info.cut_by_deadline and 0 < info.filled_steps < 4 * 400
+    assert took < 1.0
+    assert _is_prefix(np.asarray(batch.filled))
+    fast_rate = info.filled_steps / info.collect_s
+    infos = {}
+    for factor in (1.0, 3.0):
+        c, state = _collector(4, 4, num_steps=60, slow_factor=factor)
+        c.collect(state.params, key, deadline_s=None)  # compiles this collector's policy step
+        infos[factor] = c.collect(state.params, key, deadline_s=None)[1]
+        c.env.close()
+    # Sleeping (F - 1) x each env-step time makes the stepping F times slower: the round takes at least
+    # the extra 2x of its env time longer (the policy's own time is not slowed).
+    assert infos[3.0].collect_s > infos[1.0].collect_s + 1.5 * infos[1.0].env_wait_s
+    assert fast_rate > 0
