@@ -64,7 +64,9 @@ def _train_subprocess(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: in
     cmd = [sys.executable, "-m", "jaxpong", "train", "--config", str(cfg_file), "--run-dir", str(run_dir),
            "--overwrite", "--progress", "off", *extra]
     if ranks > 1:
-        cmd = [str(Path(sys.executable).parent / "mpirun"), "-n", str(ranks), *cmd]
+        # Pin each rank to its own cores, as on a cluster node: a rank that waits then leaves its cores
+        # idle instead of lending them to the others (hydra's -bind-to; mpich's own launcher).
+        cmd = [str(Path(sys.executable).parent / "mpirun"), "-bind-to", "core", "-n", str(ranks), *cmd]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"training run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
@@ -136,9 +138,12 @@ def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None
     base.mkdir(parents=True, exist_ok=True)
     cfg_dict = to_dict(cfg)
     cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
+    share = max(1, (os.cpu_count() or 1) // ranks)
     if not cfg.env.num_threads:
-        # Each rank gets its share of the cores: oversubscribed envpool threads would blur the picture.
-        cfg_dict["env"]["num_threads"] = max(1, (os.cpu_count() or 1) // ranks)
+        # Each rank gets its share of the cores, for envpool and for XLA: oversubscription would blur the picture.
+        cfg_dict["env"]["num_threads"] = share
+    if not cfg.run.xla_threads:
+        cfg_dict["run"]["xla_threads"] = share
     results = {}
     for mode, deadline in (("sync", "0"), ("deadline", "auto")):
         path = base / mode

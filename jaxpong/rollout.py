@@ -93,15 +93,15 @@ class Collector:
 
     def _act(self, params, key, ids: np.ndarray, cursor: np.ndarray):
         frames = self.pending[ids]
-        features, action, logp, value, key = self.policy_step(params, frames, key)
-        features, action = np.asarray(features), np.asarray(action)
+        *out, key = self.policy_step(params, frames, key)
+        features, action, logp, value = jax.device_get(out)  # one transfer for all four, not four syncs
         if self._buffers is None:
             self._allocate(features)
         rows = cursor[ids]
         self.features[rows, ids] = features
         self.act_idx[rows, ids] = action
-        self.logprobs[rows, ids] = np.asarray(logp)
-        self.values[rows, ids] = np.asarray(value)
+        self.logprobs[rows, ids] = logp
+        self.values[rows, ids] = value
         # envpool resets a finished game on the next step and ignores its action: no signal there.
         self.valid[rows, ids] = ~self.pending_terminal[ids]
         self.env.send(self.actions[action], ids.astype(np.int32))
