@@ -156,6 +156,7 @@ class Trainer:
         self.best_eval_return: float | None = None
         self.slowest_round_s = 0.0
         self.consecutive_skips = 0
+        self._live_t0: float | None = None  # set while run() is training
         self.watchdog = Watchdog(comm)
 
     def _restore(self, step: int, template, fallback: bool):
@@ -282,7 +283,7 @@ class Trainer:
         cfg, comm, c = self.cfg, self.comm, self.counters
         self.signals.install()
         comm.barrier()
-        t0 = time.perf_counter()
+        t0 = self._live_t0 = time.perf_counter()
         progress = Progress(cfg.run.progress, cfg.run.total_steps, cfg.run.progress_every_s, enabled=self.is_main)
         pending: list = []
         code, reason = EXIT_OK, ""
@@ -325,6 +326,7 @@ class Trainer:
         final = comm.gather({"records": pending, "checksum": param_checksum(self.state.params)},
                             timeout_s=self._hang_limit(), label="the final exchange")
         c.elapsed_s += time.perf_counter() - t0
+        self._live_t0 = None
         sums = [p["checksum"] for p in final]
         if any(abs(s - sums[0]) > 1e-6 * max(1.0, abs(sums[0])) for s in sums):
             code, reason = EXIT_FAULT, f"ranks ended with different parameters (checksums {sums}); replication broke"
@@ -424,6 +426,8 @@ class Trainer:
         c.recent_returns = list(self.recent)
         meta = {"counters": asdict(c), "config": to_dict(self.cfg), "world_size": self.comm.size,
                 "algo": self.cfg.algo.algo, "network": self.cfg.model.network}
+        if self._live_t0 is not None:  # a checkpoint mid-run: count this process's seconds so far
+            meta["counters"]["elapsed_s"] = c.elapsed_s + time.perf_counter() - self._live_t0
         meta.update(extra_meta or {})
         (checkpoints or self.checkpoints).save(c.step, jax.tree.map(np.asarray, self.state), meta)
 
