@@ -185,7 +185,7 @@ class Trainer:
             raise ConfigError(f"no usable checkpoint in {self.checkpoints.directory} (newest: {first_error})")
         raise ConfigError(f"{first_error}; use --resume-fallback to resume from the newest good checkpoint")
 
-    def _hang_limit(self, gathered=None) -> float:
+    def _hang_limit(self) -> float:
         """How long one collective may block before the job is declared dead or hung."""
         base = self.cfg.dist.hang_timeout_s
         if self.counters.update == 0 or not self.resumed and self.counters.update < 2:
