@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test bench bench-learn bench-ranks bench-sim clean
+.PHONY: install train test bench bench-learn bench-ranks bench-sim bench-2016 clean
 
 install: $(STAMP)
 
@@ -51,6 +51,23 @@ bench-learn: install
 
 bench-ranks: install
 	$(PY) -m jaxpong bench --ranks 2 --slow-rank 1 --slow-factor 2 --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
+
+# The 2016 setup (configs/seed_ppg.yaml) at small scale, one core per rank as on ARCHER: 1 rank (two runs
+# side by side, pinned to cores 0 and 1), then 2 ranks, each with the 2016 fixed 2-s windows (unscored
+# steps get return 0) and with deadline masking (the same 2-s deadline, unscored steps masked). Then all four at
+# 5 and 10 minutes and the end (RUNS_2016/curves.png, JSON last line). Needs 2 cores; takes 3 x PPG_SECONDS.
+PPG_SECONDS ?= 900
+RUNS_2016 ?= runs/2016
+PPG = $(PY) -m jaxpong train --config configs/seed_ppg.yaml --num-threads 1 --xla-threads 1 --time-limit-s $(PPG_SECONDS) --overwrite --progress log --progress-every-s 60
+bench-2016: install
+	mkdir -p $(RUNS_2016)
+	taskset -c 0 $(PPG) --deadline-s 2 --pg-unscored zero --run-dir $(RUNS_2016)/1rank_windows > $(RUNS_2016)/1rank_windows.log 2>&1 & \
+	taskset -c 1 $(PPG) --deadline-s 2 --pg-unscored mask --run-dir $(RUNS_2016)/1rank_deadline > $(RUNS_2016)/1rank_deadline.log 2>&1 & \
+	wait
+	$(VENV)/bin/mpirun -bind-to core -n 2 $(PPG) --deadline-s 2 --pg-unscored zero --run-dir $(RUNS_2016)/2ranks_windows > $(RUNS_2016)/2ranks_windows.log 2>&1
+	$(VENV)/bin/mpirun -bind-to core -n 2 $(PPG) --deadline-s 2 --pg-unscored mask --run-dir $(RUNS_2016)/2ranks_deadline > $(RUNS_2016)/2ranks_deadline.log 2>&1
+	$(PY) -m jaxpong plot $(RUNS_2016)/1rank_windows $(RUNS_2016)/1rank_deadline $(RUNS_2016)/2ranks_windows \
+		$(RUNS_2016)/2ranks_deadline --out $(RUNS_2016)/curves.png --at 300,600,$(PPG_SECONDS)
 
 # The scale simulator against real mpirun runs (1, 2 and 4 ranks; slow rank or not; deadline 0, auto, seconds):
 # predicted against measured wait fractions, as a markdown table (README "Late senders and scale").

@@ -39,12 +39,22 @@ def _ocp():
 
 class Checkpoints:
     def __init__(self, directory: str | Path, keep: int = 3, read_only: bool = False):
-        ocp = _ocp()
         self.directory = Path(directory).absolute()
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=not read_only, enable_async_checkpointing=False, read_only=read_only,
-        )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._keep, self._read_only = keep, read_only
+        self._manager = None
+
+    @property
+    def manager(self):
+        # Opened on first use: importing orbax takes seconds of a run's start-up, and a new run's first
+        # save comes minutes later.
+        if self._manager is None:
+            ocp = _ocp()
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=self._keep, create=not self._read_only, enable_async_checkpointing=False,
+                read_only=self._read_only,
+            )
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        return self._manager
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -91,4 +101,5 @@ class Checkpoints:
         return jax.tree.map(lambda t, s: np.asarray(s, dtype=np.asarray(t).dtype), template, state), out["meta"]
 
     def close(self):
-        self.manager.close()
+        if self._manager is not None:
+            self._manager.close()

@@ -226,6 +226,10 @@ def _add_watch_commands(sub) -> None:
                    help="image file (default RUN_DIR/learning_curve.png for one run, learning_curves.png here for "
                    "several)")
     p.add_argument("--title", default=None, help="figure title (default: the run names)")
+    p.add_argument("--at", metavar="SECONDS", default=None,
+                   help="also print each run's state at these wall-clock seconds since its process started "
+                   "(comma-separated, e.g. 300,900): steps, mean of the last 20 full games, the 2016 running "
+                   "reward per window; the last stdout line is JSON")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("export", help="write a policy as one self-describing file for eval and video",
@@ -314,10 +318,39 @@ def cmd_plot(args) -> int:
     from jaxpong.plots import plot_runs
 
     out = args.out or (Path(args.runs[0]) / "learning_curve.png" if len(args.runs) == 1 else Path("learning_curves.png"))
+    at = None
+    if args.at:
+        try:
+            at = [float(x) for x in args.at.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(f"--at {args.at!r}: give seconds separated by commas, e.g. --at 300,900") from None
     written = plot_runs(args.runs, out, title=args.title)
     log_line(f"wrote {written}")
-    print(str(written))
+    if at is None:
+        print(str(written))
+        return 0
+    from jaxpong.plots import snapshots
+
+    import json
+
+    rows = snapshots(args.runs, at)
+    _print_snapshots(rows)
+    print(json.dumps({"image": str(written), "snapshots": rows}))
     return 0
+
+
+def _print_snapshots(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="runs at wall-clock seconds since process start")
+    for h in ("run", "at s", "agent steps", "last 20 games", "2016 running reward/window", "games"):
+        table.add_column(h, justify="right")
+    fmt = lambda x, f: "-" if x is None else format(x, f)
+    for r in rows:
+        table.add_row(r["run"], f"{r['at_s']:g}", fmt(r["step"], ","), fmt(r["charts/return_last20"], "+.2f"),
+                      fmt(r["charts/window_reward_ema"], "+.2f"), fmt(r["charts/episodes"], ","))
+    Console().print(table)
 
 
 def cmd_export(args) -> int:

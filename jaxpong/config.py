@@ -50,9 +50,10 @@ class ModelConfig:
     obs_mode: str = _f(
         "diff64",
         "input: diff64 = binarised difference of the 64x84 playfield of envpool's 84x84 frames; "
-        "diff32 = diff64 summed over 2x2 blocks (32x42); karpathy80 = the 2016 80x80 difference frame from "
+        "diff32 = diff64 summed over 2x2 blocks (32x42; the ball often cancels); pool32 / pool16 = the binary "
+        "frames max-pooled over 2x2 / 4x4 blocks before the difference (32x42 / 16x21); karpathy80 = the 2016 80x80 difference frame from "
         "210x160 frames; stack84 = 4 stacked 84x84 frames",
-        choices=["diff64", "diff32", "karpathy80", "stack84"],
+        choices=["diff64", "diff32", "pool32", "pool16", "karpathy80", "stack84"],
     )
     actions: list = _f([2, 3], "envpool action ids the policy chooses from (2 = up, 3 = down, 0 = no-op)")
     hidden_size: int = _f(200, "units in the MLP's hidden layer (or the CNN's dense layer)", min=1)
@@ -80,6 +81,9 @@ class AlgoConfig:
     clip_vloss: bool = _f(True, "ppo: clip the value loss like the policy")
     ent_coef: float = _f(0.01, "ppo: entropy bonus coefficient", min=0.0)
     vf_coef: float = _f(0.5, "ppo: value loss coefficient", min=0.0)
+    point_episodes: bool = _f(
+        False, "ppo: end GAE and value targets at every point scored, as the 2016 returns did; rewards and games "
+        "are unchanged (a Pong point is independent of the ones before it)")
     norm_adv: bool = _f(True, "ppo: normalise advantages over the round's valid samples (all ranks)")
     pg_unscored: str = _f(
         "mask",
@@ -271,7 +275,7 @@ def validate(cfg: Config) -> Config:
     if model.network != "mlp" and model.obs_mode != "stack84":
         raise ConfigError(f"model.obs_mode: the {model.network} network needs obs_mode stack84")
     if model.network == "mlp" and model.obs_mode == "stack84":
-        raise ConfigError("model.obs_mode: the mlp network takes diff64, diff32 or karpathy80 (stack84 is for the CNNs)")
+        raise ConfigError("model.obs_mode: the mlp network takes diff64, diff32, pool32, pool16 or karpathy80 (stack84 is for the CNNs)")
     return cfg
 
 

@@ -17,7 +17,7 @@ def frame_shape(model: ModelConfig) -> tuple[int, int, int]:
     """(stack, height, width) that envpool must deliver for an observation mode."""
     if model.obs_mode == "karpathy80":
         return 2, 210, 160  # the full frame, so the 2016 crop and stride-2 downsampling apply unchanged
-    if model.obs_mode in ("diff64", "diff32"):
+    if model.obs_mode in ("diff64", "diff32", "pool32", "pool16"):
         return 2, 84, 84  # previous and current frame: their difference is the input
     return 4, 84, 84
 
@@ -32,11 +32,40 @@ def default_threads(num_envs: int) -> int:
     return max(1, min(num_envs, len(os.sched_getaffinity(0))))
 
 
+def import_envpool():
+    """envpool with only its Atari games registered.
+
+    `import envpool` registers every env family it ships (MuJoCo, Jumanji with a matplotlib renderer,
+    ...), about 3 s of a run's start-up; Pong needs only the Atari registration. If envpool is
+    already imported, or its layout differs from the tested version, this is a plain import.
+    """
+    import sys
+    import types
+
+    if "envpool" in sys.modules:
+        return sys.modules["envpool"]
+    sys.modules["envpool.entry"] = types.ModuleType("envpool.entry")  # the module that imports every family
+    try:
+        import envpool
+        import envpool.atari.registration  # noqa: F401  (registers Pong-v5)
+
+        envpool.entry = sys.modules["envpool.entry"]
+        if "Pong-v5" in envpool.list_all_envs():
+            return envpool
+    except ImportError:
+        pass
+    # Fall back to the full import.
+    for name in [m for m in sys.modules if m == "envpool" or m.startswith("envpool.")]:
+        del sys.modules[name]
+    import envpool
+
+    return envpool
+
+
 def make_env(cfg: Config, *, seeds: list[int], num_envs: int | None = None, batch_size: int | None = None,
              num_threads: int | None = None, rgb: bool = False):
     """An envpool Pong-v5 with the configured preset. `rgb=True` gives 210x160 colour frames (videos)."""
-    import envpool
-
+    envpool = import_envpool()
     env_cfg, model = cfg.env, cfg.model
     n = num_envs or env_cfg.num_envs
     stack, height, width = frame_shape(model)

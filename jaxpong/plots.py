@@ -116,3 +116,20 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, title: str | None = N
     finally:
         plt.close(fig)
     return out
+
+
+SNAPSHOT_KEYS = ("step", "charts/return_last20", "charts/window_reward_ema", "charts/episodes", "charts/SPS")
+
+
+def snapshots(run_dirs: list[str | Path], seconds: list[float]) -> list[dict]:
+    """Each run's state at wall-clock seconds since its process started: the last metrics line written
+    by then (None where the run had not logged yet or had already stopped before that time)."""
+    out = []
+    for label, d in zip(run_labels([Path(d) for d in run_dirs]), run_dirs):
+        rows = [r for r in read_metrics(d) if "process_s" in r]
+        ends = rows[-1]["process_s"] if rows else 0.0
+        for t in seconds:
+            before = [r for r in rows if r["process_s"] <= t]
+            row = before[-1] if before and t <= ends + 60.0 else None
+            out.append({"run": label, "at_s": t, **{k: (row.get(k) if row else None) for k in SNAPSHOT_KEYS}})
+    return out

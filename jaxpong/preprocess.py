@@ -52,12 +52,39 @@ def diff32(frames):
     return blocks.sum(axis=(-3, -1), dtype=jnp.int8)
 
 
+def _pooled_diff(frames, k: int):
+    """Binarise the 64x84 playfield, max-pool each frame over k x k blocks, then take the difference.
+
+    Pooling the binary frames before the difference keeps the ball: a block is 1 wherever any of its
+    pixels is lit, and the difference only cancels when the ball stays inside one block between two
+    agent steps (it moves about 4-6 pixels per step at this scale).
+    """
+    binary = _binarise(frames[..., 14:78, :])
+    lead = binary.shape[:-2]
+    pooled = binary.reshape(lead + (64 // k, k, 84 // k, k)).max(axis=(-3, -1))
+    return pooled[..., 1, :, :] - pooled[..., 0, :, :]
+
+
+def pool32(frames):
+    """[..., 2, 84, 84] uint8 -> [..., 32, 42] int8 in {-1, 0, 1}: 2x2 max-pooled binary frames, differenced.
+
+    A quarter of diff64's inputs, so about a quarter of the MLP's work per sample.
+    """
+    return _pooled_diff(frames, 2)
+
+
+def pool16(frames):
+    """[..., 2, 84, 84] uint8 -> [..., 16, 21] int8: the same with 4x4 blocks (a paddle spans 1-2 rows)."""
+    return _pooled_diff(frames, 4)
+
+
 def stack84(frames):
     """[..., 4, 84, 84] uint8 -> unchanged (the CNN scales it)."""
     return frames
 
 
-PREPROCESSORS = {"karpathy80": karpathy80, "diff64": diff64, "diff32": diff32, "stack84": stack84}
+PREPROCESSORS = {"karpathy80": karpathy80, "diff64": diff64, "diff32": diff32, "pool32": pool32, "pool16": pool16,
+                 "stack84": stack84}
 
 
 def to_float(features):

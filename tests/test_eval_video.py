@@ -250,6 +250,28 @@ def test_plot_puts_several_runs_on_one_png(smoke_run, eval_run, tmp_path, capsys
     assert run_labels([smoke_run, eval_run]) == [f"{smoke_run.parent.name}/run", f"{eval_run.parent.name}/run"]
 
 
+def test_plot_at_reports_each_run_at_wall_clock_times(tmp_path, capsys):
+    run = tmp_path / "hand"
+    run.mkdir()
+    lines = [  # process_s, step, trailing mean, 2016 running reward
+        {"update": 1, "step": 100, "time_s": 1.0, "process_s": 5.0, "charts/return_last20": None,
+         "charts/window_reward_ema": -1.0, "charts/episodes": 0},
+        {"update": 2, "step": 200, "time_s": 11.0, "process_s": 15.0, "charts/return_last20": -20.5,
+         "charts/window_reward_ema": -0.9, "charts/episodes": 3},
+        {"update": 3, "step": 300, "time_s": 21.0, "process_s": 25.0, "charts/return_last20": -19.0,
+         "charts/window_reward_ema": -0.8, "charts/episodes": 7},
+    ]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
+    code, stdout, err = run_cli(capsys, "plot", run, "--out", tmp_path / "c.png", "--at", "4,15,24.9,30,200")
+    assert code == 0, err
+    rows = json.loads(stdout.strip().splitlines()[-1])["snapshots"]
+    got = [(r["at_s"], r["step"], r["charts/return_last20"], r["charts/window_reward_ema"]) for r in rows]
+    assert got == [(4.0, None, None, None), (15.0, 200, -20.5, -0.9), (24.9, 200, -20.5, -0.9),
+                   (30.0, 300, -19.0, -0.8), (200.0, None, None, None)]  # 200 s: the run had long stopped
+    code, _, err = run_cli(capsys, "plot", run, "--out", tmp_path / "c.png", "--at", "soon")
+    assert code == 2 and "--at 'soon'" in err
+
+
 # -- bad input -------------------------------------------------------------------------------------
 
 def test_bad_input_is_one_line_and_exit_2(smoke_run, tmp_path, capsys):

@@ -234,3 +234,25 @@ def test_pg_prepare_zero_mode():
     np.testing.assert_array_equal(np.asarray(targets["returns"])[4:, 0], [0.0, 0.0])  # with return 0
     # moments over all 9 valid steps (env 0: 6, env 1: t=0,1,3): returns as in mask mode, zeros elsewhere
     np.testing.assert_allclose(np.asarray(moments), [9.0, -1.0, 3.5])
+
+
+@pytest.mark.parametrize("point_episodes, advantages", [
+    # gamma 0.5, lambda 1; rewards (0, +1, 0, -1), values (0.2, 0.4, 0.8, 0), bootstrap 0.
+    # deltas: 0.5*0.4-0.2 = 0, 1+0.5*0.8-0.4 = 1.0, 0.5*0-0.8 = -0.8, -1 -> A = (0.175, 0.35, -1.3, -1)
+    (False, [0.175, 0.35, -1.3, -1.0]),
+    # Each point ends the trajectory: delta at t=1 is 1-0.4 = 0.6 and nothing flows back across it.
+    (True, [0.3, 0.6, -1.3, -1.0]),
+])
+def test_ppo_prepare_point_episodes_by_hand(point_episodes, advantages):
+    T = 4
+    rewards = np.array([[0.0], [1.0], [0.0], [-1.0]], np.float32)
+    values = np.array([[0.2], [0.4], [0.8], [0.0]], np.float32)
+    batch = Batch(features=np.zeros((T, 1, 3), np.float32), actions=np.zeros((T, 1), np.int32),
+                  logprobs=np.zeros((T, 1), np.float32), values=values, rewards=rewards,
+                  dones=np.zeros((T, 1), bool), filled=np.ones((T, 1), bool), valid=np.ones((T, 1), bool),
+                  bootstrap_features=np.zeros((1, 3), np.float32))
+    targets, moments = ppo.prepare(logits_apply, PARAMS, batch, ppo_cfg(gamma=0.5, gae_lambda=1.0,
+                                                                         point_episodes=point_episodes))
+    np.testing.assert_allclose(np.asarray(targets["advantages"])[:, 0], advantages, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(targets["returns"])[:, 0], np.add(advantages, values[:, 0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(moments)[:2], [4.0, sum(advantages)], atol=1e-5)

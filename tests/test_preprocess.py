@@ -112,6 +112,38 @@ def test_diff32_sums_diff64_over_2x2_blocks(jitted):
     assert int(np.asarray(fn(jnp.asarray(frames)))[0, 0, 0]) == 2
 
 
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
+def test_pool32_and_pool16_pool_binary_frames_before_the_difference(jitted):
+    pool32 = jax.jit(preprocess.pool32) if jitted else preprocess.pool32
+    out = np.asarray(pool32(jnp.asarray(small_frames()[None])))
+    assert out.shape == (1, 32, 42) and out.dtype == np.int8
+    want = np.zeros((32, 42), np.int8)
+    want[16 // 2, 40 // 2] = -1  # the ball left playfield (16, 40): block (8, 20)
+    want[18 // 2, 42 // 2] = 1  # and arrived at (18, 42): block (9, 21)
+    want[26 // 2, 5 // 2] = 1  # the edge grey
+    want[0, 4 // 2] = 1
+    want[63 // 2, 6 // 2] = 1
+    np.testing.assert_array_equal(out[0], want)  # the still paddle (8 rows in 4 blocks) gives nothing
+
+    # Max-pooling, not summing: two lit pixels in one block make a 1, and a ball that stays in its
+    # block between the two frames cancels.
+    frames = np.full((1, 2, 84, 84), BG, np.uint8)
+    frames[0, 1, 14, 0] = frames[0, 1, 15, 1] = BALL
+    frames[0, 0, 20, 10] = frames[0, 1, 21, 11] = BALL  # playfield rows 6-7, columns 10-11: one block
+    got = np.asarray(pool32(jnp.asarray(frames)))[0]
+    assert got[0, 0] == 1 and got[3, 5] == 0 and np.count_nonzero(got) == 1
+
+    pool16 = jax.jit(preprocess.pool16) if jitted else preprocess.pool16
+    out16 = np.asarray(pool16(jnp.asarray(small_frames()[None])))
+    assert out16.shape == (1, 16, 21) and out16.dtype == np.int8
+    want16 = np.zeros((16, 21), np.int8)
+    # The ball moved from (16, 40) to (18, 42), both in block (4, 10): at this scale it cancels.
+    want16[26 // 4, 5 // 4] = 1
+    want16[0, 4 // 4] = 1
+    want16[63 // 4, 6 // 4] = 1
+    np.testing.assert_array_equal(out16[0], want16)
+
+
 def test_stack84_and_to_float():
     frames = np.random.default_rng(0).integers(0, 256, size=(2, 4, 84, 84)).astype(np.uint8)
     np.testing.assert_array_equal(np.asarray(preprocess.stack84(jnp.asarray(frames))), frames)

@@ -17,7 +17,10 @@ METRICS = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/
 
 def prepare(apply_fn, params, batch, cfg):
     _, bootstrap_values = apply_fn(params, to_float(batch.bootstrap_features))
-    advantages, returns = gae(batch.rewards, batch.values, batch.dones, bootstrap_values, batch.filled,
+    # With point_episodes a scored point ends the trajectory for credit assignment: the value
+    # function then predicts only the current point's outcome, a much easier target.
+    dones = batch.dones | (batch.rewards != 0) if cfg.algo.point_episodes else batch.dones
+    advantages, returns = gae(batch.rewards, batch.values, dones, bootstrap_values, batch.filled,
                               cfg.algo.gamma, cfg.algo.gae_lambda)
     targets = {"advantages": advantages, "returns": returns, "valid": batch.valid,
                "masked": jnp.zeros_like(batch.valid)}
