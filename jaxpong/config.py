@@ -84,6 +84,9 @@ class AlgoConfig:
     point_episodes: bool = _f(
         False, "ppo: end GAE and value targets at every point scored, as the 2016 returns did; rewards and games "
         "are unchanged (a Pong point is independent of the ones before it)")
+    mirror_augment: bool = _f(
+        False, "also learn from every sample mirrored top to bottom with up and down swapped (Pong's "
+        "playfield is vertically symmetric); doubles the update's work")
     norm_adv: bool = _f(True, "ppo: normalise advantages over the round's valid samples (all ranks)")
     pg_unscored: str = _f(
         "mask",
@@ -248,6 +251,10 @@ def _check_field(section: str, f: dataclasses.Field, value: Any):
             raise ConfigError(f"{where}: {value} is out of range; it must be <= {hi}")
 
 
+# Pong's actions under a top-to-bottom mirror: up (2 RIGHT, 4 RIGHTFIRE) and down (3 LEFT, 5 LEFTFIRE) swap.
+MIRROR_ACTION = {0: 0, 1: 1, 2: 3, 3: 2, 4: 5, 5: 4}
+
+
 def validate(cfg: Config) -> Config:
     """Check every field and the relations between them; raise ConfigError naming the field."""
     for section, f, _ in all_fields():
@@ -267,6 +274,14 @@ def validate(cfg: Config) -> Config:
                 f"algo.num_minibatches: {algo.num_minibatches} is larger than the batch (num_steps x num_envs = "
                 f"{algo.num_steps * env.num_envs}); use at most that"
             )
+    if algo.mirror_augment:
+        mirrored = sorted(MIRROR_ACTION[a] for a in model.actions)
+        if mirrored != sorted(model.actions):
+            raise ConfigError(f"algo.mirror_augment: the actions {model.actions} are not closed under swapping up "
+                              "and down (2<->3, 4<->5); use e.g. [2, 3] or [0, 2, 3], or turn it off")
+        if model.obs_mode == "stack84":
+            raise ConfigError("algo.mirror_augment: needs a cropped playfield input (diff64, pool32, ...), not stack84, "
+                              "whose frames include the score")
     deadline = parse_deadline(cfg.dist.deadline_s)
     if deadline == "game" and algo.algo != "pg":
         raise ConfigError("dist.deadline_s: 'game' is only for --algo pg (the 2016 per-game synchronisation)")

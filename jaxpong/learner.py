@@ -17,7 +17,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.batch import Batch
-from jaxpong.config import Config
+from jaxpong.config import MIRROR_ACTION, Config
 
 
 @struct.dataclass
@@ -58,6 +58,19 @@ def make_prepare(cfg: Config, apply_fn: Callable):
     return prepare
 
 
+def mirrored(samples: dict, actions: list) -> dict:
+    """The samples followed by their top-to-bottom mirror images, with up and down swapped.
+
+    A mirrored sample keeps its advantage, return and old value, and its old log-probability is the
+    one of the action actually taken: that is the probability with which the mirrored behaviour
+    policy produced it, so the PPO ratio stays an honest importance weight (and is clipped where the
+    policy is not yet symmetric).
+    """
+    swap = jnp.asarray([actions.index(MIRROR_ACTION[a]) for a in actions], jnp.int32)
+    mirror = dict(samples, features=jnp.flip(samples["features"], axis=-2), actions=swap[samples["actions"]])
+    return {k: jnp.concatenate([samples[k], mirror[k]]) for k in samples}
+
+
 def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTransformation,
                   allreduce: Callable[[jax.Array], jax.Array]):
     algorithm = ALGORITHMS[cfg.algo.algo]
@@ -78,6 +91,8 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
             "features": flat(batch.features), "actions": flat(batch.actions), "logprobs": flat(batch.logprobs),
             "values": flat(batch.values), **{k: flat(v) for k, v in targets.items() if k != "masked"},
         }
+        if cfg.algo.mirror_augment:
+            samples, size = mirrored(samples, cfg.model.actions), 2 * size
         key, perm_key = jax.random.split(state.key)
         per_mb = size // minibatches
         perm_keys = jax.random.split(perm_key, epochs)

@@ -83,6 +83,8 @@ def test_every_field_has_help_and_a_valid_default():
     ({"algo": {"learning_rate": 0}}, "algo.learning_rate"),
     ({"algo": {"gamma": 1.5}}, "algo.gamma"),
     ({"model": {"obs_mode": "rgb"}}, "model.obs_mode"),
+    ({"algo": {"mirror_augment": True}, "model": {"actions": [0, 2]}}, "algo.mirror_augment"),
+    ({"algo": {"mirror_augment": True}, "model": {"network": "small_cnn", "obs_mode": "stack84"}}, "algo.mirror_augment"),
 ])
 def test_relations_between_fields_are_checked(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -256,3 +256,23 @@ def test_ppo_prepare_point_episodes_by_hand(point_episodes, advantages):
     np.testing.assert_allclose(np.asarray(targets["advantages"])[:, 0], advantages, atol=1e-6)
     np.testing.assert_allclose(np.asarray(targets["returns"])[:, 0], np.add(advantages, values[:, 0]), atol=1e-6)
     np.testing.assert_allclose(np.asarray(moments)[:2], [4.0, sum(advantages)], atol=1e-5)
+
+
+def test_mirrored_samples_flip_rows_and_swap_up_and_down():
+    from jaxpong.learner import mirrored
+
+    features = np.arange(2 * 3 * 2, dtype=np.int8).reshape(2, 3, 2)  # 2 samples of 3 rows x 2 columns
+    samples = {"features": features, "actions": np.array([0, 1], np.int32), "logprobs": np.array([-0.1, -0.2], np.float32),
+               "advantages": np.array([1.5, -2.0], np.float32), "valid": np.array([True, False])}
+    out = jax.tree.map(np.asarray, mirrored(samples, [2, 3]))
+    np.testing.assert_array_equal(out["features"][:2], features)
+    np.testing.assert_array_equal(out["features"][2], [[4, 5], [2, 3], [0, 1]])  # rows reversed, columns kept
+    np.testing.assert_array_equal(out["actions"], [0, 1, 1, 0])  # up <-> down
+    # Everything else is the sample's own: advantage, validity and the taken action's old log-probability.
+    np.testing.assert_array_equal(out["logprobs"], np.float32([-0.1, -0.2, -0.1, -0.2]))
+    np.testing.assert_array_equal(out["advantages"], [1.5, -2.0, 1.5, -2.0])
+    np.testing.assert_array_equal(out["valid"], [True, False, True, False])
+    # With a no-op among the actions, it maps to itself: [0, 2, 3] -> indices 0, 2, 1.
+    three = dict(samples, actions=np.array([0, 1, 2], np.int32), features=np.zeros((3, 1, 1), np.int8),
+                 logprobs=np.zeros(3, np.float32), advantages=np.zeros(3, np.float32), valid=np.ones(3, bool))
+    np.testing.assert_array_equal(np.asarray(mirrored(three, [0, 2, 3])["actions"]), [0, 1, 2, 0, 2, 1])
