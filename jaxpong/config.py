@@ -50,9 +50,9 @@ class ModelConfig:
     obs_mode: str = _f(
         "diff64",
         "input: diff64 = binarised difference of the 64x84 playfield of envpool's 84x84 frames; "
-        "diff32 = diff64 summed over 2x2 blocks (32x42; the ball often cancels); pool32 / pool16 = the binary "
-        "frames max-pooled over 2x2 / 4x4 blocks before the difference (32x42 / 16x21); karpathy80 = the 2016 80x80 difference frame from "
-        "210x160 frames; stack84 = 4 stacked 84x84 frames",
+        "diff32 = diff64 summed over 2x2 blocks (32x42); pool32 / pool16 = the binary frames max-pooled over "
+        "2x2 / 4x4 blocks before the difference (32x42 / 16x21); karpathy80 = the 2016 80x80 difference frame "
+        "from 210x160 frames; stack84 = 4 stacked 84x84 frames",
         choices=["diff64", "diff32", "pool32", "pool16", "karpathy80", "stack84"],
     )
     actions: list = _f([2, 3], "envpool action ids the policy chooses from (2 = up, 3 = down, 0 = no-op)")

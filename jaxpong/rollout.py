@@ -91,8 +91,9 @@ class Collector:
         self.valid = np.zeros((T, N), bool)
         self._buffers = True
 
-    def _act(self, params, key, ids: np.ndarray, cursor: np.ndarray):
-        frames = self.pending[ids]
+    def _act(self, params, key, ids: np.ndarray, cursor: np.ndarray, frames: np.ndarray | None = None):
+        if frames is None:
+            frames = self.pending[ids]
         *out, key = self.policy_step(params, frames, key)
         features, action, logp, value = jax.device_get(out)  # one transfer for all four, not four syncs
         if self._buffers is None:
@@ -150,7 +151,7 @@ class Collector:
                 elif until_game_end and game_ended.all():
                     stopping = True
             if not stopping:
-                key = self._act(params, key, ids, cursor)
+                key = self._act(params, key, ids, cursor, frames=obs)  # obs == pending[ids]: skip the copy
                 in_flight += len(ids)
         filled = int(cursor.sum())
         self.total_env_steps += filled

@@ -199,3 +199,14 @@ def test_shipped_configs_are_valid():
         assert cfg.env.env_id == "Pong-v5"
     smoke = config_lib.build(str(CONFIGS / "smoke.yaml"), {})
     assert (smoke.env.num_envs, smoke.algo.num_steps, smoke.run.total_steps) == (8, 32, 2048)
+
+
+def test_every_shipped_config_is_valid():
+    root = Path(__file__).resolve().parent.parent / "configs"
+    files = sorted(root.rglob("*.yaml"))
+    assert len(files) >= 20  # default, smoke, seed_ppg and the search candidates
+    for path in files:
+        cfg = config_lib.build(str(path), {})
+        assert cfg.algo.algo in ("ppo", "pg"), path
+    default = config_lib.build(str(root / "default.yaml"), {})
+    assert (default.model.obs_mode, default.algo.point_episodes, default.env.batch_size) == ("pool32", True, 16)
