@@ -12,6 +12,9 @@ few black HUD pixels) gives the same binary picture of paddles and ball.
 
 from __future__ import annotations
 
+import functools
+import operator
+
 import jax.numpy as jnp
 
 BACKGROUND_GREY = 87  # Pong's brown background after envpool's RGB->grey conversion
@@ -59,9 +62,12 @@ def _pooled_diff(frames, k: int):
     pixels is lit, and the difference only cancels when the ball stays inside one block between two
     agent steps (it moves about 4-6 pixels per step at this scale).
     """
-    binary = _binarise(frames[..., 14:78, :])
-    lead = binary.shape[:-2]
-    pooled = binary.reshape(lead + (64 // k, k, 84 // k, k)).max(axis=(-3, -1))
+    playfield = frames[..., 14:78, :]
+    lit = (playfield != BACKGROUND_GREY) & (playfield != 0)
+    # An OR over the k*k strided slices: XLA fuses it into one pass. A reshape-and-max of the same
+    # blocks ran 4x slower on CPU (1 ms for 16 frames, most of the policy step).
+    pooled = functools.reduce(operator.or_, (lit[..., i::k, j::k] for i in range(k) for j in range(k)))
+    pooled = pooled.astype(jnp.int8)
     return pooled[..., 1, :, :] - pooled[..., 0, :, :]
 
 
