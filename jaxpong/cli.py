@@ -329,9 +329,9 @@ def cmd_plot(args) -> int:
     if at is None:
         print(str(written))
         return 0
-    from jaxpong.plots import snapshots
-
     import json
+
+    from jaxpong.plots import snapshots
 
     rows = snapshots(args.runs, at)
     _print_snapshots(rows)

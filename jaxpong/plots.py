@@ -130,6 +130,7 @@ def snapshots(run_dirs: list[str | Path], seconds: list[float]) -> list[dict]:
         ends = rows[-1]["process_s"] if rows else 0.0
         for t in seconds:
             before = [r for r in rows if r["process_s"] <= t]
+            # A run logs every round (seconds apart); well after its last line it had stopped.
             row = before[-1] if before and t <= ends + 60.0 else None
             out.append({"run": label, "at_s": t, **{k: (row.get(k) if row else None) for k in SNAPSHOT_KEYS}})
     return out

@@ -60,7 +60,7 @@ def _pooled_diff(frames, k: int):
 
     Pooling the binary frames before the difference keeps the ball: a block is 1 wherever any of its
     pixels is lit, and the difference only cancels when the ball stays inside one block between two
-    agent steps (it moves about 4-6 pixels per step at this scale).
+    agent steps.
     """
     playfield = frames[..., 14:78, :]
     lit = (playfield != BACKGROUND_GREY) & (playfield != 0)

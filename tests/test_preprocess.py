@@ -80,18 +80,30 @@ def small_frames():
     return np.stack([prev, cur])
 
 
+# What small_frames() changes inside the playfield: (playfield row, column, current minus previous).
+SMALL_CHANGES = [
+    (30 - 14, 40, -1),  # the ball left row 16, column 40
+    (32 - 14, 42, 1),  # and arrived at row 18, column 42
+    (40 - 14, 5, 1),  # the edge grey
+    (0, 4, 1),
+    (63, 6, 1),
+]
+
+
+def small_expected(k: int) -> np.ndarray:
+    """SMALL_CHANGES at k x k block scale: each change lands in its block; changes in one block add."""
+    want = np.zeros((64 // k, 84 // k), np.int8)
+    for row, col, value in SMALL_CHANGES:
+        want[row // k, col // k] += value
+    return want
+
+
 @pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
 def test_diff64_on_a_synthetic_frame(jitted):
     fn = jax.jit(preprocess.diff64) if jitted else preprocess.diff64
     out = np.asarray(fn(jnp.asarray(small_frames()[None])))
     assert out.shape == (1, 64, 84) and out.dtype == np.int8
-    want = np.zeros((64, 84), np.int8)
-    want[30 - 14, 40] = -1
-    want[32 - 14, 42] = 1
-    want[40 - 14, 5] = 1
-    want[0, 4] = 1
-    want[63, 6] = 1
-    np.testing.assert_array_equal(out[0], want)
+    np.testing.assert_array_equal(out[0], small_expected(1))
 
 
 @pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
@@ -99,13 +111,7 @@ def test_diff32_sums_diff64_over_2x2_blocks(jitted):
     fn = jax.jit(preprocess.diff32) if jitted else preprocess.diff32
     out = np.asarray(fn(jnp.asarray(small_frames()[None])))
     assert out.shape == (1, 32, 42) and out.dtype == np.int8
-    want = np.zeros((32, 42), np.int8)
-    want[16 // 2, 40 // 2] = -1  # the ball left playfield row 16, column 40
-    want[18 // 2, 42 // 2] = 1  # and arrived at row 18, column 42
-    want[26 // 2, 5 // 2] = 1
-    want[0, 4 // 2] = 1
-    want[63 // 2, 6 // 2] = 1
-    np.testing.assert_array_equal(out[0], want)
+    np.testing.assert_array_equal(out[0], small_expected(2))
     # Two changes in one block add up.
     frames = np.full((1, 2, 84, 84), BG, np.uint8)
     frames[0, 1, 14, 0] = frames[0, 1, 15, 1] = BALL
@@ -117,13 +123,7 @@ def test_pool32_and_pool16_pool_binary_frames_before_the_difference(jitted):
     pool32 = jax.jit(preprocess.pool32) if jitted else preprocess.pool32
     out = np.asarray(pool32(jnp.asarray(small_frames()[None])))
     assert out.shape == (1, 32, 42) and out.dtype == np.int8
-    want = np.zeros((32, 42), np.int8)
-    want[16 // 2, 40 // 2] = -1  # the ball left playfield (16, 40): block (8, 20)
-    want[18 // 2, 42 // 2] = 1  # and arrived at (18, 42): block (9, 21)
-    want[26 // 2, 5 // 2] = 1  # the edge grey
-    want[0, 4 // 2] = 1
-    want[63 // 2, 6 // 2] = 1
-    np.testing.assert_array_equal(out[0], want)  # the still paddle (8 rows in 4 blocks) gives nothing
+    np.testing.assert_array_equal(out[0], small_expected(2))  # the still paddle (8 rows in 4 blocks) gives nothing
 
     # Max-pooling, not summing: two lit pixels in one block make a 1, and a ball that stays in its
     # block between the two frames cancels.
@@ -136,12 +136,9 @@ def test_pool32_and_pool16_pool_binary_frames_before_the_difference(jitted):
     pool16 = jax.jit(preprocess.pool16) if jitted else preprocess.pool16
     out16 = np.asarray(pool16(jnp.asarray(small_frames()[None])))
     assert out16.shape == (1, 16, 21) and out16.dtype == np.int8
-    want16 = np.zeros((16, 21), np.int8)
     # The ball moved from (16, 40) to (18, 42), both in block (4, 10): at this scale it cancels.
-    want16[26 // 4, 5 // 4] = 1
-    want16[0, 4 // 4] = 1
-    want16[63 // 4, 6 // 4] = 1
-    np.testing.assert_array_equal(out16[0], want16)
+    assert small_expected(4)[4, 10] == 0
+    np.testing.assert_array_equal(out16[0], small_expected(4))
 
 
 def test_stack84_and_to_float():

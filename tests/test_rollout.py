@@ -64,7 +64,6 @@ def test_deadline_cuts_the_round_and_slow_factor_slows_stepping():
     assert info.cut_by_deadline and 0 < info.filled_steps < 4 * 400
     assert took < 1.0
     assert _is_prefix(np.asarray(batch.filled))
-    fast_rate = info.filled_steps / info.collect_s
     infos = {}
     for factor in (1.0, 3.0):
         c, state = _collector(4, 4, num_steps=60, slow_factor=factor)
@@ -74,4 +73,3 @@ def test_deadline_cuts_the_round_and_slow_factor_slows_stepping():
     # Sleeping (F - 1) x each env-step time makes the stepping F times slower: the round takes at least
     # the extra 2x of its env time longer (the policy's own time is not slowed).
     assert infos[3.0].collect_s > infos[1.0].collect_s + 1.5 * infos[1.0].env_wait_s
-    assert fast_rate > 0
