@@ -84,28 +84,43 @@ def _table(title: str, header: list[str], rows: list[list]) -> None:
     Console(stderr=False).print(table)
 
 
-def throughput(cfg: Config, seconds: float, run_dir: str | None = None) -> int:
-    """`jaxpong bench`: raw envpool steps/s and trainer steps/s on the same settings, in one run."""
-    env_sps = raw_env_sps(cfg, seconds)
+def throughput(cfg: Config, seconds: float, run_dir: str | None = None, repeats: int = 1) -> int:
+    """`jaxpong bench`: raw envpool steps/s and trainer steps/s on the same settings.
+
+    Each repeat measures raw envpool, then the trainer, then raw envpool again, and takes the
+    trainer's ratio to the median of its two raw measurements; the reported ratio is the median over
+    repeats. Shared machines drift by +-10 % within a minute, so one ratio is not enough to judge.
+    """
+    rows, ratios, results = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(run_dir) if run_dir else Path(tmp) / "bench_run"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        cfg_dict = to_dict(cfg)
-        cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
-        # Compilation and warm-up rounds come on top of the timed seconds.
-        _train_subprocess(cfg_dict, path, ["--time-limit-s", str(seconds + 15)])
-        trainer = trainer_sps(path)
-    env_sps_after = raw_env_sps(cfg, min(seconds, 5.0))
-    env_ref = float(np.median([env_sps, env_sps_after]))
-    ratio = trainer["sps"] / env_ref
+        for k in range(repeats):
+            env_sps = raw_env_sps(cfg, seconds)
+            path = Path(run_dir) / f"repeat_{k + 1}" if run_dir else Path(tmp) / f"bench_run_{k + 1}"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cfg_dict = to_dict(cfg)
+            cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
+            # Compilation and warm-up rounds come on top of the timed seconds.
+            _train_subprocess(cfg_dict, path, ["--time-limit-s", str(seconds + 15)])
+            trainer = trainer_sps(path)
+            env_sps_after = raw_env_sps(cfg, min(seconds, 5.0))
+            env_ref = float(np.median([env_sps, env_sps_after]))
+            ratio = trainer["sps"] / env_ref
+            ratios.append(ratio)
+            results.append({"env_sps": round(env_ref, 1), "trainer_sps": round(trainer["sps"], 1), "ratio": round(ratio, 4),
+                            "trainer_updates": trainer["updates"]})
+            rows.append([str(k + 1), env_sps, env_sps_after, trainer["sps"], f"{ratio:.3f}"])
+    median = float(np.median(ratios))
+    if repeats > 1:
+        rows.append(["median", float(np.median([r["env_sps"] for r in results])), "",
+                     float(np.median([r["trainer_sps"] for r in results])), f"{median:.3f}"])
     _table(f"jaxpong bench: {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, "
            f"{cfg.env.num_envs} envs ({'async' if cfg.is_async else 'sync'}), {os.cpu_count()} cores",
-           ["what", "agent steps/s"],
-           [["raw envpool, random actions (before)", env_sps], ["raw envpool, random actions (after)", env_sps_after],
-            ["trainer (valid steps, incl. updates)", trainer["sps"]], ["ratio trainer / raw", f"{ratio:.3f}"]])
-    print(json.dumps({"env_sps": round(env_ref, 1), "trainer_sps": round(trainer["sps"], 1), "ratio": round(ratio, 4),
-                      "algo": cfg.algo.algo, "num_envs": cfg.env.num_envs, "async": cfg.is_async,
-                      "trainer_updates": trainer["updates"], "seconds": seconds}))
+           ["repeat", "raw envpool before (random actions)", "raw after", "trainer (valid steps, incl. updates)",
+            "ratio trainer / raw"], rows)
+    print(json.dumps({"env_sps": float(np.median([r["env_sps"] for r in results])),
+                      "trainer_sps": float(np.median([r["trainer_sps"] for r in results])), "ratio": round(median, 4),
+                      "per_repeat": results, "algo": cfg.algo.algo, "num_envs": cfg.env.num_envs, "async": cfg.is_async,
+                      "seconds": seconds}))
     return 0
 
 

@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _config_parser(sub, "bench", "throughput: raw envpool steps/s against the trainer's steps/s")
     p.add_argument("--seconds", type=float, default=20.0, help="seconds of timed running for each measurement")
     p.add_argument("--run-dir", metavar="DIR", help="where the trainer measurement writes its run (default: a temporary folder)")
+    p.add_argument("--repeats", type=int, default=3, metavar="R",
+                   help="throughput: measure raw envpool and the trainer R times and report the median ratio")
     p.add_argument("--learn", action="store_true",
                    help="learning speed: train from scratch for --time-limit-s per seed, report milestones and a greedy check")
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="with --learn: seeds run one after another")
@@ -165,6 +167,8 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--ranks: {args.ranks} must be at least 1")
     if args.seconds <= 0:
         raise ConfigError(f"--seconds: {args.seconds} must be positive")
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats: {args.repeats} must be at least 1")
     if args.learn:
         from jaxpong.learnbench import learning_benchmark
 
@@ -174,7 +178,7 @@ def cmd_bench(args) -> int:
     if args.ranks > 1:
         return bench.ranks_benchmark(cfg, args.ranks, seconds=args.seconds, run_dir=args.run_dir)
     setup_jax(cfg.run.xla_threads)
-    return bench.throughput(cfg, seconds=args.seconds, run_dir=args.run_dir)
+    return bench.throughput(cfg, seconds=args.seconds, run_dir=args.run_dir, repeats=args.repeats)
 
 
 # -- eval, video, plot, export: watching, measuring and sharing a trained policy ------------------------

@@ -51,9 +51,10 @@ class ModelConfig:
         "diff64",
         "input: diff64 = binarised difference of the 64x84 playfield of envpool's 84x84 frames; "
         "diff32 = diff64 summed over 2x2 blocks (32x42); pool32 / pool16 = the binary frames max-pooled over "
-        "2x2 / 4x4 blocks before the difference (32x42 / 16x21); karpathy80 = the 2016 80x80 difference frame "
+        "2x2 / 4x4 blocks before the difference (32x42 / 16x21); area32 = pool32's input from envpool's 42x42 "
+        "area-resized frames (the pooling done in envpool's threads); karpathy80 = the 2016 80x80 difference frame "
         "from 210x160 frames; stack84 = 4 stacked 84x84 frames",
-        choices=["diff64", "diff32", "pool32", "pool16", "karpathy80", "stack84"],
+        choices=["diff64", "diff32", "pool32", "pool16", "area32", "karpathy80", "stack84"],
     )
     actions: list = _f([2, 3], "envpool action ids the policy chooses from (2 = up, 3 = down, 0 = no-op)")
     hidden_size: int = _f(200, "units in the MLP's hidden layer (or the CNN's dense layer)", min=1)
@@ -290,7 +291,8 @@ def validate(cfg: Config) -> Config:
     if model.network != "mlp" and model.obs_mode != "stack84":
         raise ConfigError(f"model.obs_mode: the {model.network} network needs obs_mode stack84")
     if model.network == "mlp" and model.obs_mode == "stack84":
-        raise ConfigError("model.obs_mode: the mlp network takes diff64, diff32, pool32, pool16 or karpathy80 (stack84 is for the CNNs)")
+        raise ConfigError("model.obs_mode: the mlp network takes diff64, diff32, pool32, pool16, area32 or karpathy80 "
+                          "(stack84 is for the CNNs)")
     return cfg
 
 

@@ -19,6 +19,8 @@ def frame_shape(model: ModelConfig) -> tuple[int, int, int]:
         return 2, 210, 160  # the full frame, so the 2016 crop and stride-2 downsampling apply unchanged
     if model.obs_mode in ("diff64", "diff32", "pool32", "pool16"):
         return 2, 84, 84  # previous and current frame: their difference is the input
+    if model.obs_mode == "area32":
+        return 2, 42, 42  # envpool's area resize does the 2x2 pooling of pool32
     return 4, 84, 84
 
 

@@ -84,13 +84,27 @@ def pool16(frames):
     return _pooled_diff(frames, 4)
 
 
+def area32(frames):
+    """[..., 2, 42, 42] uint8 -> [..., 32, 42] int8 in {-1, 0, 1}: pool32's input, with envpool doing the pooling.
+
+    envpool resizes each 210x160 frame to 42x42 by area averaging in its C++ threads; rows 7..38 are
+    the playfield (rows 35..194 of 210, five source rows per row). A block that holds any paddle or
+    ball pixel averages to a grey other than the background's, so binarising it gives pool32's 2x2
+    max-pooled picture (measured: 40 cells of 3.2 million differed over 600 steps of 4 games). The
+    policy step then only compares and subtracts a quarter of the pixels: it is the trainer's own CPU
+    work per step, taken from the cores that step the games.
+    """
+    binary = _binarise(frames[..., 7:39, :])
+    return binary[..., 1, :, :] - binary[..., 0, :, :]
+
+
 def stack84(frames):
     """[..., 4, 84, 84] uint8 -> unchanged (the CNN scales it)."""
     return frames
 
 
 PREPROCESSORS = {"karpathy80": karpathy80, "diff64": diff64, "diff32": diff32, "pool32": pool32, "pool16": pool16,
-                 "stack84": stack84}
+                 "area32": area32, "stack84": stack84}
 
 
 def to_float(features):

@@ -202,4 +202,4 @@ def test_shipped_configs_are_valid():
     smoke = config_lib.build(str(CONFIGS / "smoke.yaml"), {})
     assert (smoke.env.num_envs, smoke.algo.num_steps, smoke.run.total_steps) == (8, 32, 2048)
     default = config_lib.build(str(CONFIGS / "default.yaml"), {})
-    assert (default.model.obs_mode, default.algo.point_episodes, default.env.batch_size) == ("pool32", True, 16)
+    assert (default.model.obs_mode, default.algo.point_episodes, default.env.batch_size) == ("area32", True, 16)

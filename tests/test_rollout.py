@@ -73,3 +73,25 @@ def test_deadline_cuts_the_round_and_slow_factor_slows_stepping():
     # Sleeping (F - 1) x each env-step time makes the stepping F times slower: the round takes at least
     # the extra 2x of its env time longer (the policy's own time is not slowed).
     assert infos[3.0].collect_s > infos[1.0].collect_s + 1.5 * infos[1.0].env_wait_s
+
+
+@pytest.mark.parametrize("obs_mode, frames_shape", [("pool32", (2, 84, 84)), ("stack84", (4, 84, 84))])
+def test_packed_step_unpacks_to_the_plain_steps_outputs(obs_mode, frames_shape):
+    """The collector's one-transfer step carries exactly what the plain policy step returns."""
+    from jaxpong.rollout import make_packed_step, unpack_rows
+
+    network = "mlp" if obs_mode == "pool32" else "small_cnn"
+    cfg = config_lib.build(None, {"model": {"obs_mode": obs_mode, "network": network, "hidden_size": 8}})
+    net = make_network(cfg.model)
+    params = init_state(cfg, net, make_optimizer(cfg), jax.random.PRNGKey(0)).params
+    step = make_policy_step(lambda p, x: net.apply(p, x), obs_mode)
+    frames = np.random.default_rng(3).integers(0, 256, size=(5,) + frames_shape).astype(np.uint8)
+    key = jax.random.PRNGKey(7)
+    features, action, logp, value, key_plain = jax.device_get(step(params, frames, key))
+    packed, key_packed = make_packed_step(step)(params, frames, key)
+    rows = np.stack([np.asarray(packed)] * 2)  # [T=2, N=5, bytes], as the collector's buffer
+    f, a, l, v = unpack_rows(rows, features.shape[1:], features.dtype)
+    assert f.dtype == features.dtype and (f[1] == features).all()
+    assert a.dtype == np.int32 and (a[0] == action).all()
+    assert (l[1] == logp).all() and (v[0] == value).all()
+    assert (np.asarray(key_packed) == np.asarray(key_plain)).all()
