@@ -73,7 +73,10 @@ class AlgoConfig:
     adam_eps: float = _f(1e-5, "epsilon of adam", min=0.0, min_exclusive=True)
     rmsprop_decay: float = _f(0.99, "decay of rmsprop's squared-gradient average", min=0.0, max=1.0)
     rmsprop_eps: float = _f(1e-5, "epsilon of rmsprop", min=0.0, min_exclusive=True)
-    anneal_lr: bool = _f(True, "anneal the learning rate linearly to 0 over --total-steps")
+    anneal_lr: bool = _f(True, "anneal the learning rate linearly (to --anneal-floor x lr over --anneal-steps)")
+    anneal_steps: int = _f(0, "valid agent steps over which the learning rate anneals (0 = --total-steps); "
+                              "after them it stays at the floor", min=0)
+    anneal_floor: float = _f(0.0, "fraction of the learning rate left at the end of the anneal", min=0.0, max=1.0)
     max_grad_norm: float = _f(0.5, "clip the global gradient norm to this (0 = no clipping)", min=0.0)
     gae_lambda: float = _f(0.95, "ppo: GAE lambda", min=0.0, max=1.0)
     update_epochs: int = _f(4, "ppo: passes over each round's batch", min=1)

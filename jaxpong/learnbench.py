@@ -113,12 +113,16 @@ def learning_benchmark(cfg: Config, *, time_limit_s: float, seeds: int, run_dir:
         row = {"seed": seed, "milestones": reached, "sps": round(sps, 1), "final_return": final, "games": len(games),
                "steps": metrics[-1]["step"] if metrics else 0,
                "greedy_mean": greedy["mean_return"] if greedy else None,
-               "greedy_returns": greedy["returns"] if greedy else None, "run_dir": str(seed_dir)}
+               "greedy_returns": greedy["returns"] if greedy else None,
+               # A greedy policy can rally with the built-in opponent until envpool truncates the game:
+               # such games have no score, so the mean is over the finished ones; say how many there were.
+               "greedy_truncated": greedy["truncated"] if greedy else None, "run_dir": str(seed_dir)}
         per_seed.append(row)
         curves.append((seed, games))
         print("  " + "  ".join(f"{m:+d}: " + (f"{r['time_s']:.0f}s" if (r := reached[str(m)]) else "-") for m in MILESTONES)
               + f"  | {sps:,.0f} steps/s | last-20 {final if final is None else round(final, 2)} | greedy "
-              f"{row['greedy_mean']}", flush=True)
+              f"{row['greedy_mean']}" + (f" ({row['greedy_truncated']} of {GREEDY_GAMES} truncated)"
+                                         if row["greedy_truncated"] else ""), flush=True)
     med = median_milestones([r["milestones"] for r in per_seed])
     png = base / "learning_curve.png"
     _plot(curves, png, f"{cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, {cfg.env.num_envs} envs; "

@@ -41,6 +41,18 @@ def make_optimizer(cfg: Config) -> optax.GradientTransformation:
     return optax.apply_if_finite(chain, max_consecutive_errors=2**30)
 
 
+def lr_fraction(cfg: Config, step: int) -> float:
+    """The multiplier of algo.learning_rate after `step` valid agent steps (all ranks): linear from 1 to
+    algo.anneal_floor over algo.anneal_steps (0 = run.total_steps), then held there; 1 without anneal_lr.
+
+    Computed on the host from the global step counter, so every rank (and a resumed run) agrees.
+    """
+    if not cfg.algo.anneal_lr:
+        return 1.0
+    horizon = cfg.algo.anneal_steps or cfg.run.total_steps
+    return float(optax.linear_schedule(1.0, cfg.algo.anneal_floor, horizon)(step))
+
+
 def schedule(cfg: Config):
     """(num_epochs, num_minibatches) per round."""
     if cfg.algo.algo == "ppo":

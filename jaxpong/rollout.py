@@ -44,6 +44,9 @@ def make_policy_step(apply_fn, obs_mode: str):
     return policy_step
 
 
+TAIL_BYTES = 12  # action (int32), log-prob and value (float32) after the features in a packed row
+
+
 def make_packed_step(policy_step):
     """The policy step with its four per-env outputs packed into one uint8 row per env.
 
@@ -68,7 +71,7 @@ def unpack_rows(rows: np.ndarray, feature_shape: tuple, feature_dtype) -> tuple:
     lead = rows.shape[:-1]
     size = int(np.prod(feature_shape)) * np.dtype(feature_dtype).itemsize
     features = np.ascontiguousarray(rows[..., :size]).view(feature_dtype).reshape(lead + tuple(feature_shape))
-    tail = np.ascontiguousarray(rows[..., size:size + 12])
+    tail = np.ascontiguousarray(rows[..., size:size + TAIL_BYTES])
     return (features, tail[..., 0:4].copy().view(np.int32)[..., 0], tail[..., 4:8].copy().view(np.float32)[..., 0],
             tail[..., 8:12].copy().view(np.float32)[..., 0])
 
@@ -127,7 +130,7 @@ class Collector:
             self._allocate(packed.shape[1])
         rows = cursor[ids]
         self.packed_rows[rows, ids] = packed
-        action = packed[:, -12:-8].copy().view(np.int32)[:, 0]
+        action = packed[:, -TAIL_BYTES:-TAIL_BYTES + 4].copy().view(np.int32)[:, 0]
         # envpool resets a finished game on the next step and ignores its action: no signal there.
         self.valid[rows, ids] = ~self.pending_terminal[ids]
         self.env.send(self.actions[action], ids.astype(np.int32))

@@ -27,7 +27,7 @@ from jaxpong.checkpoint import Checkpoints
 from jaxpong.config import Config, ConfigError, to_dict
 from jaxpong.deadline import Deadline, fill_time_estimate
 from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
-from jaxpong.learner import TrainState, make_optimize, make_optimizer, make_prepare
+from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
 from jaxpong.preprocess import PREPROCESSORS, to_float
@@ -242,7 +242,7 @@ class Trainer:
         norm = np.sum([p["moments"] for p in gathered], axis=0)
 
         t_opt = time.perf_counter()
-        lr_frac = max(0.0, 1.0 - c.step / cfg.run.total_steps) if cfg.algo.anneal_lr else 1.0
+        lr_frac = lr_fraction(cfg, c.step)
         nan_from = cfg.run.debug_nan_at_update
         poison = float("nan") if 0 <= nan_from <= c.update < nan_from + cfg.run.debug_nan_count else 1.0
         skipped_before = int(self.state.opt_state.total_notfinite)
@@ -391,8 +391,7 @@ class Trainer:
         line = {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3),
                 "process_s": round(time.time() - PROCESS_START, 3), "charts/SPS": round(sps, 1),
                 "charts/episodes": c.episodes, "charts/env_steps": c.env_steps,
-                "charts/learning_rate": self.cfg.algo.learning_rate * (max(0.0, 1.0 - c.step / self.cfg.run.total_steps)
-                                                                      if self.cfg.algo.anneal_lr else 1.0)}
+                "charts/learning_rate": self.cfg.algo.learning_rate * lr_fraction(self.cfg, c.step)}
         if games:
             line["charts/episodic_return"] = float(np.mean([r for r, _ in games]))
             line["charts/episodic_length"] = float(np.mean([n for _, n in games]))

@@ -276,3 +276,16 @@ def test_mirrored_samples_flip_rows_and_swap_up_and_down():
     three = dict(samples, actions=np.array([0, 1, 2], np.int32), features=np.zeros((3, 1, 1), np.int8),
                  logprobs=np.zeros(3, np.float32), advantages=np.zeros(3, np.float32), valid=np.ones(3, bool))
     np.testing.assert_array_equal(np.asarray(mirrored(three, [0, 2, 3])["actions"]), [0, 1, 2, 0, 2, 1])
+
+
+def test_learning_rate_fraction_by_hand():
+    """Linear from 1 to the floor over anneal_steps (0 = total_steps), then held; 1 without annealing."""
+    from jaxpong import config as config_lib
+    from jaxpong.learner import lr_fraction
+
+    cfg = config_lib.build(None, {"run": {"total_steps": 1000}})
+    assert [lr_fraction(cfg, s) for s in (0, 250, 1000, 5000)] == pytest.approx([1.0, 0.75, 0.0, 0.0])
+    cfg = config_lib.build(None, {"run": {"total_steps": 1000}, "algo": {"anneal_steps": 400, "anneal_floor": 0.2}})
+    assert [lr_fraction(cfg, s) for s in (0, 100, 400, 900)] == pytest.approx([1.0, 0.8, 0.2, 0.2])
+    cfg = config_lib.build(None, {"algo": {"anneal_lr": False, "anneal_steps": 400}})
+    assert lr_fraction(cfg, 10**6) == 1.0
