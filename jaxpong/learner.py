@@ -45,12 +45,15 @@ def lr_fraction(cfg: Config, step: int) -> float:
     """The multiplier of algo.learning_rate after `step` valid agent steps (all ranks): linear from 1 to
     algo.anneal_floor over algo.anneal_steps (0 = run.total_steps), then held there; 1 without anneal_lr.
 
-    Computed on the host from the global step counter, so every rank (and a resumed run) agrees.
+    Computed on the host from the global step counter, so every rank (and a resumed run) agrees. Plain
+    Python rather than optax.linear_schedule: step counts pass 2**31 on long runs (and the benchmarks
+    set --total-steps 10**12), which jnp's int32 arithmetic cannot hold.
     """
     if not cfg.algo.anneal_lr:
         return 1.0
     horizon = cfg.algo.anneal_steps or cfg.run.total_steps
-    return float(optax.linear_schedule(1.0, cfg.algo.anneal_floor, horizon)(step))
+    done = min(step, horizon) / horizon
+    return 1.0 - (1.0 - cfg.algo.anneal_floor) * done
 
 
 def schedule(cfg: Config):

@@ -70,6 +70,9 @@ def unpack_rows(rows: np.ndarray, feature_shape: tuple, feature_dtype) -> tuple:
     """[..., bytes] rows from `make_packed_step` -> (features, actions, log-probs, values), each contiguous."""
     lead = rows.shape[:-1]
     size = int(np.prod(feature_shape)) * np.dtype(feature_dtype).itemsize
+    if rows.shape[-1] != size + TAIL_BYTES:
+        raise ValueError(f"packed rows of {rows.shape[-1]} bytes do not hold {feature_shape} {np.dtype(feature_dtype)} "
+                         f"features plus {TAIL_BYTES} bytes of action, log-prob and value")
     features = np.ascontiguousarray(rows[..., :size]).view(feature_dtype).reshape(lead + tuple(feature_shape))
     tail = np.ascontiguousarray(rows[..., size:size + TAIL_BYTES])
     return (features, tail[..., 0:4].copy().view(np.int32)[..., 0], tail[..., 4:8].copy().view(np.float32)[..., 0],

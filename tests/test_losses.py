@@ -289,3 +289,6 @@ def test_learning_rate_fraction_by_hand():
     assert [lr_fraction(cfg, s) for s in (0, 100, 400, 900)] == pytest.approx([1.0, 0.8, 0.2, 0.2])
     cfg = config_lib.build(None, {"algo": {"anneal_lr": False, "anneal_steps": 400}})
     assert lr_fraction(cfg, 10**6) == 1.0
+    # Beyond int32: the benchmarks run with --total-steps 10**12, long cluster runs pass 2**31 steps.
+    cfg = config_lib.build(None, {"run": {"total_steps": 10**12}})
+    assert lr_fraction(cfg, 3 * 10**9) == pytest.approx(1.0 - 3e-3)

@@ -255,3 +255,20 @@ def test_time_limit_stops_the_run(jaxpong_cli, tmp_path):
     assert 1 <= len(lines) and lines[-1]["step"] < 10_000_000
     # The state at the stop is checkpointed, so the run can be resumed.
     assert checkpoint_steps(tmp_path / "run") == [lines[-1]["step"]]
+
+
+def test_throughput_bench_end_to_end(jaxpong_cli, tmp_path):
+    """`jaxpong bench` as `make bench` runs it (one short repeat): raw envpool, a real trainer subprocess
+    with --total-steps 10**12 (its learning-rate schedule must cope with such counts), raw again, and a
+    last JSON line whose ratio is the trainer's steps/s over the raw reference of the same repeat."""
+    import json
+
+    code, out, err = jaxpong_cli("bench", "--config", SMOKE_CONFIG, "--seconds", 1, "--repeats", 1,
+                                 "--run-dir", tmp_path / "bench", timeout=300)
+    assert code == 0, err
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["median_repeat"] == 1 and len(result["per_repeat"]) == 1
+    assert result["env_sps"] > 0 and result["trainer_sps"] > 0 and result["trainer_updates"] > 2
+    assert result["ratio"] == pytest.approx(result["trainer_sps"] / result["env_sps"], abs=1e-3)
+    lines = read_jsonl(tmp_path / "bench" / "repeat_1" / "metrics.jsonl")
+    assert lines[-1]["charts/learning_rate"] > 0.999 * config_lib.Config().algo.learning_rate
