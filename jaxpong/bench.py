@@ -92,13 +92,13 @@ def throughput(cfg: Config, seconds: float, run_dir: str | None = None, repeats:
     the one reported. Shared machines drift by +-10 % within a minute, so one ratio is not enough to judge.
     """
     rows, ratios, results = [], [], []
+    cfg_dict = to_dict(cfg)
+    cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(repeats):
             env_sps = raw_env_sps(cfg, seconds)
             path = Path(run_dir) / f"repeat_{k + 1}" if run_dir else Path(tmp) / f"bench_run_{k + 1}"
             path.parent.mkdir(parents=True, exist_ok=True)
-            cfg_dict = to_dict(cfg)
-            cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
             # Compilation and warm-up rounds come on top of the timed seconds.
             _train_subprocess(cfg_dict, path, ["--time-limit-s", str(seconds + 15)])
             trainer = trainer_sps(path)
