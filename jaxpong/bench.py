@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,42 +22,87 @@ from jaxpong.config import Config, to_dict
 WARMUP_UPDATES = 2  # rounds excluded from trainer speed: the first compiles, the second may still settle
 
 
+class RawEnv:
+    """envpool alone, in the configured mode, stepped with uniformly random actions in timed slices."""
+
+    def __init__(self, cfg: Config):
+        from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, make_env
+
+        self.env = make_env(cfg, seeds=env_seeds(cfg.run.seed, 0, 0, PURPOSE_TRAIN, cfg.env.num_envs))
+        self.io = EnvIO(self.env)  # the trainer's way of calling envpool, so the ratio compares like with like
+        self.rng = np.random.default_rng(0)
+        self.env.async_reset()
+        self.ready = self._drain(cfg.env.num_envs)  # env ids holding an observation not acted on yet
+
+    def _drain(self, count: int) -> list:
+        ids = []
+        while len(ids) < count:
+            ids.extend(self.io.recv()[4].tolist())
+        return ids
+
+    def _send(self, ids) -> None:
+        ids = np.asarray(ids, np.int32)
+        self.io.send(self.rng.integers(0, 6, size=len(ids)).astype(np.int32), ids)
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        """(agent steps, seconds) of one slice: every env is acted on until `seconds` pass, then the steps
+        in flight are finished and counted, so no env work spills into whatever runs next."""
+        start = time.perf_counter()
+        self._send(self.ready)
+        in_flight, steps = len(self.ready), 0
+        while True:
+            ids = self.io.recv()[4]
+            in_flight -= len(ids)
+            steps += len(ids)
+            if time.perf_counter() - start >= seconds:
+                break
+            self._send(ids)
+            in_flight += len(ids)
+        received = ids.tolist() + self._drain(in_flight)
+        steps += in_flight
+        self.ready = received
+        return steps, time.perf_counter() - start
+
+    def close(self) -> None:
+        self.env.close()
+
+
 def raw_env_sps(cfg: Config, seconds: float) -> float:
     """Agent steps/s of envpool alone with uniformly random actions, in the configured mode."""
-    from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
-
-    env = make_env(cfg, seeds=env_seeds(cfg.run.seed, 0, 0, PURPOSE_TRAIN, cfg.env.num_envs))
-    rng = np.random.default_rng(0)
-    n, b = cfg.env.num_envs, cfg.env_batch_size
-    env.async_reset()
-    steps, start = 0, None
-    while True:
-        _, _, _, _, info = env.recv()
-        ids = np.asarray(info["env_id"], np.int32)
-        if start is None:
-            start = time.perf_counter()  # time from the first batch on: reset is not stepping
-        elif time.perf_counter() - start >= seconds:
-            break
-        steps += len(ids)
-        env.send(rng.integers(0, 6, size=len(ids)).astype(np.int32), ids)
-    elapsed = time.perf_counter() - start
-    env.close()
+    raw = RawEnv(cfg)
+    steps, elapsed = raw.run(seconds)
+    raw.close()
     return steps / elapsed
 
 
-def trainer_sps(run_dir: Path) -> dict:
-    """Steps/s from a run's metrics.jsonl, after the warm-up rounds."""
-    lines = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+def _metrics(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            lines.append(json.loads(line))
+        except json.JSONDecodeError:  # the trainer may be stopped halfway through writing a line
+            break
+    return lines
+
+
+def trainer_sps(run_dir: Path, paused: list[tuple[float, float]] = ()) -> dict:
+    """Steps/s from a run's metrics.jsonl after the warm-up rounds, not counting the `paused` (start, end)
+    wall-clock intervals (time.time()) during which the trainer was stopped."""
+    lines = _metrics(run_dir)
     if len(lines) <= WARMUP_UPDATES:
         raise RuntimeError(f"the trainer ran only {len(lines)} updates; give it more --seconds")
     a, b = lines[WARMUP_UPDATES - 1], lines[-1]
-    dt = b["time_s"] - a["time_s"]
+    stopped = sum(max(0.0, min(end, b["wall_time"]) - max(begin, a["wall_time"])) for begin, end in paused)
+    dt = b["time_s"] - a["time_s"] - stopped
     return {"sps": (b["step"] - a["step"]) / dt, "env_sps": (b["charts/env_steps"] - a["charts/env_steps"]) / dt,
             "updates": len(lines), "seconds": dt}
 
 
-def _train_subprocess(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int = 1, timeout: float = 900) -> None:
-    """Run `jaxpong train` in fresh processes (under mpirun for several ranks), as a user would."""
+def _train_command(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int = 1) -> list[str]:
+    """`jaxpong train` in fresh processes (under mpirun for several ranks), as a user would run it."""
     import yaml
 
     cfg_file = run_dir.parent / f"{run_dir.name}.yaml"
@@ -67,7 +113,11 @@ def _train_subprocess(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: in
         # Pin each rank to its own cores, as on a cluster node: a rank that waits then leaves its cores
         # idle instead of lending them to the others (hydra's -bind-to; mpich's own launcher).
         cmd = [str(Path(sys.executable).parent / "mpirun"), "-bind-to", "core", "-n", str(ranks), *cmd]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    return cmd
+
+
+def _train_subprocess(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int = 1, timeout: float = 900) -> None:
+    proc = subprocess.run(_train_command(cfg_dict, run_dir, extra, ranks), capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"training run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
 
@@ -84,31 +134,76 @@ def _table(title: str, header: list[str], rows: list[list]) -> None:
     Console(stderr=False).print(table)
 
 
-def throughput(cfg: Config, seconds: float, run_dir: str | None = None, repeats: int = 3) -> int:
-    """`jaxpong bench`: raw envpool steps/s and trainer steps/s on the same settings.
+TRAINER_SLICE_S = 2.0  # the trainer runs this long between raw slices ...
+RAW_SLICE_S = 1.0  # ... and is stopped (SIGSTOP) while raw envpool runs this long
 
-    Each repeat measures raw envpool, then the trainer, then raw envpool again, and takes the
-    trainer's ratio to the median of its two raw measurements; the repeat with the median ratio is
-    the one reported. Shared machines drift by +-10 % within a minute, so one ratio is not enough to judge.
+
+def interleaved_repeat(cfg_dict: dict, raw: RawEnv, seconds: float, run_dir: Path, start_timeout_s: float = 600) -> dict:
+    """One repeat: a real `jaxpong train` subprocess, stopped every TRAINER_SLICE_S for a RAW_SLICE_S slice
+    of raw envpool on the same cores, until the trainer has run `seconds` after its warm-up rounds.
+
+    Why interleave: on a shared machine raw envpool speed drifts by 10-20 % over tens of seconds (measured
+    here: 2-s slices of one minute ranged 2,500-3,800 steps/s), so a raw measurement before and after a
+    20-s training run can disagree with the speed the trainer saw. Slices a few seconds apart see the same
+    machine. A stopped trainer loses nothing but its caches, so if anything this favours raw envpool.
+    """
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
+    cmd = _train_command(cfg_dict, run_dir, ["--time-limit-s", str(10 * seconds + start_timeout_s)])
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    paused, raw_steps, raw_s = [], 0, 0.0
+    try:
+        deadline = time.time() + start_timeout_s
+        while len(_metrics(run_dir)) < WARMUP_UPDATES:  # start-up, compilation and warm-up are not timed
+            if proc.poll() is not None:
+                raise RuntimeError(f"the trainer exited ({proc.returncode}) before its warm-up; see {log.name}")
+            if time.time() > deadline:
+                raise RuntimeError(f"the trainer did not finish {WARMUP_UPDATES} rounds in {start_timeout_s:.0f} s; see {log.name}")
+            time.sleep(0.05)
+        trained_from = time.time()
+        while time.time() - trained_from - sum(e - b for b, e in paused) < seconds:
+            time.sleep(TRAINER_SLICE_S)
+            proc.send_signal(signal.SIGSTOP)
+            begin = time.time()
+            steps, elapsed = raw.run(RAW_SLICE_S)
+            raw_steps, raw_s = raw_steps + steps, raw_s + elapsed
+            proc.send_signal(signal.SIGCONT)
+            paused.append((begin, time.time()))
+        proc.send_signal(signal.SIGTERM)  # the trainer finishes its round, checkpoints and exits 75
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    trainer = trainer_sps(run_dir, paused)
+    env_sps = raw_steps / raw_s
+    return {"env_sps": round(env_sps, 1), "trainer_sps": round(trainer["sps"], 1),
+            "ratio": round(trainer["sps"] / env_sps, 4), "trainer_updates": trainer["updates"],
+            "raw_slices": len(paused), "trainer_seconds": round(trainer["seconds"], 1)}
+
+
+def throughput(cfg: Config, seconds: float, run_dir: str | None = None, repeats: int = 3) -> int:
+    """`jaxpong bench`: raw envpool steps/s and trainer steps/s on the same settings, interleaved.
+
+    Each repeat is a fresh trainer process whose timed `seconds` are interleaved with slices of raw
+    envpool (see `interleaved_repeat`); the repeat with the median ratio is the one reported.
     """
     rows, ratios, results = [], [], []
     cfg_dict = to_dict(cfg)
     cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        for k in range(repeats):
-            env_sps = raw_env_sps(cfg, seconds)
-            path = Path(run_dir) / f"repeat_{k + 1}" if run_dir else Path(tmp) / f"bench_run_{k + 1}"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # Compilation and warm-up rounds come on top of the timed seconds.
-            _train_subprocess(cfg_dict, path, ["--time-limit-s", str(seconds + 15)])
-            trainer = trainer_sps(path)
-            env_sps_after = raw_env_sps(cfg, min(seconds, 5.0))
-            env_ref = float(np.median([env_sps, env_sps_after]))
-            ratio = trainer["sps"] / env_ref
-            ratios.append(ratio)
-            results.append({"env_sps": round(env_ref, 1), "trainer_sps": round(trainer["sps"], 1), "ratio": round(ratio, 4),
-                            "trainer_updates": trainer["updates"]})
-            rows.append([str(k + 1), env_sps, env_sps_after, trainer["sps"], f"{ratio:.3f}"])
+    raw = RawEnv(cfg)
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            for k in range(repeats):
+                path = Path(run_dir) / f"repeat_{k + 1}" if run_dir else Path(tmp) / f"bench_run_{k + 1}"
+                result = interleaved_repeat(cfg_dict, raw, seconds, path)
+                ratios.append(result["ratio"])
+                results.append(result)
+                rows.append([str(k + 1), result["env_sps"], result["trainer_sps"], f"{result['ratio']:.3f}",
+                             f"{result['trainer_seconds']:.0f} s, {result['raw_slices']} raw slices"])
+    finally:
+        raw.close()
     # The repeat with the median ratio (the lower middle one for an even count) speaks for the run:
     # its raw and trainer steps/s are the ones that ratio was measured from.
     mid = sorted(range(repeats), key=lambda k: ratios[k])[(repeats - 1) // 2]
@@ -116,8 +211,8 @@ def throughput(cfg: Config, seconds: float, run_dir: str | None = None, repeats:
         rows.append([f"median: repeat {mid + 1}", *rows[mid][1:]])
     _table(f"jaxpong bench: {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, "
            f"{cfg.env.num_envs} envs ({'async' if cfg.is_async else 'sync'}), {os.cpu_count()} cores",
-           ["repeat", "raw envpool before (random actions)", "raw after", "trainer (valid steps, incl. updates)",
-            "ratio trainer / raw"], rows)
+           ["repeat", "raw envpool (random actions)", "trainer (valid steps, incl. updates)", "ratio trainer / raw",
+            "timed"], rows)
     print(json.dumps({**results[mid], "median_repeat": mid + 1, "per_repeat": results, "algo": cfg.algo.algo,
                       "num_envs": cfg.env.num_envs, "async": cfg.is_async, "seconds": seconds}))
     return 0

@@ -34,6 +34,11 @@ def setup_jax(xla_threads: int = 0) -> None:
                                    f" intra_op_parallelism_threads={xla_threads}").strip()
     import jax
 
+    # Run each jitted call on the calling thread rather than handing it to a dispatch thread: the
+    # policy step is a ~0.3 ms call made ~150 times a second on the thread that feeds envpool, and the
+    # hand-off cost ~0.2 ms of CPU per call (measured: 0.65 -> 0.45 ms per 16-game step) on cores the
+    # games need. Nothing here overlaps host work with a running computation, so nothing is lost.
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     cache = os.environ.get("JAXPONG_COMPILE_CACHE", str(Path.home() / ".cache" / "jaxpong" / "xla"))
     if cache and cache != "off":
         jax.config.update("jax_compilation_cache_dir", cache)

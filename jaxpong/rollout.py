@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpong.batch import Batch
-from jaxpong.envs import GameScores
+from jaxpong.envs import EnvIO, GameScores
 from jaxpong.preprocess import PREPROCESSORS, to_float
 
 
@@ -96,10 +96,17 @@ class RoundInfo:
 
 
 class Collector:
-    """Owns the envs and the rollout buffers of one rank; `collect` plays one round."""
+    """Owns the envs and the rollout buffers of one rank; `collect` plays one round.
+
+    The loop between envpool and the policy runs on the thread that feeds envpool, on the cores that
+    step the games, so it does per batch only what cannot wait: store rewards and done flags, act,
+    send. What can be derived at the end of the round (which rows hold steps, which are valid, the
+    scores of finished games) is computed then, once, with whole-array numpy.
+    """
 
     def __init__(self, env, cfg, policy_step, *, num_steps: int, slow_factor: float = 1.0):
         self.env = env
+        self.io = EnvIO(env)
         self.num_envs = cfg.env.num_envs
         self.num_steps = num_steps
         self.actions = np.asarray(cfg.model.actions, np.int32)
@@ -113,8 +120,7 @@ class Collector:
         self.pending = None  # frames each env will act on next
         received = 0
         while received < self.num_envs:
-            obs, _, _, _, info = env.recv()
-            ids = np.asarray(info["env_id"])
+            obs, _, _, _, ids, _ = self.io.recv()
             if self.pending is None:
                 self.pending = np.zeros((self.num_envs,) + obs.shape[1:], obs.dtype)
             self.pending[ids] = obs
@@ -126,24 +132,18 @@ class Collector:
         T, N = self.num_steps, self.num_envs
         self.packed_rows = np.zeros((T, N, row_bytes), np.uint8)  # packed policy outputs, unpacked once per round
         self.rewards = np.zeros((T, N), np.float32)
-        self.dones = np.zeros((T, N), bool)
-        self.filled = np.zeros((T, N), bool)
-        self.valid = np.zeros((T, N), bool)
+        self.game_rewards = np.zeros((T, N), np.float32)  # envpool's unclipped reward, for the scores
+        self.terminated = np.zeros((T, N), bool)
+        self.truncated = np.zeros((T, N), bool)
         self._buffers = True
 
-    def _act(self, params, key, ids: np.ndarray, cursor: np.ndarray, frames: np.ndarray | None = None):
-        if frames is None:
-            frames = self.pending[ids]
+    def _act(self, params, key, ids: np.ndarray, rows: np.ndarray, frames: np.ndarray):
         packed, key = self.packed_step(params, frames, key)
         packed = np.asarray(packed)
         if self._buffers is None:
             self._allocate(packed.shape[1])
-        rows = cursor[ids]
         self.packed_rows[rows, ids] = packed
-        action = tail_field(packed, 0)
-        # envpool resets a finished game on the next step and ignores its action: no signal there.
-        self.valid[rows, ids] = ~self.pending_terminal[ids]
-        self.env.send(self.actions[action], ids.astype(np.int32))
+        self.io.send(self.actions[tail_field(packed, 0)], ids)
         return key
 
     def collect(self, params, key, deadline_s: float | None, until_game_end: bool = False):
@@ -153,53 +153,60 @@ class Collector:
         start = time.perf_counter()
         stop_at = None if deadline_s is None else start + deadline_s
         cursor = np.zeros(N, np.int64)
-        if self._buffers is not None:
-            self.filled[:] = False
-            self.valid[:] = False
         game_ended = np.zeros(N, bool)
-        key = self._act(params, key, np.arange(N), cursor)
+        first_terminal = self.pending_terminal.copy()  # the round's first step of these envs is a reset: not valid
+        all_ids = np.arange(N, dtype=np.int32)
+        key = self._act(params, key, all_ids, cursor, self.pending)
         in_flight = N
         stopping = False
         cut = False
         env_wait = 0.0
         while in_flight:
             t0 = time.perf_counter()
-            obs, reward, terminated, truncated, info = self.env.recv()
+            obs, reward, terminated, truncated, ids, game_reward = self.io.recv()
             dt = time.perf_counter() - t0
             env_wait += dt
             if self.slow_extra:
                 time.sleep(self.slow_extra * dt)  # fault injection: this rank's games run slower
-            ids = np.asarray(info["env_id"])
             in_flight -= len(ids)
             rows = cursor[ids]
-            done = terminated | truncated
             self.rewards[rows, ids] = reward
-            self.dones[rows, ids] = done
-            self.filled[rows, ids] = True
-            cursor[ids] += 1
-            self.scores.update(ids, np.asarray(info.get("reward", reward)), terminated, truncated)
+            self.game_rewards[rows, ids] = game_reward
+            self.terminated[rows, ids] = terminated
+            self.truncated[rows, ids] = truncated
+            rows += 1
+            cursor[ids] = rows
             self.pending[ids] = obs
-            self.pending_terminal[ids] = done
-            game_ended[ids] |= done
+            if until_game_end:
+                game_ended[ids] |= terminated | truncated
             if not stopping:
                 if stop_at is not None and time.perf_counter() >= stop_at:
                     stopping = cut = True
-                elif cursor[ids].max() >= T:
+                elif rows.max() >= T:
                     stopping = True
                 elif until_game_end and game_ended.all():
                     stopping = True
             if not stopping:
-                key = self._act(params, key, ids, cursor, frames=obs)  # obs == pending[ids]: skip the copy
+                key = self._act(params, key, ids, rows, obs)  # obs == pending[ids]: no copy
                 in_flight += len(ids)
-        filled = int(cursor.sum())
-        self.total_env_steps += filled
+        filled = np.arange(T)[:, None] < cursor[None, :]
+        dones = (self.terminated | self.truncated) & filled
+        # envpool resets a finished game on its next step and ignores the action: no signal there.
+        after_end = np.concatenate([first_terminal[None], dones[:-1]])
+        valid = filled & ~after_end
+        self.pending_terminal = dones[np.maximum(cursor - 1, 0), all_ids] & (cursor > 0) | first_terminal & (cursor == 0)
+        for t in range(int(cursor.max())):  # scores in the order the games were played
+            live = np.nonzero(filled[t])[0]
+            self.scores.update(live, self.game_rewards[t, live], self.terminated[t, live], self.truncated[t, live])
+        steps = int(cursor.sum())
+        self.total_env_steps += steps
         bootstrap = np.asarray(self.policy_step(params, self.pending, key)[0])
         features, actions, logprobs, values = unpack_rows(self.packed_rows, bootstrap.shape[1:], bootstrap.dtype)
         batch = Batch(
             features=features, actions=actions, logprobs=logprobs, values=values,
-            rewards=self.rewards, dones=self.dones, filled=self.filled, valid=self.valid & self.filled,
+            rewards=np.where(filled, self.rewards, 0.0).astype(np.float32), dones=dones, filled=filled, valid=valid,
             bootstrap_features=bootstrap,
         )
-        info = RoundInfo(collect_s=time.perf_counter() - start, filled_steps=filled,
-                         valid_steps=int(batch.valid.sum()), cut_by_deadline=cut, env_wait_s=env_wait)
+        info = RoundInfo(collect_s=time.perf_counter() - start, filled_steps=steps,
+                         valid_steps=int(valid.sum()), cut_by_deadline=cut, env_wait_s=env_wait)
         return batch, info, key

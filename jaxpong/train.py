@@ -9,6 +9,7 @@ one allreduce per optimizer step. Stop decisions are computed from gathered fact
 from __future__ import annotations
 
 import collections
+import gc
 import math
 import os
 import signal
@@ -282,6 +283,9 @@ class Trainer:
     def run(self, time_limit_s: float | None = None) -> int:
         cfg, comm, c = self.cfg, self.comm, self.counters
         self.signals.install()
+        # Everything alive now (modules, jitted functions, the network) lives for the whole run: keep it
+        # out of the cyclic garbage collector's scans, which otherwise revisit it from the hot loop.
+        gc.freeze()
         comm.barrier()
         t0 = self._live_t0 = time.perf_counter()
         progress = Progress(cfg.run.progress, cfg.run.total_steps, cfg.run.progress_every_s, enabled=self.is_main)
@@ -389,7 +393,8 @@ class Trainer:
     def _log(self, now, sps, metrics, games, gathered, record, skipped, extra: dict | None = None):
         c = self.counters
         line = {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3),
-                "process_s": round(time.time() - PROCESS_START, 3), "charts/SPS": round(sps, 1),
+                "process_s": round(time.time() - PROCESS_START, 3), "wall_time": round(time.time(), 3),
+                "charts/SPS": round(sps, 1),
                 "charts/episodes": c.episodes, "charts/env_steps": c.env_steps,
                 "charts/learning_rate": self.cfg.algo.learning_rate * lr_fraction(self.cfg, c.step)}
         if games:
