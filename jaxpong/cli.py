@@ -67,12 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = _config_parser(sub, "bench", "throughput: raw envpool steps/s against the trainer's steps/s")
-    p.add_argument("--seconds", type=float, default=20.0, help="seconds of timed running for each measurement")
+    p.add_argument("--seconds", type=float, default=20.0,
+                   help="seconds of timed running for each measurement (throughput: the trainer's, per repeat; it is "
+                        "stopped every 2 s for a 1-s slice of raw envpool, which comes on top)")
     p.add_argument("--run-dir", metavar="DIR", help="where the trainer runs are written (throughput: DIR/repeat_K; "
                    "--learn: DIR/seed_N; --ranks: DIR/sync and DIR/deadline; default: a temporary folder)")
     p.add_argument("--repeats", type=int, default=3, metavar="R",
-                   help="throughput only: measure raw envpool and the trainer R times and report the repeat with the "
-                        "median ratio")
+                   help="throughput only: R fresh trainer processes, each interleaved with raw envpool; reports the "
+                        "repeat with the median ratio")
     p.add_argument("--learn", action="store_true",
                    help="learning speed: train from scratch for --time-limit-s per seed, report milestones and a greedy check")
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="with --learn: seeds run one after another")

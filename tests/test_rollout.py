@@ -95,3 +95,36 @@ def test_packed_step_unpacks_to_the_plain_steps_outputs(obs_mode, frames_shape):
     assert a.dtype == np.int32 and (a[0] == action).all()
     assert (l[1] == logp).all() and (v[0] == value).all()
     assert (np.asarray(key_packed) == np.asarray(key_plain)).all()
+
+
+def test_valid_masks_and_game_scores_follow_the_games_across_rounds():
+    """The collector derives `valid`, `dones` and the finished games' scores once per round; check them
+    against a by-hand walk over every env's steps, carried across rounds (sync mode, so that each
+    round is the same for every env)."""
+    collector, state = _collector(4, 4, num_steps=150)
+    key = jax.random.PRNGKey(3)
+    running = np.zeros(4)
+    lengths = np.zeros(4, int)
+    after_end = np.zeros(4, bool)  # the env's next step is envpool's reset of a finished game
+    expected_games = []
+    games = []
+    for _ in range(8):  # 1,200 steps per env: a random player loses a game in about 800
+        batch, info, key = collector.collect(state.params, key, deadline_s=None)
+        filled, valid = np.asarray(batch.filled), np.asarray(batch.valid)
+        dones, rewards = np.asarray(batch.dones), np.asarray(batch.rewards)
+        assert filled.all()
+        for t in range(filled.shape[0]):
+            for e in range(4):
+                assert valid[t, e] == (not after_end[e]), (t, e)
+                running[e] += rewards[t, e]
+                lengths[e] += 1
+                if dones[t, e]:
+                    expected_games.append((running[e], lengths[e]))
+                    running[e], lengths[e] = 0.0, 0
+                after_end[e] = dones[t, e]
+        assert (rewards[~filled] == 0).all() and not dones[~filled].any()
+        games += collector.scores.drain()
+    assert len(expected_games) >= 2
+    assert sorted(games) == sorted(expected_games)
+    assert all(-21 <= r <= 21 for r, _ in games)
+    collector.env.close()

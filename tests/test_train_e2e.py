@@ -258,17 +258,22 @@ def test_time_limit_stops_the_run(jaxpong_cli, tmp_path):
 
 
 def test_throughput_bench_end_to_end(jaxpong_cli, tmp_path):
-    """`jaxpong bench` as `make bench` runs it (one short repeat): raw envpool, a real trainer subprocess
-    with --total-steps 10**12 (its learning-rate schedule must cope with such counts), raw again, and a
-    last JSON line whose ratio is the trainer's steps/s over the raw reference of the same repeat."""
+    """`jaxpong bench` as `make bench` runs it (one short repeat): a real trainer subprocess with
+    --total-steps 10**12 (its learning-rate schedule must cope with such counts), stopped with SIGSTOP
+    for slices of raw envpool, and a last JSON line whose ratio is the trainer's steps/s over the raw
+    steps/s of the same repeat. The trainer's timed seconds leave out the stopped ones."""
     import json
 
-    code, out, err = jaxpong_cli("bench", "--config", SMOKE_CONFIG, "--seconds", 1, "--repeats", 1,
+    code, out, err = jaxpong_cli("bench", "--config", SMOKE_CONFIG, "--seconds", 3, "--repeats", 1,
                                  "--run-dir", tmp_path / "bench", timeout=300)
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["median_repeat"] == 1 and len(result["per_repeat"]) == 1
     assert result["env_sps"] > 0 and result["trainer_sps"] > 0 and result["trainer_updates"] > 2
     assert result["ratio"] == pytest.approx(result["trainer_sps"] / result["env_sps"], abs=1e-3)
+    assert result["raw_slices"] >= 1
     lines = read_jsonl(tmp_path / "bench" / "repeat_1" / "metrics.jsonl")
+    # The trainer ran at least --seconds between its warm-up line and its last line, stopped slices aside.
+    wall = lines[-1]["wall_time"] - lines[1]["wall_time"]
+    assert 3.0 <= result["trainer_seconds"] <= wall - 0.9 * result["raw_slices"] * 1.0
     assert lines[-1]["charts/learning_rate"] > 0.999 * config_lib.Config().algo.learning_rate

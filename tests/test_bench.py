@@ -1,0 +1,34 @@
+"""The throughput benchmark's arithmetic: trainer steps/s with the stopped (raw envpool) slices taken out."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jaxpong.bench import WARMUP_UPDATES, trainer_sps
+
+
+def test_trainer_sps_leaves_out_the_seconds_the_trainer_was_stopped(tmp_path):
+    # Rounds logged at wall-clock 100, 101, 103, 106 (time_s counts from 0 at 100). The measured window
+    # runs from the warm-up line (101) to the last line (106): 5 s, of which the trainer was stopped
+    # 102.0-102.5 and, of the pause 105.5-107.0, the part up to 106: 1 s in all. A pause before the
+    # window (100.2-100.4) does not count. Steps 1,000 -> 8,000 in 4 active seconds: 1,750 steps/s.
+    rows = [(100.0, 0.0, 0, 0), (101.0, 1.0, 1000, 1010), (103.0, 3.0, 4000, 4040), (106.0, 6.0, 8000, 8080)]
+    assert WARMUP_UPDATES == 2
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for wall, t, step, env_steps in rows:
+            f.write(json.dumps({"wall_time": wall, "time_s": t, "step": step, "charts/env_steps": env_steps}) + "\n")
+        f.write('{"wall_time": 107.0, "time_s"')  # a line cut by SIGSTOP is ignored
+    result = trainer_sps(tmp_path, paused=[(100.2, 100.4), (102.0, 102.5), (105.5, 107.0)])
+    assert result["seconds"] == pytest.approx(4.0)
+    assert result["sps"] == pytest.approx(1750.0)
+    assert result["env_sps"] == pytest.approx(7070 / 4.0)
+    assert trainer_sps(tmp_path)["sps"] == pytest.approx(7000 / 5.0)
+
+
+def test_trainer_sps_needs_rounds_after_the_warm_up(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"wall_time": 1.0, "time_s": 0.0, "step": 0,
+                                                        "charts/env_steps": 0}) + "\n")
+    with pytest.raises(RuntimeError, match="more --seconds"):
+        trainer_sps(tmp_path)
