@@ -147,9 +147,14 @@ def interleaved_repeat(cfg_dict: dict, raw: RawEnv, seconds: float, run_dir: Pat
     20-s training run can disagree with the speed the trainer saw. Slices a few seconds apart see the same
     machine. A stopped trainer loses nothing but its caches, so if anything this favours raw envpool.
     """
+    from jaxpong.train import EXIT_PREEMPTED
+
     run_dir.parent.mkdir(parents=True, exist_ok=True)
-    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
+    # A reused --run-dir still holds the previous run's metrics until the trainer replaces the folder;
+    # reading those would start the clock during this trainer's start-up.
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     cmd = _train_command(cfg_dict, run_dir, ["--time-limit-s", str(10 * seconds + start_timeout_s)])
+    log = open(run_dir.parent / f"{run_dir.name}.log", "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
     paused, raw_steps, raw_s = [], 0, 0.0
     try:
@@ -163,6 +168,8 @@ def interleaved_repeat(cfg_dict: dict, raw: RawEnv, seconds: float, run_dir: Pat
         trained_from = time.time()
         while time.time() - trained_from - sum(e - b for b, e in paused) < seconds:
             time.sleep(TRAINER_SLICE_S)
+            if proc.poll() is not None:
+                raise RuntimeError(f"the trainer exited ({proc.returncode}) while being timed; see {log.name}")
             proc.send_signal(signal.SIGSTOP)
             begin = time.time()
             steps, elapsed = raw.run(RAW_SLICE_S)
@@ -170,7 +177,8 @@ def interleaved_repeat(cfg_dict: dict, raw: RawEnv, seconds: float, run_dir: Pat
             proc.send_signal(signal.SIGCONT)
             paused.append((begin, time.time()))
         proc.send_signal(signal.SIGTERM)  # the trainer finishes its round, checkpoints and exits 75
-        proc.wait(timeout=300)
+        if proc.wait(timeout=300) != EXIT_PREEMPTED:
+            raise RuntimeError(f"the trainer exited {proc.returncode} after SIGTERM, not {EXIT_PREEMPTED}; see {log.name}")
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -285,6 +285,8 @@ class Trainer:
         self.signals.install()
         # Everything alive now (modules, jitted functions, the network) lives for the whole run: keep it
         # out of the cyclic garbage collector's scans, which otherwise revisit it from the hot loop.
+        # Collect first, so that no garbage of the set-up is frozen with it.
+        gc.collect()
         gc.freeze()
         comm.barrier()
         t0 = self._live_t0 = time.perf_counter()

@@ -97,18 +97,20 @@ def test_packed_step_unpacks_to_the_plain_steps_outputs(obs_mode, frames_shape):
     assert (np.asarray(key_packed) == np.asarray(key_plain)).all()
 
 
-def test_valid_masks_and_game_scores_follow_the_games_across_rounds():
+@pytest.mark.parametrize("num_steps, rounds", [(150, 8), (2, 600)], ids=["long-rounds", "2-step-rounds"])
+def test_valid_masks_and_game_scores_follow_the_games_across_rounds(num_steps, rounds):
     """The collector derives `valid`, `dones` and the finished games' scores once per round; check them
     against a by-hand walk over every env's steps, carried across rounds (sync mode, so that each
-    round is the same for every env)."""
-    collector, state = _collector(4, 4, num_steps=150)
+    round is the same for every env). With 2-step rounds half the game ends fall on a round's last
+    row, so the reset step that opens the next round must come out invalid."""
+    collector, state = _collector(4, 4, num_steps=num_steps)
     key = jax.random.PRNGKey(3)
     running = np.zeros(4)
     lengths = np.zeros(4, int)
     after_end = np.zeros(4, bool)  # the env's next step is envpool's reset of a finished game
     expected_games = []
     games = []
-    for _ in range(8):  # 1,200 steps per env: a random player loses a game in about 800
+    for _ in range(rounds):  # 1,200 steps per env: a random player loses a game in about 800
         batch, info, key = collector.collect(state.params, key, deadline_s=None)
         filled, valid = np.asarray(batch.filled), np.asarray(batch.valid)
         dones, rewards = np.asarray(batch.dones), np.asarray(batch.rewards)
