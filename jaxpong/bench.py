@@ -67,14 +67,6 @@ class RawEnv:
         self.env.close()
 
 
-def raw_env_sps(cfg: Config, seconds: float) -> float:
-    """Agent steps/s of envpool alone with uniformly random actions, in the configured mode."""
-    raw = RawEnv(cfg)
-    steps, elapsed = raw.run(seconds)
-    raw.close()
-    return steps / elapsed
-
-
 def _metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
     if not path.is_file():

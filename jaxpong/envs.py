@@ -111,7 +111,7 @@ class EnvIO:
         keys = list(getattr(env, "_state_keys", []))
         self.fast = (all(k in keys for k in self.STATE) and list(getattr(env, "_action_keys", [])) == self.ACTIONS
                      and hasattr(env, "_recv") and hasattr(env, "_send")
-                     and dict(zip(env._spec._config_keys, env._spec._config_values)).get("max_num_players", 1) == 1)
+                     and getattr(env, "config", {}).get("max_num_players", 1) == 1)
         if self.fast:
             self.index = [keys.index(k) for k in self.STATE]
 

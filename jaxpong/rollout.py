@@ -154,7 +154,8 @@ class Collector:
         stop_at = None if deadline_s is None else start + deadline_s
         cursor = np.zeros(N, np.int64)
         game_ended = np.zeros(N, bool)
-        first_terminal = self.pending_terminal.copy()  # the round's first step of these envs is a reset: not valid
+        # The round's first step of these envs is a reset: not valid. (Replaced, not changed, at the round's end.)
+        first_terminal = self.pending_terminal
         all_ids = np.arange(N, dtype=np.int32)
         key = self._act(params, key, all_ids, cursor, self.pending)
         in_flight = N
@@ -194,7 +195,8 @@ class Collector:
         # envpool resets a finished game on its next step and ignores the action: no signal there.
         after_end = np.concatenate([first_terminal[None], dones[:-1]])
         valid = filled & ~after_end
-        self.pending_terminal = dones[np.maximum(cursor - 1, 0), all_ids] & (cursor > 0) | first_terminal & (cursor == 0)
+        # Every env holds at least one step: all were acted on at the start and drained at the end.
+        self.pending_terminal = dones[cursor - 1, all_ids]
         for t in range(int(cursor.max())):  # scores in the order the games were played
             live = np.nonzero(filled[t])[0]
             self.scores.update(live, self.game_rewards[t, live], self.terminated[t, live], self.truncated[t, live])
