@@ -61,6 +61,12 @@ class ModelConfig:
     use_bias: bool = _f(True, "biases in the network's layers (the 2016 MLP had none)")
     value_head: bool = _f(True, "add a value head (needed by ppo; the 2016 pg policy has none)")
     bernoulli_head: bool = _f(False, "two actions from one logit: P(first action) = sigmoid(z) (the 2016 head)")
+    sparse_input: bool = _f(
+        True,
+        "mlp: the update computes the first layer from the nonzero cells of each sample only (a difference frame is "
+        "almost all zeros; same maths to float rounding, about half the update's CPU time); false = dense products. "
+        "Not used with mirror_augment",
+    )
 
 
 @dataclass

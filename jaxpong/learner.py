@@ -86,10 +86,31 @@ def mirrored(samples: dict, actions: list) -> dict:
     return {k: jnp.concatenate([samples[k], mirror[k]]) for k in samples}
 
 
+def minibatch_order(cfg: Config, key: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+    """(next key, [epochs * minibatches, size // minibatches] sample indices): a fresh permutation of the
+    `size` samples each epoch, cut into minibatches (the remainder of an uneven split sits out).
+
+    The update draws its order with this function; the host draws the same order from the same key
+    to list each minibatch's nonzero cells (`sparse.RoundCells.minibatches`).
+    """
+    epochs, minibatches = schedule(cfg)
+    key, perm_key = jax.random.split(key)
+    per_mb = size // minibatches
+    if minibatches == 1 and epochs == 1:
+        return key, jnp.arange(size)[None]
+    order = jax.vmap(lambda k: jax.random.permutation(k, size))(jax.random.split(perm_key, epochs))
+    return key, order[:, : per_mb * minibatches].reshape(epochs * minibatches, per_mb)
+
+
 def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTransformation,
                   allreduce: Callable[[jax.Array], jax.Array]):
+    """The jitted round update: optimize(state, batch, targets, norm, lr_frac, poison, sparse_features=None).
+
+    `sparse_features`, when given, is a `sparse.SparseBatch` [epochs * minibatches, ...] holding each
+    minibatch's features in the order `minibatch_order(cfg, state.key, ...)` draws; `batch.features`
+    is then not read (it may be None).
+    """
     algorithm = ALGORITHMS[cfg.algo.algo]
-    epochs, minibatches = schedule(cfg)
 
     def loss_fn(params, samples, norm, poison):
         loss_sum, aux = algorithm.loss_sums(apply_fn, params, samples, norm, cfg)
@@ -98,28 +119,27 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @jax.jit
-    def optimize(state: TrainState, batch: Batch, targets: dict, norm: jax.Array, lr_frac, poison):
+    def optimize(state: TrainState, batch: Batch, targets: dict, norm: jax.Array, lr_frac, poison,
+                 sparse_features=None):
         T, N = batch.actions.shape
         size = T * N
         flat = lambda x: x.reshape((size,) + x.shape[2:])
         samples = {
-            "features": flat(batch.features), "actions": flat(batch.actions), "logprobs": flat(batch.logprobs),
+            "actions": flat(batch.actions), "logprobs": flat(batch.logprobs),
             "values": flat(batch.values), **{k: flat(v) for k, v in targets.items() if k != "masked"},
         }
+        if sparse_features is None:
+            samples["features"] = flat(batch.features)
         if cfg.algo.mirror_augment:
             samples, size = mirrored(samples, cfg.model.actions), 2 * size
-        key, perm_key = jax.random.split(state.key)
-        per_mb = size // minibatches
-        perm_keys = jax.random.split(perm_key, epochs)
-        if minibatches == 1 and epochs == 1:
-            order = jnp.arange(size)[None]
-        else:
-            order = jax.vmap(lambda k: jax.random.permutation(k, size))(perm_keys)
-            order = order[:, : per_mb * minibatches].reshape(epochs * minibatches, per_mb)
+        key, order = minibatch_order(cfg, state.key, size)
 
-        def step(carry, idx):
+        def step(carry, xs):
             params, opt_state = carry
+            idx, mb_sparse = xs
             mb = jax.tree.map(lambda x: x[idx], samples)
+            if mb_sparse is not None:
+                mb["features"] = mb_sparse
             (_, (count, metrics)), grads = grad_fn(params, mb, norm, poison)
             buffer, unravel = ravel_pytree((grads, count, metrics))
             grads, count, metrics = unravel(allreduce(buffer))  # the one collective of this step
@@ -131,7 +151,8 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
             new_opt_state = jax.tree.map(lambda n, o: jnp.where(has_data, n, o), new_opt_state, opt_state)
             return (optax.apply_updates(params, updates), new_opt_state), (count, metrics)
 
-        (params, opt_state), (counts, metrics) = jax.lax.scan(step, (state.params, state.opt_state), order)
+        (params, opt_state), (counts, metrics) = jax.lax.scan(step, (state.params, state.opt_state),
+                                                              (order, sparse_features))
         total = jnp.maximum(counts.sum(), 1.0)
         return TrainState(params=params, opt_state=opt_state, key=key), metrics.sum(0) / total, counts
 

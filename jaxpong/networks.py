@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpong.config import ModelConfig
+from jaxpong import sparse
 
 
 def _dense(features, scale, use_bias=True):
@@ -34,8 +35,30 @@ class Heads(nn.Module):
         return logits, value
 
 
+class InputLayer(nn.Module):
+    """nn.Dense's maths and parameters (kernel [D, H], bias), also for an input given as `sparse.SparseBatch`."""
+
+    features: int
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x):
+        is_sparse = isinstance(x, sparse.SparseBatch)
+        width = x.width if is_sparse else x.shape[-1]
+        kernel = self.param("kernel", nn.initializers.orthogonal(np.sqrt(2)), (width, self.features), jnp.float32)
+        y = sparse.matmul(x, kernel) if is_sparse else jnp.dot(x, kernel)
+        if self.use_bias:
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        return y
+
+
 class MLP(nn.Module):
-    """Karpathy's policy: flattened difference frame -> hidden ReLU layer -> heads."""
+    """Karpathy's policy: flattened difference frame -> hidden ReLU layer -> heads.
+
+    The input is a float array [B, ...] or, for the mostly-zero difference frames in the update, a
+    `sparse.SparseBatch` of the flattened frames' nonzero cells (same parameters, same outputs to
+    float rounding).
+    """
 
     hidden_size: int
     heads: Heads
@@ -43,8 +66,10 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = x.reshape(x.shape[0], -1)
-        h = nn.relu(_dense(self.hidden_size, np.sqrt(2), self.use_bias)(x))
+        if not isinstance(x, sparse.SparseBatch):
+            x = x.reshape(x.shape[0], -1)
+        # Named as the nn.Dense it replaced, so checkpoints and exported policies keep their layout.
+        h = nn.relu(InputLayer(self.hidden_size, self.use_bias, name="Dense_0")(x))
         return self.heads(h)
 
 

@@ -17,6 +17,8 @@ import operator
 
 import jax.numpy as jnp
 
+from jaxpong.sparse import SparseBatch
+
 BACKGROUND_GREY = 87  # Pong's brown background after envpool's RGB->grey conversion
 
 
@@ -112,7 +114,10 @@ PREPROCESSORS = {"karpathy80": karpathy80, "diff64": diff64, "diff32": diff32, "
 
 
 def to_float(features):
-    """Compact stored features -> float32 network input (uint8 frames are scaled to [0, 1])."""
+    """Compact stored features -> float32 network input (uint8 frames are scaled to [0, 1]; a sparse
+    batch keeps its cells and gets float values)."""
+    if isinstance(features, SparseBatch):
+        return features.replace(vals=features.vals.astype(jnp.float32))
     if features.dtype == jnp.uint8:
         return features.astype(jnp.float32) / 255.0
     return features.astype(jnp.float32)

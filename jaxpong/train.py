@@ -9,6 +9,7 @@ one allreduce per optimizer step. Stop decisions are computed from gathered fact
 from __future__ import annotations
 
 import collections
+import functools
 import gc
 import math
 import os
@@ -22,13 +23,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import PROCESS_START, rundir
+from jaxpong import PROCESS_START, rundir, sparse
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.checkpoint import Checkpoints
 from jaxpong.config import Config, ConfigError, to_dict
 from jaxpong.deadline import Deadline, fill_time_estimate
 from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
-from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare
+from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare, minibatch_order
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
 from jaxpong.preprocess import PREPROCESSORS, to_float
@@ -120,6 +121,10 @@ class Trainer:
         self.policy_step = make_policy_step(apply_fn, cfg.model.obs_mode)
         self.prepare = make_prepare(cfg, apply_fn)
         self.optimize = make_optimize(cfg, apply_fn, self.optimizer, comm.allreduce_sum)
+        # The update's first layer from each sample's nonzero cells (jaxpong/sparse.py); mirroring flips
+        # dense frames, so it keeps the dense product.
+        self.sparse_input = cfg.model.sparse_input and cfg.model.network == "mlp" and not cfg.algo.mirror_augment
+        self.draw_order = jax.jit(functools.partial(minibatch_order, cfg), static_argnums=1)
         self.metric_names = ALGORITHMS[cfg.algo.algo].METRICS
         self.counters = Counters()
         state = init_state(cfg, self.network, self.optimizer, jax.random.PRNGKey(cfg.run.seed))
@@ -201,6 +206,14 @@ class Trainer:
         batch, info, self.sample_key = self.collector.collect(
             self.state.params, self.sample_key, deadline_s, until_game_end=self.deadline.until_game_end)
         t_prep = time.perf_counter()
+        sparse_features = None
+        if self.sparse_input:
+            # Each minibatch's nonzero cells, listed in the order the update will draw from the same key.
+            T, N = batch.actions.shape
+            _, order = self.draw_order(self.state.key, T * N)
+            sparse_features = sparse.RoundCells(batch.features.reshape(T * N, -1)).minibatches(np.asarray(order))
+            sparse_features = jax.tree.map(jnp.asarray, sparse_features)
+            batch = batch.replace(features=None)
         batch = jax.tree.map(jnp.asarray, batch)
         targets, moments = self.prepare(self.state.params, batch)
         moments = np.asarray(moments, np.float64)
@@ -249,7 +262,7 @@ class Trainer:
         skipped_before = int(self.state.opt_state.total_notfinite)
         self.watchdog.arm(f"the update after round {c.update + 1} (its allreduces)", self._hang_limit())
         self.state, metrics, counts = self.optimize(self.state, batch, targets, jnp.asarray(norm, jnp.float32),
-                                                    lr_frac, poison)
+                                                    lr_frac, poison, sparse_features)
         metrics = np.asarray(metrics)
         self.watchdog.disarm()
         compute_s = prep_s + (time.perf_counter() - t_opt)

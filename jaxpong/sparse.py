@@ -1,0 +1,105 @@
+"""Difference frames as lists of their nonzero cells, for the MLP's first layer in the update.
+
+A difference frame is almost all zeros: on the default's `area32` input (32x42 = 1,344 cells),
+measured during play, a sample has 15 nonzero cells on average (99th percentile 29, largest seen
+39). The MLP's first layer multiplies it with a 1,344 x 200 kernel; as dense products on a CPU, the
+forward pass and the kernel's gradient are nearly all of the update's work, though all but ~15 rows
+of the kernel meet zeros. `SparseBatch` lists a minibatch's nonzero cells (sample, column, value);
+`matmul` sums the kernel rows they select, and its gradient adds back into those rows only. Same sums
+in another order: results agree with the dense products to float rounding (tested).
+
+Why one flat list per minibatch, built on the host: XLA on a CPU has no fast way to find nonzeros
+inside a jitted function (a fixed-size `nonzero` of 16 frames took longer than the dense product),
+and padding each sample to the fullest sample's count (~48 slots for ~15 cells) tripled the work.
+The host knows a round's features anyway; it draws the update's minibatch order with the same key
+and function as the jitted update (`learner.minibatch_order`) and lists each minibatch's cells in
+about 1 ms per round. Lists are padded to a multiple of `ROUND_TO` entries (value 0, last sample),
+so a run compiles its update for a couple of lengths, not one per round.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+ROUND_TO = 2048  # pad the entry lists to a multiple of this: few distinct shapes, so few compilations
+
+
+@struct.dataclass
+class SparseBatch:
+    """`num_rows` samples of `width` cells: entry k adds `vals[..., k]` at (`rows[..., k]`, `cols[..., k]`).
+
+    `rows` never decreases along the last axis (padding entries: value 0 on the last sample), which
+    lets the sum run as a sorted segment sum. Leading axes, if any, index minibatches.
+    """
+
+    rows: jax.Array  # [..., K] int32, sorted
+    cols: jax.Array  # [..., K] int32
+    vals: jax.Array  # [..., K] int8 as built; float32 once `preprocess.to_float` made it a network input
+    num_rows: int = struct.field(pytree_node=False)
+    width: int = struct.field(pytree_node=False)
+
+
+def padded_length(entries: int, round_to: int = ROUND_TO) -> int:
+    """The list length for a minibatch of `entries` nonzero cells (at least one slot)."""
+    return max(round_to, -(-entries // round_to) * round_to)
+
+
+class RoundCells:
+    """The nonzero cells of a round's [S, D] features, grouped by sample (host, numpy)."""
+
+    def __init__(self, features: np.ndarray):
+        x = np.asarray(features)
+        self.num_samples, self.width = x.shape[0], int(np.prod(x.shape[1:]))
+        flat = x.reshape(-1)
+        # flatnonzero of a bool array: ~10x faster than a 2-D nonzero of the int8 one (~1 ms a round).
+        pos = np.flatnonzero(flat != 0)  # sample-major, so each sample's cells are contiguous
+        self.sample, self.col = np.divmod(pos, self.width)
+        self.val = flat[pos]
+        self.count = np.bincount(self.sample, minlength=self.num_samples)
+        self.start = np.cumsum(self.count) - self.count
+
+    def minibatches(self, order: np.ndarray) -> SparseBatch:
+        """[M, B] sample indices (a minibatch per row) -> SparseBatch [M, K] whose rows are positions 0..B-1."""
+        order = np.asarray(order)
+        m, b = order.shape
+        counts = self.count[order]  # [M, B]
+        totals = counts.sum(1)
+        k = padded_length(int(totals.max()) if totals.size else 0)
+        rows = np.full((m, k), b - 1, np.int32)
+        cols = np.zeros((m, k), np.int32)
+        vals = np.zeros((m, k), self.val.dtype)
+        for i in range(m):
+            c = counts[i]
+            n = int(totals[i])
+            # Entry j of this list: the (j - first entry of its sample)-th cell of that sample.
+            position = np.repeat(np.arange(b, dtype=np.int32), c)
+            offset = np.arange(n) - np.repeat(np.cumsum(c) - c, c)
+            source = self.start[order[i]][position] + offset
+            rows[i, :n] = position
+            cols[i, :n] = self.col[source]
+            vals[i, :n] = self.val[source]
+        return SparseBatch(rows=rows, cols=cols, vals=vals, num_rows=b, width=self.width)
+
+
+def to_dense(s: SparseBatch) -> np.ndarray:
+    """The dense [..., num_rows, width] array a SparseBatch stands for (host; for tests and checks)."""
+    rows, cols, vals = (np.asarray(a) for a in (s.rows, s.cols, s.vals))
+    lead = rows.shape[:-1]
+    rows, cols, vals = (a.reshape(-1, a.shape[-1]) for a in (rows, cols, vals))
+    out = np.zeros((rows.shape[0], s.num_rows, s.width), vals.dtype)
+    np.add.at(out, (np.arange(rows.shape[0])[:, None], rows, cols), vals)
+    return out.reshape(lead + (s.num_rows, s.width))
+
+
+def matmul(s: SparseBatch, kernel: jax.Array) -> jax.Array:
+    """[num_rows, D] (sparse) @ [D, H] -> [num_rows, H]: each sample's selected kernel rows, weighted and summed.
+
+    Its gradient with respect to the kernel is a scatter-add of the same rows. On the default's
+    shapes (512 samples, ~8,000 cells, 200 units) value and gradient took 1.9 ms of wall-clock time
+    against 6.9 ms for the dense products (2-core CPU, jitted, alone on the machine).
+    """
+    rows = kernel[s.cols] * s.vals.astype(kernel.dtype)[:, None]
+    return jax.ops.segment_sum(rows, s.rows, num_segments=s.num_rows, indices_are_sorted=True)
