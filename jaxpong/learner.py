@@ -11,6 +11,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
@@ -18,6 +19,7 @@ from jax.flatten_util import ravel_pytree
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.batch import Batch
 from jaxpong.config import MIRROR_ACTION, Config
+from jaxpong.sparse import RoundCells
 
 
 @struct.dataclass
@@ -86,14 +88,9 @@ def mirrored(samples: dict, actions: list) -> dict:
     return {k: jnp.concatenate([samples[k], mirror[k]]) for k in samples}
 
 
-def minibatch_order(cfg: Config, key: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
+def minibatch_order(key: jax.Array, size: int, epochs: int, minibatches: int) -> tuple[jax.Array, jax.Array]:
     """(next key, [epochs * minibatches, size // minibatches] sample indices): a fresh permutation of the
-    `size` samples each epoch, cut into minibatches (the remainder of an uneven split sits out).
-
-    The update draws its order with this function; the host draws the same order from the same key
-    to list each minibatch's nonzero cells (`sparse.RoundCells.minibatches`).
-    """
-    epochs, minibatches = schedule(cfg)
+    `size` samples each epoch, cut into minibatches (the remainder of an uneven split sits out)."""
     key, perm_key = jax.random.split(key)
     per_mb = size // minibatches
     if minibatches == 1 and epochs == 1:
@@ -102,14 +99,26 @@ def minibatch_order(cfg: Config, key: jax.Array, size: int) -> tuple[jax.Array, 
     return key, order[:, : per_mb * minibatches].reshape(epochs * minibatches, per_mb)
 
 
+_host_minibatch_order = jax.jit(minibatch_order, static_argnums=(1, 2, 3))
+
+
+def sparse_round(cfg: Config, key: jax.Array, features: np.ndarray, keep: np.ndarray) -> tuple[RoundCells, np.ndarray]:
+    """The host side of the update's sparse first layer: the cells of a round's [S, ...] features (samples
+    with `keep` only) and the minibatch order `optimize` will draw from `key` (its state's key), so
+    that `cells.minibatches(order)` lists each minibatch's cells in the update's order."""
+    _, order = _host_minibatch_order(key, features.shape[0], *schedule(cfg))
+    return RoundCells(features, keep), np.asarray(order)
+
+
 def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTransformation,
                   allreduce: Callable[[jax.Array], jax.Array]):
     """The jitted round update: optimize(state, batch, targets, norm, lr_frac, poison, sparse_features=None).
 
     `sparse_features`, when given, is a `sparse.SparseBatch` [epochs * minibatches, ...] holding each
-    minibatch's features in the order `minibatch_order(cfg, state.key, ...)` draws; `batch.features`
-    is then not read (it may be None).
+    minibatch's features in the order the update draws (`sparse_round`); `batch.features` is then not
+    read (it may be None).
     """
+
     algorithm = ALGORITHMS[cfg.algo.algo]
 
     def loss_fn(params, samples, norm, poison):
@@ -131,8 +140,10 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
         if sparse_features is None:
             samples["features"] = flat(batch.features)
         if cfg.algo.mirror_augment:
+            if sparse_features is not None:
+                raise ValueError("mirror_augment flips dense frames; give the update dense features")
             samples, size = mirrored(samples, cfg.model.actions), 2 * size
-        key, order = minibatch_order(cfg, state.key, size)
+        key, order = minibatch_order(state.key, size, *schedule(cfg))
 
         def step(carry, xs):
             params, opt_state = carry

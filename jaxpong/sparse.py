@@ -10,11 +10,14 @@ in another order: results agree with the dense products to float rounding (teste
 
 Why one flat list per minibatch, built on the host: XLA on a CPU has no fast way to find nonzeros
 inside a jitted function (a fixed-size `nonzero` of 16 frames took longer than the dense product),
-and padding each sample to the fullest sample's count (~48 slots for ~15 cells) tripled the work.
-The host knows a round's features anyway; it draws the update's minibatch order with the same key
-and function as the jitted update (`learner.minibatch_order`) and lists each minibatch's cells in
-about 1 ms per round. Lists are padded to a multiple of `ROUND_TO` entries (value 0, last sample),
-so a run compiles its update for a couple of lengths, not one per round.
+and padding each sample to the fullest sample's count (~48 slots for ~15 cells) gathered three
+times the rows and was no faster than the dense products in wall-clock time. The host knows a
+round's features anyway; it draws the update's minibatch order with the same key and function as
+the jitted update (`learner.host_minibatch_order`) and lists each minibatch's cells (~3.5 ms for a
+default round). Samples without loss weight (unfilled buffer rows, envpool's reset steps) get no
+cells: their output is not used. Lists are padded (value 0, on the last sample) to a length from a
+coarse geometric ladder (`padded_length`), so a run compiles its update for a few lengths, not one
+per round; ranks agree on one length per round (train.py), so they also compile together.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-ROUND_TO = 2048  # pad the entry lists to a multiple of this: few distinct shapes, so few compilations
+ROUND_TO = 2048  # the finest step of the list lengths (the default's ~7,600 cells -> 8,192)
 
 
 @struct.dataclass
@@ -43,31 +46,47 @@ class SparseBatch:
 
 
 def padded_length(entries: int, round_to: int = ROUND_TO) -> int:
-    """The list length for a minibatch of `entries` nonzero cells (at least one slot)."""
-    return max(round_to, -(-entries // round_to) * round_to)
+    """The list length for a minibatch of `entries` cells: a multiple of `round_to` and, for larger
+    lists, of an eighth of the power of two above `entries` (under 25 % padding, 4 lengths per doubling)."""
+    step = max(round_to, 2 ** max(0, int(entries - 1).bit_length() - 3))
+    return max(step, -(-entries // step) * step)
 
 
 class RoundCells:
-    """The nonzero cells of a round's [S, D] features, grouped by sample (host, numpy)."""
+    """The nonzero cells of a round's [S, ...] features, grouped by sample (host, numpy).
 
-    def __init__(self, features: np.ndarray):
+    `keep` ([S] bool, optional): samples whose cells are listed; the others count as all zeros
+    (use it for samples that carry no loss weight, whose outputs are not used).
+    """
+
+    def __init__(self, features: np.ndarray, keep: np.ndarray | None = None):
         x = np.asarray(features)
         self.num_samples, self.width = x.shape[0], int(np.prod(x.shape[1:]))
-        flat = x.reshape(-1)
+        x = x.reshape(self.num_samples, self.width)
+        nonzero = x != 0
+        if keep is not None:
+            nonzero &= np.asarray(keep, bool).reshape(-1, 1)
         # flatnonzero of a bool array: ~10x faster than a 2-D nonzero of the int8 one (~1 ms a round).
-        pos = np.flatnonzero(flat != 0)  # sample-major, so each sample's cells are contiguous
+        pos = np.flatnonzero(nonzero)  # sample-major, so each sample's cells are contiguous
         self.sample, self.col = np.divmod(pos, self.width)
-        self.val = flat[pos]
+        self.val = x.reshape(-1)[pos]
         self.count = np.bincount(self.sample, minlength=self.num_samples)
         self.start = np.cumsum(self.count) - self.count
 
-    def minibatches(self, order: np.ndarray) -> SparseBatch:
-        """[M, B] sample indices (a minibatch per row) -> SparseBatch [M, K] whose rows are positions 0..B-1."""
+    def length(self, order: np.ndarray) -> int:
+        """The padded list length the fullest minibatch of `order` needs."""
+        return padded_length(int(self.count[np.asarray(order)].sum(1).max()))
+
+    def minibatches(self, order: np.ndarray, length: int | None = None) -> SparseBatch:
+        """[M, B] sample indices (a minibatch per row) -> SparseBatch [M, length] whose rows are positions
+        0..B-1. `length` (at least `self.length(order)`; default that) lets ranks agree on one shape."""
         order = np.asarray(order)
         m, b = order.shape
         counts = self.count[order]  # [M, B]
         totals = counts.sum(1)
-        k = padded_length(int(totals.max()) if totals.size else 0)
+        k = self.length(order) if length is None else length
+        if k < totals.max():
+            raise ValueError(f"a list length of {k} cannot hold a minibatch of {int(totals.max())} cells")
         rows = np.full((m, k), b - 1, np.int32)
         cols = np.zeros((m, k), np.int32)
         vals = np.zeros((m, k), self.val.dtype)
@@ -101,5 +120,5 @@ def matmul(s: SparseBatch, kernel: jax.Array) -> jax.Array:
     shapes (512 samples, ~8,000 cells, 200 units) value and gradient took 1.9 ms of wall-clock time
     against 6.9 ms for the dense products (2-core CPU, jitted, alone on the machine).
     """
-    rows = kernel[s.cols] * s.vals.astype(kernel.dtype)[:, None]
-    return jax.ops.segment_sum(rows, s.rows, num_segments=s.num_rows, indices_are_sorted=True)
+    selected = kernel[s.cols] * s.vals.astype(kernel.dtype)[:, None]
+    return jax.ops.segment_sum(selected, s.rows, num_segments=s.num_rows, indices_are_sorted=True)

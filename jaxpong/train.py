@@ -9,7 +9,6 @@ one allreduce per optimizer step. Stop decisions are computed from gathered fact
 from __future__ import annotations
 
 import collections
-import functools
 import gc
 import math
 import os
@@ -23,13 +22,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import PROCESS_START, rundir, sparse
+from jaxpong import PROCESS_START, rundir
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.checkpoint import Checkpoints
 from jaxpong.config import Config, ConfigError, to_dict
 from jaxpong.deadline import Deadline, fill_time_estimate
 from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
-from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare, minibatch_order
+from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare, sparse_round
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
 from jaxpong.preprocess import PREPROCESSORS, to_float
@@ -124,7 +123,9 @@ class Trainer:
         # The update's first layer from each sample's nonzero cells (jaxpong/sparse.py); mirroring flips
         # dense frames, so it keeps the dense product.
         self.sparse_input = cfg.model.sparse_input and cfg.model.network == "mlp" and not cfg.algo.mirror_augment
-        self.draw_order = jax.jit(functools.partial(minibatch_order, cfg), static_argnums=1)
+        self.sparse_lengths: set[int] = set()  # list lengths the update has been compiled for
+        if self.is_main and cfg.model.sparse_input and cfg.model.network == "mlp" and cfg.algo.mirror_augment:
+            log_line("model.sparse_input is not used with algo.mirror_augment (mirroring flips dense frames)")
         self.metric_names = ALGORITHMS[cfg.algo.algo].METRICS
         self.counters = Counters()
         state = init_state(cfg, self.network, self.optimizer, jax.random.PRNGKey(cfg.run.seed))
@@ -191,10 +192,11 @@ class Trainer:
             raise ConfigError(f"no usable checkpoint in {self.checkpoints.directory} (newest: {first_error})")
         raise ConfigError(f"{first_error}; use --resume-fallback to resume from the newest good checkpoint")
 
-    def _hang_limit(self) -> float:
-        """How long one collective may block before the job is declared dead or hung."""
+    def _hang_limit(self, compiles: bool = False) -> float:
+        """How long one collective may block before the job is declared dead or hung (`compiles`: the
+        update compiles again this round, for a new sparse list length)."""
         base = self.cfg.dist.hang_timeout_s
-        if self.counters.update == 0 or not self.resumed and self.counters.update < 2:
+        if compiles or self.counters.update == 0 or not self.resumed and self.counters.update < 2:
             return 10 * base + self._eval_allowance_s()  # the first round compiles on every rank, at different speeds
         return max(base, 3 * self.slowest_round_s) + self._eval_allowance_s()
 
@@ -206,13 +208,12 @@ class Trainer:
         batch, info, self.sample_key = self.collector.collect(
             self.state.params, self.sample_key, deadline_s, until_game_end=self.deadline.until_game_end)
         t_prep = time.perf_counter()
-        sparse_features = None
+        cells = None
         if self.sparse_input:
-            # Each minibatch's nonzero cells, listed in the order the update will draw from the same key.
+            # The nonzero cells of the samples that carry weight, and the order the update will draw
+            # its minibatches in from the same key; the lists themselves are made after the exchange.
             T, N = batch.actions.shape
-            _, order = self.draw_order(self.state.key, T * N)
-            sparse_features = sparse.RoundCells(batch.features.reshape(T * N, -1)).minibatches(np.asarray(order))
-            sparse_features = jax.tree.map(jnp.asarray, sparse_features)
+            cells, order = sparse_round(cfg, self.state.key, batch.features.reshape(T * N, -1), batch.valid.reshape(-1))
             batch = batch.replace(features=None)
         batch = jax.tree.map(jnp.asarray, batch)
         targets, moments = self.prepare(self.state.params, batch)
@@ -235,6 +236,7 @@ class Trainer:
             "elapsed_s": time.perf_counter() - t0,
             "process_s": time.time() - PROCESS_START,
             "checksum": param_checksum(self.state.params) if check and comm.size > 1 else None,
+            "sparse_length": cells.length(order) if cells is not None else 0,
         }
         t_wait = time.perf_counter()
         # Everyone waits here for the last rank: the late-sender cost.
@@ -256,11 +258,19 @@ class Trainer:
         norm = np.sum([p["moments"] for p in gathered], axis=0)
 
         t_opt = time.perf_counter()
+        sparse_features, compiles = None, False
+        if cells is not None:
+            # Every rank pads its lists to the round's longest: one shape on all ranks, so when a new
+            # length makes the update compile again, all ranks compile in the same round.
+            length = max(p["sparse_length"] for p in gathered)
+            compiles = length not in self.sparse_lengths
+            self.sparse_lengths.add(length)
+            sparse_features = jax.tree.map(jnp.asarray, cells.minibatches(order, length))
         lr_frac = lr_fraction(cfg, c.step)
         nan_from = cfg.run.debug_nan_at_update
         poison = float("nan") if 0 <= nan_from <= c.update < nan_from + cfg.run.debug_nan_count else 1.0
         skipped_before = int(self.state.opt_state.total_notfinite)
-        self.watchdog.arm(f"the update after round {c.update + 1} (its allreduces)", self._hang_limit())
+        self.watchdog.arm(f"the update after round {c.update + 1} (its allreduces)", self._hang_limit(compiles))
         self.state, metrics, counts = self.optimize(self.state, batch, targets, jnp.asarray(norm, jnp.float32),
                                                     lr_frac, poison, sparse_features)
         metrics = np.asarray(metrics)

@@ -12,18 +12,20 @@ import pytest
 
 from jaxpong import sparse
 from jaxpong.config import Config
-from jaxpong.learner import TrainState, make_optimize, minibatch_order
+from jaxpong.learner import TrainState, make_optimize, sparse_round
 from jaxpong.networks import Heads, make_network
 
-from tests.test_gradients import N, T, setup
+from test_gradients import N, T, setup
 
 
-def test_padded_length_rounds_up_to_whole_blocks():
+def test_padded_length_rounds_up_on_a_coarse_ladder():
     assert sparse.padded_length(0, 8) == 8
     assert sparse.padded_length(8, 8) == 8
     assert sparse.padded_length(9, 8) == 16
-    assert sparse.padded_length(7_600) == 8_192
+    assert sparse.padded_length(7_600) == 8_192  # the default's minibatches: 2,048-steps up to 16,384
     assert sparse.padded_length(8_193) == 10_240
+    assert sparse.padded_length(16_385) == 20_480  # above 16,384 the step is 32,768 / 8 = 4,096
+    assert sparse.padded_length(100_000) == 114_688  # 131,072 / 8 = 16,384 per step
 
 
 def test_minibatch_cells_by_hand():
@@ -36,7 +38,8 @@ def test_minibatch_cells_by_hand():
     cells = sparse.RoundCells(x)
     assert cells.count.tolist() == [2, 0, 1, 3]
     order = np.array([[3, 0], [1, 2]])  # minibatch 0 = samples 3 then 0; minibatch 1 = samples 1 then 2
-    s = sparse.RoundCells(x).minibatches(order)
+    assert cells.length(order) == sparse.ROUND_TO
+    s = cells.minibatches(order)
     assert (s.num_rows, s.width) == (2, 6)
     k = sparse.ROUND_TO
     assert s.rows.shape == s.cols.shape == s.vals.shape == (2, k)
@@ -50,6 +53,22 @@ def test_minibatch_cells_by_hand():
     assert (s.vals[0, 5:] == 0).all() and (s.rows[0, 5:] == 1).all() and (s.vals[1, 1:] == 0).all()
     assert (np.diff(s.rows, axis=1) >= 0).all()
     np.testing.assert_array_equal(sparse.to_dense(s), x.reshape(4, 6)[order])
+    # A longer list on request (ranks agree on one length); a shorter one than needed is refused.
+    assert cells.minibatches(order, 2 * sparse.ROUND_TO).rows.shape == (2, 2 * sparse.ROUND_TO)
+    with pytest.raises(ValueError, match="cannot hold"):
+        cells.minibatches(order, 4)
+    # Samples left out by `keep` (no loss weight) count as all zeros.
+    kept = sparse.RoundCells(x, keep=np.array([True, True, True, False]))
+    assert kept.count.tolist() == [2, 0, 1, 0]
+    dense = sparse.to_dense(kept.minibatches(order))
+    np.testing.assert_array_equal(dense[0, 0], np.zeros(6, np.int8))  # sample 3
+    np.testing.assert_array_equal(dense[0, 1], x[0].reshape(6))
+
+
+def test_a_round_without_nonzero_cells_gives_all_padding():
+    s = sparse.RoundCells(np.zeros((6, 10), np.int8)).minibatches(np.arange(6).reshape(2, 3))
+    assert s.rows.shape == (2, sparse.ROUND_TO)
+    assert (s.vals == 0).all() and (s.rows == 2).all()
 
 
 def random_frames(rng, shape, density=0.02):
@@ -80,22 +99,25 @@ class DenseMLP(nn.Module):
 
     hidden_size: int
     heads: Heads
+    use_bias: bool
 
     @nn.compact
     def __call__(self, x):
         x = x.reshape(x.shape[0], -1)
-        h = nn.Dense(self.hidden_size, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x)
+        h = nn.Dense(self.hidden_size, use_bias=self.use_bias, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x)
         return self.heads(nn.relu(h))
 
 
-def test_mlp_keeps_its_parameter_layout_and_gives_the_dense_outputs_on_sparse_input():
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_mlp_keeps_its_parameter_layout_and_gives_the_dense_outputs_on_sparse_input(use_bias):
     cfg = Config()
     cfg.model.hidden_size = 32
+    cfg.model.use_bias = use_bias
     network = make_network(cfg.model)
     frames = random_frames(np.random.default_rng(1), (6, 32, 42))
     params = network.init(jax.random.PRNGKey(5), jnp.zeros((1, 32, 42)))
     # Same names, shapes and initial values as an nn.Dense first layer: old checkpoints load unchanged.
-    old = DenseMLP(32, network.heads).init(jax.random.PRNGKey(5), jnp.zeros((1, 32, 42)))
+    old = DenseMLP(32, network.heads, use_bias).init(jax.random.PRNGKey(5), jnp.zeros((1, 32, 42)))
     assert jax.tree.structure(old) == jax.tree.structure(params)
     for a, b in zip(jax.tree.leaves(old), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -107,19 +129,22 @@ def test_mlp_keeps_its_parameter_layout_and_gives_the_dense_outputs_on_sparse_in
     np.testing.assert_allclose(np.asarray(value_s), np.asarray(value_d), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("epochs,minibatches", [(1, 1), (2, 3)])
-def test_sparse_update_equals_the_dense_update(epochs, minibatches):
-    """The host lists each minibatch's cells in the order the update draws: same parameters, metrics, key."""
-    cfg, network, params, batch, targets, norm = setup("ppo")
+@pytest.mark.parametrize("algo,epochs,minibatches", [("ppo", 1, 1), ("ppo", 2, 3), ("ppo", 2, 5), ("pg", 1, 1)])
+def test_sparse_update_equals_the_dense_update(algo, epochs, minibatches):
+    """The host lists each minibatch's cells in the order the update draws: same parameters, metrics, key.
+    (2 x 5 on 24 samples: an uneven split, whose remainder sits out of each epoch.)"""
+    cfg, network, params, batch, targets, norm = setup(algo)
     cfg.algo.update_epochs, cfg.algo.num_minibatches = epochs, minibatches
     batch = batch.replace(features=random_frames(np.random.default_rng(2), batch.features.shape, density=0.1))
     optimizer = optax.adam(1e-2)
     optimize = make_optimize(cfg, lambda p, x: network.apply(p, x), optimizer, lambda x: x)
     state = TrainState(params=params, opt_state=optimizer.init(params), key=jax.random.PRNGKey(7))
     dense_state, dense_metrics, dense_counts = optimize(state, jax.tree.map(jnp.asarray, batch), targets, norm, 1.0, 1.0)
-    _, order = minibatch_order(cfg, state.key, T * N)
+    # As the trainer does it: cells of the valid samples only, in the order drawn from the state's key.
+    cells, order = sparse_round(cfg, state.key, batch.features.reshape(T * N, -1), batch.valid.reshape(-1))
     assert order.shape == (epochs * minibatches, T * N // minibatches)
-    cells = sparse.RoundCells(batch.features.reshape(T * N, -1)).minibatches(np.asarray(order))
+    assert cells.count.sum() < (batch.features != 0).sum()  # invalid samples' cells were left out
+    cells = cells.minibatches(order)
     sparse_state, sparse_metrics, sparse_counts = optimize(
         state, jax.tree.map(jnp.asarray, batch.replace(features=None)), targets, norm, 1.0, 1.0,
         jax.tree.map(jnp.asarray, cells))
