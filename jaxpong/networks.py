@@ -6,8 +6,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong.config import ModelConfig
 from jaxpong import sparse
+from jaxpong.config import ModelConfig
 
 
 def _dense(features, scale, use_bias=True):
@@ -36,7 +36,10 @@ class Heads(nn.Module):
 
 
 class InputLayer(nn.Module):
-    """nn.Dense's maths and parameters (kernel [D, H], bias), also for an input given as `sparse.SparseBatch`."""
+    """nn.Dense's maths and parameters (kernel [D, H], bias), also for an input given as `sparse.SparseBatch`.
+
+    Initialised as `_dense(features, sqrt(2))` would be (orthogonal kernel, zero bias); keep the two alike.
+    """
 
     features: int
     use_bias: bool = True
