@@ -119,7 +119,9 @@ class DistConfig:
         0.25, "with a deadline (auto or SECONDS), each env's buffer holds num_steps x (1 + this), so ranks faster "
         "than the typical one keep collecting until the deadline instead of idling", min=0.0)
     slow_rank: int = _f(-1, "fault injection: this rank steps its envs slower by sleeping (-1 = none)", min=-1)
-    slow_factor: float = _f(1.0, "fault injection: how many times slower the slow rank steps", min=1.0)
+    slow_factor: float = _f(1.0, "fault injection: the slow rank holds each env's next action back so its steps "
+                               "take this many times as long (with async envs the other games keep stepping "
+                               "meanwhile, so the rank slows less)", min=1.0)
     hang_timeout_s: float = _f(
         30.0, "abort the job when a rank waits longer than this (or 3x the slowest recent round) for its peers "
         "in one collective; the first round, which compiles, gets 10x", min=1.0)

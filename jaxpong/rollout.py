@@ -113,6 +113,9 @@ class Collector:
         self.policy_step = policy_step
         self.packed_step = make_packed_step(policy_step)
         self.slow_extra = max(0.0, slow_factor - 1.0)
+        # Fault injection only: when each env was last sent an action, and the injected sleep so far.
+        self.sent_at = np.zeros(self.num_envs)
+        self.slept, self.slept_at_send = 0.0, np.zeros(self.num_envs)
         self.scores = GameScores(self.num_envs)
         self.total_env_steps = 0
         # Reset through send/recv: in async mode a plain reset() returns only one batch of envs.
@@ -144,6 +147,9 @@ class Collector:
             self._allocate(packed.shape[1])
         self.packed_rows[rows, ids] = packed
         self.io.send(self.actions[tail_field(packed, 0)], ids)
+        if self.slow_extra:
+            self.sent_at[ids] = time.perf_counter()
+            self.slept_at_send[ids] = self.slept
         return key
 
     def collect(self, params, key, deadline_s: float | None, until_game_end: bool = False):
@@ -168,7 +174,15 @@ class Collector:
             dt = time.perf_counter() - t0
             env_wait += dt
             if self.slow_extra:
-                time.sleep(self.slow_extra * dt)  # fault injection: this rank's games run slower
+                # Fault injection: this rank's games run slow_factor times slower. Each env's step took
+                # the time since its action was sent, less this thread's own injected sleeps since then;
+                # holding its next action back by extra x that makes the step F times as long. (Sleeping
+                # in proportion to the recv wait alone does nothing with async envs: envpool steps the
+                # other games while this thread sleeps, and the next recv waits for nothing.)
+                took = time.perf_counter() - self.sent_at[ids] - (self.slept - self.slept_at_send[ids])
+                pause = self.slow_extra * float(np.mean(took))
+                time.sleep(pause)
+                self.slept += pause
             in_flight -= len(ids)
             rows = cursor[ids]
             self.rewards[rows, ids] = reward
