@@ -13,7 +13,7 @@ inside a jitted function (a fixed-size `nonzero` of 16 frames took longer than t
 and padding each sample to the fullest sample's count (~48 slots for ~15 cells) gathered three
 times the rows and was no faster than the dense products in wall-clock time. The host knows a
 round's features anyway; it draws the update's minibatch order with the same key and function as
-the jitted update (`learner.host_minibatch_order`) and lists each minibatch's cells (~3.5 ms for a
+the jitted update (`learner.sparse_round`) and lists each minibatch's cells (~3.5 ms for a
 default round). Samples without loss weight (unfilled buffer rows, envpool's reset steps) get no
 cells: their output is not used. Lists are padded (value 0, on the last sample) to a length from a
 coarse geometric ladder (`padded_length`), so a run compiles its update for a few lengths, not one

@@ -122,9 +122,10 @@ class Trainer:
         self.optimize = make_optimize(cfg, apply_fn, self.optimizer, comm.allreduce_sum)
         # The update's first layer from each sample's nonzero cells (jaxpong/sparse.py); mirroring flips
         # dense frames, so it keeps the dense product.
-        self.sparse_input = cfg.model.sparse_input and cfg.model.network == "mlp" and not cfg.algo.mirror_augment
+        wants_sparse = cfg.model.sparse_input and cfg.model.network == "mlp"
+        self.sparse_input = wants_sparse and not cfg.algo.mirror_augment
         self.sparse_lengths: set[int] = set()  # list lengths the update has been compiled for
-        if self.is_main and cfg.model.sparse_input and cfg.model.network == "mlp" and cfg.algo.mirror_augment:
+        if self.is_main and wants_sparse and cfg.algo.mirror_augment:
             log_line("model.sparse_input is not used with algo.mirror_augment (mirroring flips dense frames)")
         self.metric_names = ALGORITHMS[cfg.algo.algo].METRICS
         self.counters = Counters()
