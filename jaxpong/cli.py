@@ -7,14 +7,17 @@ imports (jax, envpool, MPI) happen inside the commands, after the arguments are 
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
+import re
 import sys
 from pathlib import Path
 
 from jaxpong import config as config_lib
 from jaxpong.config import ConfigError
+from jaxpong.rundir import WriteFailed
 
-EXIT_USAGE = 2
+EXIT_USAGE, EXIT_IO_ERROR = 2, 74
 
 
 class _Parser(argparse.ArgumentParser):
@@ -23,7 +26,45 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message):
+        # argparse's "invalid choice" (a misspelt command or choice value): add the nearest choice.
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            choices = [c.strip(" '") for c in bad.group(2).split(",")]
+            message += _did_you_mean(bad.group(1), choices)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+    def unknown_options(self, extra: list[str]):
+        """Options this command does not have: name them, with the nearest option for the first."""
+        options = [o for a in self._actions for o in a.option_strings if a.help != argparse.SUPPRESS]
+        first = next((x for x in extra if x.startswith("-")), None)
+        hint = _did_you_mean(first.split("=", 1)[0], options) if first else ""
+        if not hint and first:
+            hint = f"; see {self.prog} --help"
+        self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" once: not where the help already says its default, nor for an unset value."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or action.required:
+            return text
+        return super()._get_help_string(action)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxpong")  # single source: pyproject.toml
+    except PackageNotFoundError:
+        return "unknown (not installed; run make install)"
 
 
 def setup_jax(xla_threads: int = 0) -> None:
@@ -48,7 +89,7 @@ def setup_jax(xla_threads: int = 0) -> None:
 
 
 def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
-    p = sub.add_parser(name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML config (defaults < this file < flags)")
     group = p.add_argument_group("config fields (each also settable in the YAML file under its section)")
     config_lib.add_config_flags(group)
@@ -57,7 +98,9 @@ def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxpong", description="Learn Atari Pong from pixels with JAX, envpool and MPI.")
+    parser.add_argument("--version", action="version", version=f"jaxpong {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    parser.commands = sub.choices  # name -> subparser, to report unknown options in the command's own words
 
     p = _config_parser(sub, "train", "train a policy (under mpirun/srun: one model trained by all ranks)")
     p.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<env>__<algo>__<seed>__<unix time>)")
@@ -96,6 +139,8 @@ def cmd_train(args) -> int:
 
     if args.resume and args.run_dir and Path(args.run_dir) != Path(args.resume):
         raise ConfigError("--run-dir and --resume name different folders; --resume RUN_DIR continues RUN_DIR in place")
+    if args.resume and not Path(args.resume).exists():
+        raise ConfigError("--resume " + missing_run_dir(args.resume, exported_ok=False))
     base = rundir.read_config(Path(args.resume)) if args.resume else None
     cfg = config_lib.build(args.config, _overrides(args), base=base)
     setup_jax(cfg.run.xla_threads)
@@ -109,13 +154,16 @@ def cmd_train(args) -> int:
 def run_training(cfg, comm, run_dir, resume: bool, overwrite: bool = False, resume_fallback: bool = False) -> int:
     """Shared by `train` and the benchmarks: check the run directory on rank 0, then train on every rank."""
     from jaxpong import rundir
-    from jaxpong.logger import log_line
 
-    decision = None
+    decision, lock = None, None
     if comm.rank == 0:
         try:
             path = Path(run_dir) if run_dir else rundir.default_run_dir(cfg)
             resume_step = None
+            if resume and not rundir.is_run_dir(path):
+                latest_checkpoint_step(path)  # says what is wrong with the folder, before a lock creates it
+            # Rank 0 owns the run directory until it exits: taken before anything in it is read or removed.
+            lock = rundir.RunLock(path).acquire()
             if resume:
                 resume_step = latest_checkpoint_step(path)
                 rundir.check_writable(path)
@@ -129,14 +177,27 @@ def run_training(cfg, comm, run_dir, resume: bool, overwrite: bool = False, resu
         raise ConfigError(decision["error"])
     path = Path(decision["run_dir"])
 
+    try:
+        return _train_in(path, cfg, comm, decision["resume_step"], resume, resume_fallback)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train_in(path: Path, cfg, comm, resume_step, resume: bool, resume_fallback: bool) -> int:
+    from jaxpong import rundir
+    from jaxpong.logger import log_line
     from jaxpong.train import Trainer
 
-    trainer = Trainer(cfg, comm, path, resume_step=decision["resume_step"], resume_fallback=resume_fallback)
+    trainer = Trainer(cfg, comm, path, resume_step=resume_step, resume_fallback=resume_fallback)
     where = comm.gather(f"{comm.rank}=pid {os.getpid()}@{os.uname().nodename}")
     if comm.rank == 0:
         if comm.size > 1:
             log_line("ranks: " + ", ".join(where) + " (a launcher's message about a PID names the rank here)")
-        rundir.write_config(path, cfg, comm.size, {"resume_count": trainer.counters.resume_count})
+        try:
+            rundir.write_config(path, cfg, comm.size, {"resume_count": trainer.counters.resume_count})
+        except OSError as err:  # every rank stops after the first round, as for any failed write
+            trainer.io_failure = rundir.WriteFailed("config", path / "config.yaml", rundir.write_failure_reason(err))
         log_line(f"run directory {path}  |  {comm.size} rank(s), MPI: {comm.library}  |  algo {cfg.algo.algo}, "
                  f"{cfg.model.network} on {cfg.model.obs_mode}, {cfg.env.num_envs} envs "
                  f"({'async' if cfg.is_async else 'sync'}), preset {cfg.preset_name}")
@@ -155,6 +216,29 @@ def run_training(cfg, comm, run_dir, resume: bool, overwrite: bool = False, resu
         traceback.print_exc()
         print(f"jaxpong: rank {comm.rank} failed (above); aborting the MPI job", file=sys.stderr, flush=True)
         comm.abort(1)
+
+
+def resume_command(run_dir, ranks: int = 1) -> str:
+    """The command that continues `run_dir`, as this process was started (console script or python -m)."""
+    import shlex
+
+    if Path(sys.argv[0]).name == "jaxpong":
+        program = "jaxpong"
+    else:
+        python = Path(sys.executable)
+        try:  # the venv's python, as typed from the repository: .venv/bin/python
+            python = python.relative_to(Path.cwd())
+        except ValueError:
+            pass
+        program = f"{shlex.quote(str(python))} -m jaxpong"
+    launcher = f"mpirun -n {ranks} " if ranks > 1 else ""
+    return f"{launcher}{program} train --resume {shlex.quote(str(run_dir))}"
+
+
+def missing_run_dir(path, exported_ok: bool = True) -> str:
+    """The words for a run directory that is not there, as `eval`, `video` and `export` say them."""
+    return (f"{str(path)!r} does not exist; give a run directory (with config.yaml and checkpoints/)"
+            + (" or a file written by `jaxpong export`" if exported_ok else ""))
 
 
 def latest_checkpoint_step(run_dir: Path) -> int:
@@ -201,7 +285,7 @@ _SEED_HELP = ("seed of the games (default: the run's seed); eval and video games
 
 
 def _add_watch_commands(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     p = sub.add_parser("eval", help="play full games (first to 21) with a saved policy and report their scores",
                        description="Play full games (first to 21) with a saved policy on fresh envpool envs and print "
                        "each game's score, then mean, standard deviation, min and max; the last line of standard "
@@ -252,7 +336,8 @@ def _add_watch_commands(sub) -> None:
                        formatter_class=fmt)
     p.add_argument("source", metavar="RUN_DIR", help=_SOURCE_HELP)
     p.add_argument("--checkpoint", metavar="STEP", default="latest", help=_CHECKPOINT_HELP)
-    p.add_argument("--out", metavar="FILE", required=True, help="the file to write (any name, e.g. pong.msgpack)")
+    p.add_argument("--out", metavar="FILE", required=True, help="the file to write (required; any name, e.g. "
+                   "pong.msgpack)")
     p.set_defaults(func=cmd_export)
 
 
@@ -386,7 +471,7 @@ def cmd_export(args) -> int:
 # -- report, simulate: late senders in a run, and what a setup would cost at scale ---------------------
 
 def _add_scale_commands(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     p = sub.add_parser("report", help="late senders: a rank x time picture of a run's rounds, a table per rank, a finding",
                        description="Read RUN_DIR/ranks.jsonl and write RUN_DIR/imbalance.png (each rank's collect, "
                        "wait and update per round against wall-clock time; wait and masked fractions per rank), "
@@ -471,7 +556,10 @@ def cmd_simulate(args) -> int:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        command = getattr(args, "command", None)
+        (parser.commands[command] if command else parser).unknown_options(extra)
     if not getattr(args, "command", None):
         parser.print_help()
         return EXIT_USAGE
@@ -480,6 +568,9 @@ def main(argv=None) -> int:
     except ConfigError as err:
         print(f"jaxpong {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except WriteFailed as err:  # before training starts (later ones end the run through the trainer)
+        print(f"jaxpong {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_IO_ERROR
     except KeyboardInterrupt:
         print(f"jaxpong {args.command}: interrupted", file=sys.stderr)
         return 130

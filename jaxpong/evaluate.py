@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from jaxpong.config import Config
-from jaxpong.envs import PURPOSE_EVAL, default_threads, env_seeds, make_env
+from jaxpong.envs import PURPOSE_EVAL, PURPOSE_VIDEO, default_threads, env_seeds, make_env
+from jaxpong.keys import STREAM_EVAL, STREAM_VIDEO, stream_root
 
 MAX_EVAL_ENVS = 8
 
@@ -84,7 +85,8 @@ def play_games(cfg: Config, params, *, episodes: int, seed: int, greedy: bool, n
     share = np.array([episodes // num_envs + (e < episodes % num_envs) for e in range(num_envs)])
     env = make_env(cfg, seeds=env_seeds(seed, 0, 0, purpose, num_envs), num_envs=num_envs, batch_size=num_envs,
                    num_threads=default_threads(num_envs))
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), purpose)
+    # Sampling keys from a stream of their own, apart from training's (jaxpong/keys.py).
+    key = stream_root(seed, STREAM_VIDEO if purpose == PURPOSE_VIDEO else STREAM_EVAL)
     start = time.perf_counter()
     try:
         obs, _ = env.reset()

@@ -8,8 +8,11 @@ from __future__ import annotations
 import json
 import math
 import sys
+import threading
 import time
 from pathlib import Path
+
+from jaxpong.rundir import WriteFailed, write_failure_reason
 
 
 def _truncate_jsonl(path: Path, last_update: int) -> None:
@@ -28,9 +31,38 @@ def _truncate_jsonl(path: Path, last_update: int) -> None:
     tmp.replace(path)
 
 
+class _WriterThreadErrors:
+    """tensorboardX writes events from a thread of its own; an exception there would print a traceback and
+    leave the writer dead. This threading.excepthook keeps such an error (instead of printing it) for the
+    main thread to report; every other thread's exceptions go to the previous hook."""
+
+    def __init__(self):
+        self.error: BaseException | None = None
+        self._previous = threading.excepthook
+        threading.excepthook = self._hook
+
+    def _hook(self, args) -> None:
+        if type(args.thread).__module__.startswith("tensorboardX"):
+            self.error = args.exc_value
+        else:
+            self._previous(args)
+
+    def uninstall(self) -> None:
+        if threading.excepthook == self._hook:
+            threading.excepthook = self._previous
+
+
 class RunLogger:
+    """Rank 0's files. A failed write raises rundir.WriteFailed (what, path, why), never a raw OSError."""
+
     def __init__(self, run_dir: Path, tensorboard: bool, resume_update: int | None = None,
                  resume_step: int | None = None):
+        try:
+            self._open(run_dir, tensorboard, resume_update, resume_step)
+        except OSError as err:
+            raise WriteFailed("the run's logs in", Path(run_dir), write_failure_reason(err)) from None
+
+    def _open(self, run_dir, tensorboard, resume_update, resume_step) -> None:
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ranks_path = self.run_dir / "ranks.jsonl"
@@ -44,74 +76,128 @@ class RunLogger:
         self.metrics_file = open(self.metrics_path, "a", buffering=1)
         self.ranks_file = open(self.ranks_path, "a")
         self.tb = None
+        self._tb_errors = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
+            self._tb_errors = _WriterThreadErrors()
             # On resume, TensorBoard hides points logged after the checkpoint's step (its x axis is agent steps).
-            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_step)
+            # The queue is long enough never to block the training thread should the writer thread die:
+            # its error is reported at the next log() instead.
+            self.tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=resume_step, max_queue=100_000)
+
+    def _write(self, what: str, path: Path, action) -> None:
+        try:
+            action()
+        except OSError as err:
+            raise WriteFailed(what, path, write_failure_reason(err)) from None
+
+    def _check_tensorboard(self) -> None:
+        if self._tb_errors is not None and self._tb_errors.error is not None:
+            raise WriteFailed("TensorBoard events in", self.run_dir / "tb", write_failure_reason(self._tb_errors.error))
 
     def log(self, record: dict) -> None:
         clean = {k: v for k, v in record.items() if not (isinstance(v, float) and not math.isfinite(v))}
-        self.metrics_file.write(json.dumps(clean) + "\n")
+        self._write("metrics", self.metrics_path, lambda: self.metrics_file.write(json.dumps(clean) + "\n"))
         if self.tb is not None:
+            self._check_tensorboard()
             step = int(record["step"])
             for k, v in clean.items():
                 if "/" in k and isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, step)
+            # Flushed from this thread, once per round, so that a full disk shows here as an OSError.
+            self._write("TensorBoard events in", self.run_dir / "tb", self.tb.flush)
 
     def log_games(self, games: list[dict]) -> None:
         """One line per full game finished (any rank): the raw material of learning-speed milestones."""
-        for g in games:
-            self.games_file.write(json.dumps(g) + "\n")
         if games:
-            self.games_file.flush()
+            self._write("games", self.games_path,
+                        lambda: (self.games_file.write("".join(json.dumps(g) + "\n" for g in games)), self.games_file.flush()))
 
     def log_ranks(self, records: list[dict]) -> None:
-        for r in records:
-            self.ranks_file.write(json.dumps(r) + "\n")
-        self.ranks_file.flush()
+        self._write("per-rank timings", self.ranks_path,
+                    lambda: (self.ranks_file.write("".join(json.dumps(r) + "\n" for r in records)), self.ranks_file.flush()))
 
     def close(self) -> None:
-        self.metrics_file.close()
-        self.ranks_file.close()
-        self.games_file.close()
-        if self.tb is not None:
-            self.tb.close()
+        """Close every file; the first failure is raised after all have been tried."""
+        failure = None
+        for what, path, action in (("metrics", self.metrics_path, self.metrics_file.close),
+                                   ("per-rank timings", self.ranks_path, self.ranks_file.close),
+                                   ("games", self.games_path, self.games_file.close),
+                                   ("TensorBoard events in", self.run_dir / "tb",
+                                    self.tb.close if self.tb is not None else lambda: None)):
+            try:
+                self._write(what, path, action)
+            except WriteFailed as err:
+                failure = failure or err
+        if self._tb_errors is not None:
+            failure = failure or (WriteFailed("TensorBoard events in", self.run_dir / "tb",
+                                              write_failure_reason(self._tb_errors.error))
+                                  if self._tb_errors.error is not None else None)
+            self._tb_errors.uninstall()
+        if failure is not None:
+            raise failure
 
 
 def log_line(message: str) -> None:
     print(f"[jaxpong {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def eta_seconds(total_steps: int, step: int, sps: float, time_limit_s: float = 0.0,
+                process_s: float = 0.0) -> tuple[float, str]:
+    """Seconds left and which stop rule ends the run first: the steps at this speed, or the time limit
+    (which counts from the process start, like --time-limit-s). (inf, "") while the speed is unknown
+    and there is no time limit."""
+    by_steps = (total_steps - step) / sps if sps > 0 else math.inf
+    if time_limit_s and time_limit_s > 0:
+        by_time = max(time_limit_s - process_s, 0.0)
+        if by_time <= by_steps:
+            return by_time, "time limit"
+    return by_steps, ("total steps" if math.isfinite(by_steps) else "")
+
+
+def format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "-"
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
 class Progress:
     """A live rich bar on a terminal; plain lines every few seconds otherwise. Called once per round."""
 
-    def __init__(self, mode: str, total_steps: int, every_s: float, enabled: bool = True):
+    def __init__(self, mode: str, total_steps: int, every_s: float, enabled: bool = True, time_limit_s: float = 0.0):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode = mode if enabled else "off"
         self.total = total_steps
+        self.time_limit_s = time_limit_s
         self.every_s = every_s
         self.last_print = 0.0
         self.bar = None
         if self.mode == "bar":
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress as RichProgress, TextColumn
 
+            # Our own ETA column: rich's TimeRemainingColumn knows only the step total, not --time-limit-s.
             self.bar = RichProgress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
                                     TextColumn("{task.fields[sps]:,.0f} steps/s"), TextColumn("return {task.fields[ret]}"),
-                                    TimeRemainingColumn(), transient=False)
-            self.task = self.bar.add_task("train", total=total_steps, sps=0.0, ret="-")
+                                    TextColumn("eta {task.fields[eta]}"), transient=False)
+            self.task = self.bar.add_task("train", total=total_steps, sps=0.0, ret="-", eta="-")
             self.bar.start()
+
+    def eta(self, step: int, sps: float) -> str:
+        from jaxpong import PROCESS_START
+
+        seconds, rule = eta_seconds(self.total, step, sps, self.time_limit_s, time.time() - PROCESS_START)
+        return format_eta(seconds) + (" (time limit)" if rule == "time limit" else "")
 
     def update(self, step: int, sps: float, recent_return: float | None, elapsed_s: float) -> None:
         ret = "-" if recent_return is None else f"{recent_return:+.1f}"
         if self.mode == "bar":
-            self.bar.update(self.task, completed=step, sps=sps, ret=ret)
+            self.bar.update(self.task, completed=step, sps=sps, ret=ret, eta=self.eta(step, sps))
         elif self.mode == "log" and time.monotonic() - self.last_print >= self.every_s:
             self.last_print = time.monotonic()
-            eta = (self.total - step) / sps if sps > 0 else float("inf")
-            eta_txt = f"{eta / 60:.1f} min" if math.isfinite(eta) else "-"
-            log_line(f"step {step:,}  {sps:,.0f} steps/s  return(last 20) {ret}  elapsed {elapsed_s:.0f}s  eta {eta_txt}")
+            log_line(f"step {step:,}  {sps:,.0f} steps/s  return(last 20) {ret}  elapsed {elapsed_s:.0f}s  "
+                     f"eta {self.eta(step, sps)}")
 
     def close(self) -> None:
         if self.bar is not None:

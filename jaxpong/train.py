@@ -24,18 +24,20 @@ import numpy as np
 
 from jaxpong import PROCESS_START, rundir
 from jaxpong.algorithms import ALGORITHMS
-from jaxpong.checkpoint import Checkpoints
+from jaxpong.checkpoint import Checkpoints, ResumeRefused, resume_changes
 from jaxpong.config import Config, ConfigError, to_dict
 from jaxpong.deadline import Deadline, fill_time_estimate
+from jaxpong.keys import sampling_key
 from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
 from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare, sparse_round
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
 from jaxpong.preprocess import PREPROCESSORS, to_float
 from jaxpong.rollout import Collector, make_policy_step
-from jaxpong.watchdog import Watchdog
+from jaxpong.rundir import WriteFailed
+from jaxpong.watchdog import Watchdog, hang_limit
 
-EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
+EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_IO_ERROR, EXIT_PREEMPTED = 0, 1, 2, 74, 75  # 74: sysexits' EX_IOERR
 RECENT_GAMES = 20
 CAPTURE_VIDEO_STEPS = 600  # --capture-video: the clip's length in agent steps at most (40 s at real speed)
 
@@ -65,6 +67,7 @@ class Stop(Exception):
 def init_state(cfg: Config, network, optimizer, seed_key) -> TrainState:
     stack, h, w = frame_shape(cfg.model)
     dummy = PREPROCESSORS[cfg.model.obs_mode](jnp.zeros((1, stack, h, w), jnp.uint8))
+    # = keys.stream_root(seed, STREAM_INIT / STREAM_UPDATE) for seed_key = PRNGKey(seed) (tests/test_reliability.py)
     init_key, run_key = jax.random.split(seed_key)
     params = jax.jit(network.init)(init_key, to_float(dummy))  # jitted: eager init of a 5376x200 layer takes seconds
     return TrainState(params=params, opt_state=optimizer.init(params), key=run_key)
@@ -86,10 +89,17 @@ def param_checksum(params) -> float:
 
 
 class SignalFlag:
-    """SIGTERM/SIGINT ask for a clean stop at the end of the round; a second one exits at once."""
+    """SIGTERM/SIGINT ask for a clean stop at the end of the round; a second one exits at once.
+
+    The handler only sets the flag: printing through sys.stderr from a handler can land while the main
+    thread is inside that same buffered stream's write, and CPython then raises "reentrant call". The
+    main thread says what it will do (`announce`, once a round); the second signal's last words go out
+    with one unbuffered os.write, which is safe there.
+    """
 
     def __init__(self):
         self.received: str | None = None
+        self._announced = False
 
     def install(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,12 +107,17 @@ class SignalFlag:
 
     def _handle(self, signum, frame):
         if self.received is not None:
-            # Second signal: leave now. The last checkpoint on disk is intact (orbax writes atomically).
-            print(f"jaxpong: second signal ({signal.Signals(signum).name}): exiting at once", file=sys.stderr, flush=True)
+            # Second signal: leave now. The last checkpoint on disk is intact (written atomically).
+            os.write(2, f"jaxpong: second signal ({signal.Signals(signum).name}): exiting at once\n".encode())
             os._exit(128 + signum)
         self.received = signal.Signals(signum).name
-        print(f"jaxpong: {self.received} received: finishing this round, then checkpointing and exiting "
-              f"with status {EXIT_PREEMPTED} (send it again to exit at once)", file=sys.stderr, flush=True)
+
+    def announce(self) -> None:
+        """Main thread: say once that a signal arrived and what happens next."""
+        if self.received is not None and not self._announced:
+            self._announced = True
+            print(f"jaxpong: {self.received} received: finishing this round, then checkpointing and exiting "
+                  f"with status {EXIT_PREEMPTED} (send it again to exit at once)", file=sys.stderr, flush=True)
 
 
 def _apply_fn(network):
@@ -145,8 +160,8 @@ class Trainer:
             raise ConfigError(shared)
         host_state, self.counters = shared
         self.state = jax.tree.map(jnp.asarray, host_state)
-        # Each rank draws its own actions: fold the rank (and resume count) into the sampling key.
-        self.sample_key = jax.random.fold_in(jax.random.fold_in(self.state.key, comm.rank), self.counters.resume_count)
+        # Each rank draws its own actions, from a stream apart from the update's (jaxpong/keys.py).
+        self.sample_key = sampling_key(cfg.run.seed, comm.rank, self.counters.resume_count)
         seeds = env_seeds(cfg.run.seed, comm.rank, self.counters.resume_count, PURPOSE_TRAIN, cfg.env.num_envs)
         self.env = make_env(cfg, seeds=seeds)
         slow = cfg.dist.slow_factor if cfg.dist.slow_rank == comm.rank else 1.0
@@ -159,6 +174,9 @@ class Trainer:
         self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
         self.rank_totals = collections.defaultdict(lambda: np.zeros(4))  # wait, busy, valid, masked per rank
         self.resumed = resume_step is not None
+        self.rounds_here = 0  # rounds completed by this process (a resumed one compiles afresh too)
+        self.first_update = self.counters.update  # the counter before this process's first round
+        self.io_failure: WriteFailed | None = None  # rank 0: a failed write; every rank stops at the next exchange
         self.last_eval_s = 0.0  # how long rank 0's last evaluation took (every rank learns it from the records)
         self.best_checkpoints = None  # rank 0: checkpoints_best/, opened at the first evaluation
         self.best_eval_return: float | None = None
@@ -171,10 +189,21 @@ class Trainer:
         """Restore checkpoint `step`; with `fallback`, the newest one that restores cleanly instead."""
         candidates = [step] + ([s for s in reversed(self.checkpoints.steps()) if s < step] if fallback else [])
         first_error = None
+        compared = False
         for candidate in candidates:
             try:
+                if not compared:
+                    # Before restoring: a changed model would otherwise fail there with a shape error, or
+                    # (another algorithm or optimizer of the same shapes) restore and train the wrong thing.
+                    saved = self.checkpoints.read_meta(candidate).get("config") or {}
+                    changes = resume_changes(saved, self.cfg, self.checkpoints.directory / str(candidate))
+                    compared = True
+                    if changes:
+                        log_line(f"resume changes {len(changes)} setting(s) of the checkpoint's config: " + ", ".join(changes))
                 state, meta = self.checkpoints.restore(candidate, template)
                 self.counters = Counters(**meta["counters"])
+            except ResumeRefused:
+                raise
             except (ConfigError, TypeError, KeyError) as err:
                 first_error = first_error or err
                 if fallback:
@@ -191,15 +220,15 @@ class Trainer:
             return state
         if fallback and len(candidates) > 1:
             raise ConfigError(f"no usable checkpoint in {self.checkpoints.directory} (newest: {first_error})")
+        if "another model shape" in str(first_error):
+            raise ConfigError(str(first_error))  # every checkpoint of the run has that shape: no fallback helps
         raise ConfigError(f"{first_error}; use --resume-fallback to resume from the newest good checkpoint")
 
     def _hang_limit(self, compiles: bool = False) -> float:
         """How long one collective may block before the job is declared dead or hung (`compiles`: the
         update compiles again this round, for a new sparse list length)."""
-        base = self.cfg.dist.hang_timeout_s
-        if compiles or self.counters.update == 0 or not self.resumed and self.counters.update < 2:
-            return 10 * base + self._eval_allowance_s()  # the first round compiles on every rank, at different speeds
-        return max(base, 3 * self.slowest_round_s) + self._eval_allowance_s()
+        return hang_limit(self.cfg.dist.hang_timeout_s, self.rounds_here, self.slowest_round_s,
+                          compiles=compiles) + self._eval_allowance_s()
 
     # -- one round ---------------------------------------------------------------------------------
     def _round(self, t0: float, pending_records: list):
@@ -223,6 +252,7 @@ class Trainer:
         prep_s = time.perf_counter() - t_prep
 
         check = cfg.dist.replication_check_every and c.update % cfg.dist.replication_check_every == 0
+        self.signals.announce()
         payload = {
             "records": pending_records,
             "fill_s": fill_time_estimate(info.collect_s, info.filled_steps, cfg.env.num_envs, cfg.algo.num_steps),
@@ -234,6 +264,7 @@ class Trainer:
             # The 2016 criterion: reward summed over this round's window of play, per game stepped.
             "window_reward": float(np.asarray(batch.rewards)[np.asarray(batch.filled)].sum()) / cfg.env.num_envs,
             "signal": self.signals.received,
+            "io_failure": str(self.io_failure) if self.io_failure is not None else None,
             "elapsed_s": time.perf_counter() - t0,
             "process_s": time.time() - PROCESS_START,
             "checksum": param_checksum(self.state.params) if check and comm.size > 1 else None,
@@ -301,6 +332,7 @@ class Trainer:
             "valid_samples": int(moments[0]), "masked_samples": masked, "cut_by_deadline": info.cut_by_deadline,
             "deadline_s": deadline_s,
         }
+        self.rounds_here += 1
         return gathered, record, metrics, games, skipped
 
     # -- the loop ----------------------------------------------------------------------------------
@@ -314,7 +346,8 @@ class Trainer:
         gc.freeze()
         comm.barrier()
         t0 = self._live_t0 = time.perf_counter()
-        progress = Progress(cfg.run.progress, cfg.run.total_steps, cfg.run.progress_every_s, enabled=self.is_main)
+        progress = Progress(cfg.run.progress, cfg.run.total_steps, cfg.run.progress_every_s, enabled=self.is_main,
+                            time_limit_s=time_limit_s if time_limit_s is not None else cfg.run.time_limit_s)
         pending: list = []
         code, reason = EXIT_OK, ""
         last_log_step, last_log_time = c.step, 0.0
@@ -328,16 +361,20 @@ class Trainer:
                 self._account(gathered)
                 now = time.perf_counter() - t0
                 eval_metrics = self._evaluate_between_rounds(gathered, record)  # rank 0 only, when due
+                if self.is_main and self.io_failure is None:
+                    try:
+                        self.logger.log_ranks([r for p in gathered for r in p["records"]])
+                        self.logger.log_games([
+                            {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3),
+                             "process_s": round(time.time() - PROCESS_START, 3), "rank": k, "return": ret, "length": n}
+                            for k, p in enumerate(gathered) for ret, n in p["games"]])
+                        if c.update % cfg.run.log_every == 0 or eval_metrics:
+                            sps = (c.step - last_log_step) / max(now - last_log_time, 1e-9)
+                            last_log_step, last_log_time = c.step, now
+                            self._log(now, sps, metrics, games, gathered, record, skipped, extra=eval_metrics)
+                    except WriteFailed as err:
+                        self.io_failure = err  # every rank learns of it at the next exchange and stops
                 if self.is_main:
-                    self.logger.log_ranks([r for p in gathered for r in p["records"]])
-                    self.logger.log_games([
-                        {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3),
-                         "process_s": round(time.time() - PROCESS_START, 3), "rank": k, "return": ret, "length": n}
-                        for k, p in enumerate(gathered) for ret, n in p["games"]])
-                    if c.update % cfg.run.log_every == 0 or eval_metrics:
-                        sps = (c.step - last_log_step) / max(now - last_log_time, 1e-9)
-                        last_log_step, last_log_time = c.step, now
-                        self._log(now, sps, metrics, games, gathered, record, skipped, extra=eval_metrics)
                     progress.update(c.step, (c.step - start_step) / max(now, 1e-9) if c.update > 1 else 0.0,
                                     self.recent_mean(), now)
                 if self.consecutive_skips >= cfg.run.max_bad_updates:
@@ -346,8 +383,11 @@ class Trainer:
                 reason = self._stop_reason(gathered, time_limit_s)
                 if reason:
                     break
-                if self.is_main and c.update % cfg.run.checkpoint_every == 0:
-                    self.save()
+                if self.is_main and self.io_failure is None and c.update % cfg.run.checkpoint_every == 0:
+                    try:
+                        self.save()
+                    except WriteFailed as err:
+                        self.io_failure = err
         except Stop as stop:
             code, reason = stop.code, stop.reason
         finally:
@@ -363,19 +403,40 @@ class Trainer:
         if self.is_main:
             if comm.size > 1 and code != EXIT_FAULT:
                 log_line(f"parameters identical on all {comm.size} ranks at the end (checksum {sums[0]:.6g})")
-            self.logger.log_ranks([r for p in final for r in p["records"]])
-            if code != EXIT_FAULT:
-                self.save()
-            self.logger.close()
+            code, reason = self._finish_files(final, code, reason)
             log_line(f"stopped: {reason} (update {c.update}, step {c.step:,}, {c.episodes} games, "
                      f"return(last {RECENT_GAMES}) {self._fmt(self.recent_mean())})")
-            if comm.size > 1:
-                self._write_imbalance_report()
-            self._write_end_of_run_media(code, reason)
+            if code != EXIT_IO_ERROR:
+                if comm.size > 1:
+                    self._write_imbalance_report()
+                self._write_end_of_run_media(code, reason)
         self.env.close()
         if code == EXIT_OK and reason.startswith("signal"):
             code = EXIT_PREEMPTED
         return code
+
+    def _finish_files(self, final: list, code: int, reason: str) -> tuple[int, str]:
+        """Rank 0 at the end: the last timings, the final checkpoint (unless the last checkpoint write
+        failed: the disk is most likely still full), closing the logs. Any failed write makes the exit
+        status EXIT_IO_ERROR and the reason one line that says what failed and where to resume from."""
+        def attempt(action) -> None:
+            try:
+                action()
+            except WriteFailed as err:
+                self.io_failure = self.io_failure or err
+
+        if self.io_failure is None:
+            attempt(lambda: self.logger.log_ranks([r for p in final for r in p["records"]]))
+        if code != EXIT_FAULT and (self.io_failure is None or self.io_failure.what != "checkpoint"):
+            attempt(self.save)
+        attempt(self.logger.close)
+        if self.io_failure is None:
+            return code, reason
+        newest = self.checkpoints.newest_complete()
+        where = (f"the newest good checkpoint is step {newest:,} ({self.checkpoints.directory / str(newest)}); "
+                 f"fix the cause (free space, permissions), then resume with: jaxpong train --resume {self.run_dir}"
+                 if newest is not None else "no checkpoint was kept; fix the cause and start the run again")
+        return EXIT_IO_ERROR, f"{self.io_failure}; {where}"
 
     def _write_imbalance_report(self) -> None:
         """`jaxpong report` at the end of a multi-rank run (rank 0): a failure here never fails the run."""
@@ -390,15 +451,21 @@ class Trainer:
     def _account(self, gathered):
         for p in gathered:
             for r in p["records"]:
-                if r["update"] > 1 or self.resumed:  # the first round includes compilation
+                if r["update"] > self.first_update + 1:  # a process's first round includes compilation
                     t = self.rank_totals[r["rank"]]
                     t += [r["wait_s"], r["collect_s"] + r["compute_s"], r["valid_samples"], r["masked_samples"]]
 
     def _stop_reason(self, gathered, time_limit_s) -> str:
         cfg, c = self.cfg, self.counters
+        failures = [p["io_failure"] for p in gathered if p.get("io_failure")]
+        if failures:
+            raise Stop(failures[0], EXIT_IO_ERROR)
         signals = [p["signal"] for p in gathered if p["signal"]]
         if signals:
-            return f"signal {signals[0]} received; checkpoint written, resume with --resume"
+            from jaxpong.cli import resume_command
+
+            return (f"signal {signals[0]} received; checkpoint written; to continue: "
+                    f"{resume_command(self.run_dir, self.comm.size)}")
         if c.step >= cfg.run.total_steps:
             return f"reached --total-steps {cfg.run.total_steps:,}"
         limit = time_limit_s if time_limit_s is not None else cfg.run.time_limit_s
@@ -502,9 +569,12 @@ class Trainer:
             self.best_eval_return = self._saved_best_return()
         mean = summary["mean_return"]
         improved = mean is not None and (self.best_eval_return is None or mean > self.best_eval_return)
-        if improved:
+        if improved and self.io_failure is None:
             self.best_eval_return = mean
-            self.save(self.best_checkpoints, {"eval": {**summary, "update": c.update}})
+            try:
+                self.save(self.best_checkpoints, {"eval": {**summary, "update": c.update}})
+            except WriteFailed as err:
+                self.io_failure = err
         log_line(f"eval at update {c.update} (step {c.step:,}): {summary['episodes']} greedy games, mean "
                  f"{self._fmt(mean)} (min {self._fmt(summary['min_return'])}, max {self._fmt(summary['max_return'])})"
                  f"{'; new best, saved to ' + BEST_DIR if improved else ''} [{result.seconds:.1f} s]")

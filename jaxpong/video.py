@@ -43,6 +43,7 @@ def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None 
     import jax
 
     from jaxpong.evaluate import make_policy_step_for
+    from jaxpong.keys import STREAM_VIDEO, stream_root
 
     if policy_step is None:
         policy_step = make_policy_step_for(cfg)
@@ -50,7 +51,7 @@ def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None 
     seeds = env_seeds(seed, 0, 0, PURPOSE_VIDEO, 1)
     policy_env = make_env(cfg, seeds=seeds, num_envs=1, batch_size=1, num_threads=1)
     colour_env = make_env(cfg, seeds=seeds, num_envs=1, batch_size=1, num_threads=1, rgb=True)
-    key = jax.random.fold_in(jax.random.PRNGKey(seed), PURPOSE_VIDEO)
+    key = stream_root(seed, STREAM_VIDEO)  # a stream of its own (jaxpong/keys.py)
     limit = cfg.env.max_episode_steps if max_steps is None else min(max_steps, cfg.env.max_episode_steps)
     try:
         obs, info = policy_env.reset()

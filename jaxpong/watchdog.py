@@ -39,3 +39,15 @@ class Watchdog:
                 print(f"jaxpong: rank {self.comm.rank}: stuck for more than {self._limit_s:.0f} s in {label}: a peer rank "
                       "died or hung. Aborting the MPI job.", file=sys.stderr, flush=True)
                 self.comm.abort(1)
+
+
+def hang_limit(base_s: float, rounds_done: int, slowest_round_s: float, compiles: bool = False) -> float:
+    """Seconds one collective may block before the job is declared dead or hung.
+
+    A process's first two rounds compile the policy step and the update (on every rank, at different
+    speeds), fresh or resumed alike, and so does a round that meets a new shape (`compiles`): those get
+    10 x base_s. Later rounds get base_s, or 3 x the slowest recent round if that is longer.
+    """
+    if compiles or rounds_done < 2:
+        return 10 * base_s
+    return max(base_s, 3 * slowest_round_s)
