@@ -37,8 +37,15 @@ else
 endif
 	touch $(STAMP)
 
+# RESUME=RUN_DIR continues that run (its saved config) instead of starting one from CONFIG. A graceful stop
+# (Ctrl-C, SIGTERM: checkpoint written, jaxpong's status 75) ends `make train` with status 0 and the command
+# that continues the run; `python -m jaxpong train` itself keeps 75 for schedulers.
+RESUME ?=
 train: install
-	$(PY) -m jaxpong train --config $(CONFIG) $(ARGS)
+	@status=0; JAXPONG_RESUME_WITH="make train RESUME=" \
+		$(PY) -m jaxpong train $(if $(RESUME),--resume $(RESUME),--config $(CONFIG)) $(ARGS) || status=$$?; \
+	if [ $$status -eq 75 ]; then echo "make train: stopped cleanly, checkpoint written (status 0; jaxpong's own is 75)"; exit 0; fi; \
+	exit $$status
 
 test: install
 	$(PY) -m pytest -q tests $(ARGS)

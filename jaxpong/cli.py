@@ -140,7 +140,9 @@ def cmd_train(args) -> int:
     if args.resume and args.run_dir and Path(args.run_dir) != Path(args.resume):
         raise ConfigError("--run-dir and --resume name different folders; --resume RUN_DIR continues RUN_DIR in place")
     if args.resume and not Path(args.resume).exists():
-        raise ConfigError("--resume " + missing_run_dir(args.resume, exported_ok=False))
+        # The words `eval` uses for a missing run directory.
+        raise ConfigError(f"--resume {args.resume!r} does not exist (not a jaxpong run directory); give a run "
+                          "directory (with config.yaml and checkpoints/)")
     base = rundir.read_config(Path(args.resume)) if args.resume else None
     cfg = config_lib.build(args.config, _overrides(args), base=base)
     setup_jax(cfg.run.xla_threads)
@@ -222,6 +224,9 @@ def resume_command(run_dir, ranks: int = 1) -> str:
     """The command that continues `run_dir`, as this process was started (console script or python -m)."""
     import shlex
 
+    via = os.environ.get("JAXPONG_RESUME_WITH")  # set by `make train`: "make train RESUME="
+    if via:
+        return via + shlex.quote(str(run_dir))
     if Path(sys.argv[0]).name == "jaxpong":
         program = "jaxpong"
     else:
@@ -233,12 +238,6 @@ def resume_command(run_dir, ranks: int = 1) -> str:
         program = f"{shlex.quote(str(python))} -m jaxpong"
     launcher = f"mpirun -n {ranks} " if ranks > 1 else ""
     return f"{launcher}{program} train --resume {shlex.quote(str(run_dir))}"
-
-
-def missing_run_dir(path, exported_ok: bool = True) -> str:
-    """The words for a run directory that is not there, as `eval`, `video` and `export` say them."""
-    return (f"{str(path)!r} does not exist; give a run directory (with config.yaml and checkpoints/)"
-            + (" or a file written by `jaxpong export`" if exported_ok else ""))
 
 
 def latest_checkpoint_step(run_dir: Path) -> int:
@@ -312,7 +311,8 @@ def _add_watch_commands(sub) -> None:
                    help="stop after N agent steps (default: the end of the game)")
     p.add_argument("--greedy", action="store_true", help="take the most probable action instead of sampling")
     p.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
-    p.add_argument("--fps", type=int, default=15, help="frames per second (15 = the console's real speed)")
+    p.add_argument("--fps", type=int, default=15, help="frames per second (15 = the console's real speed; a GIF "
+                   "keeps frame times in 1/100 s, so it alternates 70 and 60 ms frames for 15 fps; at most 50)")
     p.set_defaults(func=cmd_video)
 
     p = sub.add_parser("plot", help="learning curves of one or several runs on one image",
@@ -326,8 +326,9 @@ def _add_watch_commands(sub) -> None:
     p.add_argument("--title", default=None, help="figure title (default: the run names)")
     p.add_argument("--at", metavar="SECONDS", default=None,
                    help="also print each run's state at these wall-clock seconds since its process started "
-                   "(comma-separated, e.g. 300,900): steps, mean of the last 20 full games, the 2016 running "
-                   "reward per window; the last stdout line is JSON")
+                   "(comma-separated, e.g. 300,900): steps, mean of the last 20 full games, and for pg runs the "
+                   "2016 running reward per window; past a run's end, its final state, marked so; the last stdout "
+                   "line is JSON")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("export", help="write a policy as one self-describing file for eval and video",
@@ -392,7 +393,7 @@ def cmd_video(args) -> int:
     from jaxpong.video import output_format
 
     if args.out is not None:
-        output_format(args.out)  # a wrong extension fails before anything is loaded
+        output_format(args.out, args.fps)  # a wrong extension fails before anything is loaded
     setup_jax()
     from jaxpong.logger import log_line
     from jaxpong.video import record
@@ -406,7 +407,7 @@ def cmd_video(args) -> int:
     info = record(policy.cfg, policy.params, out, seed=seed, greedy=args.greedy, max_steps=args.max_steps,
                   fps=args.fps)
     log_line(f"wrote {info['out']}: {info['frames']} frames ({info['agent_steps']} agent steps, "
-             f"{info['frames'] / info['fps']:.1f} s at {info['fps']} fps); score agent {info['agent_score']} - "
+             f"{info['frames'] / info['fps']:.1f} s at {info['fps']:g} fps); score agent {info['agent_score']} - "
              f"{info['opponent_score']} opponent")
     print(json.dumps({**info, "source": policy.source, "checkpoint_step": policy.step}), flush=True)
     return 0
@@ -443,13 +444,22 @@ def _print_snapshots(rows: list[dict]) -> None:
     from rich.table import Table
 
     table = Table(title="runs at wall-clock seconds since process start")
-    for h in ("run", "at s", "agent steps", "last 20 games", "2016 running reward/window", "games"):
+    # The 2016 running reward is what pg runs reported; for ppo it means nothing, so it shows only for pg.
+    pg = any(r["algo"] == "pg" for r in rows)
+    headers = ["run", "at s", "agent steps", "last 20 games"] + (["2016 running reward/window"] if pg else []) + ["games"]
+    for h in headers:
         table.add_column(h, justify="right")
     fmt = lambda x, f: "-" if x is None else format(x, f)
     for r in rows:
-        table.add_row(r["run"], f"{r['at_s']:g}", fmt(r["step"], ","), fmt(r["charts/return_last20"], "+.2f"),
-                      fmt(r["charts/window_reward_ema"], "+.2f"), fmt(r["charts/episodes"], ","))
+        at = f"{r['at_s']:g}" + (f" (ended at {r['ended_s']:.0f})" if r["after_end"] else "")
+        cells = [r["run"], at, fmt(r["step"], ","), fmt(r["charts/return_last20"], "+.2f")]
+        if pg:
+            cells.append(fmt(r["charts/window_reward_ema"], "+.2f") if r["algo"] == "pg" else "-")
+        table.add_row(*cells, fmt(r["charts/episodes"], ","))
     Console().print(table)
+    late = sorted({(r["run"], r["ended_s"]) for r in rows if r["after_end"] and r["step"] is not None})
+    for run, ended in late:
+        print(f"note: {run} ended at {ended:.0f} s; rows after that show its final state")
 
 
 def cmd_export(args) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +22,9 @@ class ConfigError(ValueError):
     """Bad user input: reported as one line and exit status 2, never as a traceback."""
 
 
-def _f(default, help: str, *, choices=None, min=None, max=None, min_exclusive=False):
-    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive}
+def _f(default, help: str, *, choices=None, min=None, max=None, min_exclusive=False, hidden=False):
+    # hidden: settable (YAML and flag) but left out of --help, for testing aids
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "min_exclusive": min_exclusive, "hidden": hidden}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -34,7 +36,10 @@ class EnvConfig:
 
     env_id: str = _f("Pong-v5", "envpool task id", choices=["Pong-v5"])
     num_envs: int = _f(32, "games stepped in parallel by this process", min=1)
-    batch_size: int = _f(0, "envpool batch: 0 = num_envs (sync mode); smaller = async mode, must divide num_envs", min=0)
+    batch_size: str = _f(
+        "half",
+        "games the policy acts on per step: half = num_envs / 2 (async: the policy acts on one half while envpool "
+        "steps the other; sync when num_envs is odd), 0 = num_envs (sync), or N dividing num_envs (async)")
     num_threads: int = _f(0, "envpool worker threads; 0 = one per core", min=0)
     frame_skip: int = _f(4, "emulator frames per agent step (max-pooled over the last two)", min=1)
     repeat_action_probability: float = _f(0.0, "sticky-action probability (0.25 is the 'sticky' benchmark setting)", min=0.0, max=1.0)
@@ -48,7 +53,7 @@ class EnvConfig:
 class ModelConfig:
     network: str = _f("mlp", "policy network", choices=["mlp", "small_cnn", "nature_cnn"])
     obs_mode: str = _f(
-        "diff64",
+        "area32",
         "input: diff64 = binarised difference of the 64x84 playfield of envpool's 84x84 frames; "
         "diff32 = diff64 summed over 2x2 blocks (32x42); pool32 / pool16 = the binary frames max-pooled over "
         "2x2 / 4x4 blocks before the difference (32x42 / 16x21); area32 = pool32's input from envpool's 42x42 "
@@ -67,6 +72,14 @@ class ModelConfig:
         "almost all zeros; same maths to float rounding, the update ~2.5x faster on a CPU); false = dense products. "
         "Not used with mirror_augment",
     )
+    host_policy: str = _f(
+        "auto",
+        "mlp: where the collector computes the policy step: on = in NumPy on the host (sparse first layer; no "
+        "jitted call per step), off = the jitted step, auto = on when every policy call has at most 8 rows "
+        "(num_envs and batch_size <= 8, e.g. one game per rank), where the jitted call's fixed cost is as large as "
+        "a game step (docs/seed_speed.md). Same actions, log-probabilities and sampling keys either way",
+        choices=["auto", "on", "off"],
+    )
 
 
 @dataclass
@@ -74,7 +87,7 @@ class AlgoConfig:
     algo: str = _f("ppo", "learning algorithm", choices=["ppo", "pg"])
     num_steps: int = _f(64, "buffer length per env per round (steps collected before each update, unless cut by the deadline)", min=1)
     gamma: float = _f(0.99, "discount factor", min=0.0, max=1.0)
-    learning_rate: float = _f(5e-4, "optimizer learning rate", min=0.0, min_exclusive=True)
+    learning_rate: float = _f(1e-3, "optimizer learning rate", min=0.0, min_exclusive=True)
     optimizer: str = _f("adam", "optax optimizer", choices=["adam", "rmsprop"])
     adam_eps: float = _f(1e-5, "epsilon of adam", min=0.0, min_exclusive=True)
     rmsprop_decay: float = _f(0.99, "decay of rmsprop's squared-gradient average", min=0.0, max=1.0)
@@ -92,7 +105,7 @@ class AlgoConfig:
     ent_coef: float = _f(0.01, "ppo: entropy bonus coefficient", min=0.0)
     vf_coef: float = _f(0.5, "ppo: value loss coefficient", min=0.0)
     point_episodes: bool = _f(
-        False, "ppo: end GAE and value targets at every point scored, as the 2016 returns did; rewards and games "
+        True, "ppo: end GAE and value targets at every point scored, as the 2016 returns did; rewards and games "
         "are unchanged (a Pong point is independent of the ones before it)")
     mirror_augment: bool = _f(
         False, "also learn from every sample mirrored top to bottom with up and down swapped (Pong's "
@@ -141,13 +154,16 @@ class RunConfig:
     eval_every: int = _f(0, "play greedy eval games every N updates (0 = never)", min=0)
     eval_episodes: int = _f(4, "full games per evaluation", min=1)
     capture_video: bool = _f(False, "record a short video of the final policy into the run directory")
+    video_every: int = _f(0, "record a short video (RUN_DIR/videos/step_<STEP>.mp4) every N updates, between rounds "
+                          "(0 = never)", min=0)
     tensorboard: bool = _f(True, "write TensorBoard event files")
     progress: str = _f("auto", "progress display: auto (bar on a terminal, log lines otherwise), bar, log, off", choices=["auto", "bar", "log", "off"])
     progress_every_s: float = _f(10.0, "seconds between plain progress lines", min=0.0, min_exclusive=True)
     max_bad_updates: int = _f(10, "stop with an error after this many consecutive non-finite updates", min=1)
     xla_threads: int = _f(0, "CPU threads for XLA's intra-op work (0 = XLA's default)", min=0)
-    debug_nan_at_update: int = _f(-1, "testing: make the loss NaN from this update on (-1 = never)", min=-1)
-    debug_nan_count: int = _f(1, "testing: for how many consecutive updates the loss is NaN", min=1)
+    debug_nan_at_update: int = _f(-1, "testing: make the loss NaN from this update on (-1 = never)", min=-1,
+                                  hidden=True)
+    debug_nan_count: int = _f(1, "testing: for how many consecutive updates the loss is NaN", min=1, hidden=True)
 
 
 @dataclass
@@ -161,7 +177,7 @@ class Config:
     # Derived values, computed from the fields; not settable.
     @property
     def env_batch_size(self) -> int:
-        return self.env.batch_size or self.env.num_envs
+        return parse_batch_size(self.env.batch_size, self.env.num_envs)
 
     @property
     def is_async(self) -> bool:
@@ -188,6 +204,27 @@ _PRESET_FIELDS = (
 )
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _SECTION_TYPES = {"env": EnvConfig, "model": ModelConfig, "algo": AlgoConfig, "dist": DistConfig, "run": RunConfig}
+
+
+def parse_batch_size(value: Any, num_envs: int) -> int:
+    """env.batch_size as envpool's batch: 'half', 0 (sync) or N dividing num_envs."""
+    text = str(value).strip().lower()
+    if text == "half":
+        # Async pays off only with two halves; one game, or an odd count, runs sync.
+        return num_envs // 2 if num_envs % 2 == 0 else num_envs
+    try:
+        size = int(text)
+    except ValueError:
+        raise ConfigError(f"env.batch_size: {value!r} is not accepted; use half, 0 (sync) or a number of games "
+                          "dividing num_envs") from None
+    if size < 0:
+        raise ConfigError(f"env.batch_size: {value!r} must be >= 0 (0 = sync)")
+    if size > num_envs:
+        raise ConfigError(f"env.batch_size: {size} is larger than env.num_envs ({num_envs}); use at most num_envs "
+                          "(0 = sync)")
+    if size and num_envs % size:
+        raise ConfigError(f"env.batch_size: {size} must divide env.num_envs ({num_envs})")
+    return size or num_envs
 
 
 def parse_deadline(value: Any) -> float | str:
@@ -272,10 +309,7 @@ def validate(cfg: Config) -> Config:
     for section, f, _ in all_fields():
         _check_field(section, f, getattr(getattr(cfg, section), f.name))
     env, algo, model = cfg.env, cfg.algo, cfg.model
-    if env.batch_size > env.num_envs:
-        raise ConfigError(f"env.batch_size: {env.batch_size} is larger than env.num_envs ({env.num_envs}); use at most num_envs (0 = sync)")
-    if env.batch_size and env.num_envs % env.batch_size:
-        raise ConfigError(f"env.batch_size: {env.batch_size} must divide env.num_envs ({env.num_envs})")
+    parse_batch_size(env.batch_size, env.num_envs)
     if not model.actions or any(a < 0 or a > 5 for a in model.actions) or len(set(model.actions)) != len(model.actions):
         raise ConfigError(f"model.actions: {model.actions} must be distinct Pong action ids in 0..5 (2 = up, 3 = down)")
     if algo.algo == "ppo":
@@ -299,6 +333,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("dist.deadline_s: 'game' is only for --algo pg (the 2016 per-game synchronisation)")
     if model.bernoulli_head and len(model.actions) != 2:
         raise ConfigError(f"model.bernoulli_head: needs exactly two actions, got {model.actions}")
+    if model.host_policy == "on" and model.network != "mlp":
+        raise ConfigError(f"model.host_policy: 'on' is for the mlp network, not {model.network}; use auto or off")
     if model.network != "mlp" and model.obs_mode != "stack84":
         raise ConfigError(f"model.obs_mode: the {model.network} network needs obs_mode stack84")
     if model.network == "mlp" and model.obs_mode == "stack84":
@@ -316,7 +352,7 @@ def from_dict(data: dict, origin: str, base: Config | None = None) -> Config:
         raise ConfigError(f"{origin}: the top level must be a mapping of sections ({', '.join(_SECTION_TYPES)})")
     for section, values in data.items():
         if section not in _SECTION_TYPES:
-            raise ConfigError(f"{origin}: unknown section {section!r}; sections are {', '.join(_SECTION_TYPES)}")
+            raise ConfigError(f"{origin}: {_unknown_section_hint(section)}")
         if values is None:
             continue
         if not isinstance(values, dict):
@@ -327,9 +363,38 @@ def from_dict(data: dict, origin: str, base: Config | None = None) -> Config:
         obj = getattr(cfg, section)
         for key, value in values.items():
             if key not in by_name:
-                raise ConfigError(f"{origin}: unknown key {section}.{key}; {section} has {', '.join(by_name)}")
+                raise ConfigError(f"{origin}: {_unknown_key_hint(section, key)}")
             setattr(obj, key, _coerce(section, by_name[key], hints[key], value, origin))
     return cfg
+
+
+def _section_of(name: str) -> str | None:
+    return next((section for section, f, _ in all_fields() if f.name == name), None)
+
+
+def _unknown_section_hint(name) -> str:
+    home = _section_of(str(name))
+    if home:
+        return f"{name} is a field, not a section; it belongs under {home}: (as {home}.{name})"
+    close = difflib.get_close_matches(str(name), list(_SECTION_TYPES), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return f"unknown section {name!r}; {hint}sections are {', '.join(_SECTION_TYPES)}"
+
+
+def _unknown_key_hint(section: str, key) -> str:
+    """A misplaced field names its section; a misspelt one its nearest field; else the section's fields."""
+    home = _section_of(str(key))
+    if home:
+        return f"{section}.{key} is not a field of {section}: {key} belongs under {home}: (as {home}.{key})"
+    names = [f"{s}.{f.name}" for s, f, _ in all_fields()]
+    own = [f.name for f in dataclasses.fields(_SECTION_TYPES[section])]
+    close = difflib.get_close_matches(str(key), own, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key {section}.{key}; did you mean {section}.{close[0]}?"
+    close = difflib.get_close_matches(str(key), [n.split(".")[1] for n in names], n=1, cutoff=0.75)
+    if close:
+        return f"unknown key {section}.{key}; did you mean {_section_of(close[0])}.{close[0]}?"
+    return f"unknown key {section}.{key}; {section} has {', '.join(own)}"
 
 
 def to_dict(cfg: Config) -> dict:
@@ -338,6 +403,8 @@ def to_dict(cfg: Config) -> dict:
 
 def load_yaml(path: str | Path) -> dict:
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"config file {str(p)!r} is a folder; give a YAML file in it, such as configs/default.yaml")
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found; give a YAML file such as configs/default.yaml")
     try:
@@ -355,6 +422,12 @@ def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _metavar(f: dataclasses.Field, typ) -> str:
+    if f.metadata.get("choices"):
+        return "{" + ",".join(map(str, f.metadata["choices"])) + "}"
+    return typ.__name__.upper() if typ is not list else "IDS"
+
+
 def add_config_flags(parser: argparse.ArgumentParser):
     """One flag per field. Flags are absent unless typed (SUPPRESS), so only what the user typed overrides
     the YAML, and help shows the field's real default rather than argparse's "(default: None)"."""
@@ -365,8 +438,8 @@ def add_config_flags(parser: argparse.ArgumentParser):
             flag_name(f.name),
             dest=f"cfg__{section}__{f.name}",
             default=argparse.SUPPRESS,
-            metavar=typ.__name__.upper() if typ is not list else "IDS",
-            help=f"{f.metadata['help']} [{section}; default: {shown}]",
+            metavar=_metavar(f, typ),
+            help=argparse.SUPPRESS if f.metadata["hidden"] else f"{f.metadata['help']} [{section}; default: {shown}]",
             # A boolean flag alone means true (`--capture-video`); `--capture-video false` works too.
             **({"nargs": "?", "const": "true"} if typ is bool else {}),
         )

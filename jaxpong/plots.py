@@ -121,16 +121,31 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, title: str | None = N
 SNAPSHOT_KEYS = ("step", "charts/return_last20", "charts/window_reward_ema", "charts/episodes", "charts/SPS")
 
 
+def run_algo(run_dir: str | Path) -> str | None:
+    """The run's algorithm from its config.yaml (None where it cannot be read)."""
+    import yaml
+
+    try:
+        return (yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}).get("algo", {}).get("algo")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return None
+
+
 def snapshots(run_dirs: list[str | Path], seconds: list[float]) -> list[dict]:
     """Each run's state at wall-clock seconds since its process started: the last metrics line written
-    by then (None where the run had not logged yet or had already stopped before that time)."""
+    by then (None where the run had not logged yet or had already stopped before that time).
+    `ended_s`: when the run's last line was written; `after_end`: the time asked is past it, so the row
+    is the run's final state, not its state at that time."""
     out = []
     for label, d in zip(run_labels([Path(d) for d in run_dirs]), run_dirs):
         rows = [r for r in read_metrics(d) if "process_s" in r]
         ends = rows[-1]["process_s"] if rows else 0.0
+        algo = run_algo(d)
         for t in seconds:
             before = [r for r in rows if r["process_s"] <= t]
             # A run logs every round (seconds apart); well after its last line it had stopped.
             row = before[-1] if before and t <= ends + 60.0 else None
-            out.append({"run": label, "at_s": t, **{k: (row.get(k) if row else None) for k in SNAPSHOT_KEYS}})
+            out.append({"run": label, "algo": algo, "at_s": t, "ended_s": round(ends, 3),
+                        "after_end": bool(rows) and t > ends,
+                        **{k: (row.get(k) if row else None) for k in SNAPSHOT_KEYS}})
     return out

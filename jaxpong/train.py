@@ -361,6 +361,7 @@ class Trainer:
                 self._account(gathered)
                 now = time.perf_counter() - t0
                 eval_metrics = self._evaluate_between_rounds(gathered, record)  # rank 0 only, when due
+                self._video_between_rounds(record)  # rank 0 only, when due (--video-every)
                 if self.is_main and self.io_failure is None:
                     try:
                         self.logger.log_ranks([r for p in gathered for r in p["records"]])
@@ -540,9 +541,14 @@ class Trainer:
         every = self.cfg.run.eval_every
         return bool(every) and update > 0 and update % every == 0
 
+    def _video_due(self, update: int) -> bool:
+        every = self.cfg.run.video_every
+        return bool(every) and update > 0 and update % every == 0
+
     def _eval_allowance_s(self) -> float:
-        """Extra seconds the next collective may take because rank 0 is evaluating before it."""
-        if not self._eval_due(self.counters.update):
+        """Extra seconds the next collective may take because rank 0 is evaluating (or recording a
+        --video-every clip) before it."""
+        if not (self._eval_due(self.counters.update) or self._video_due(self.counters.update)):
             return 0.0
         return max(10 * self.cfg.dist.hang_timeout_s, 3 * self.last_eval_s)
 
@@ -585,6 +591,25 @@ class Trainer:
                             "eval/min_return": summary["min_return"], "eval/max_return": summary["max_return"],
                             "eval/best_return": self.best_eval_return})
         return metrics
+
+    def _video_between_rounds(self, record: dict) -> None:
+        """Rank 0, every video_every updates: a clip of the current policy, timed like an evaluation (its
+        seconds join eval_s, which the other ranks' hang limit allows for). A failure is reported, not fatal."""
+        if not (self.is_main and self._video_due(self.counters.update)):
+            return
+        from jaxpong.video import clip_during_training
+
+        start = time.perf_counter()
+        try:
+            info = clip_during_training(self.cfg, self.state.params, self.run_dir, self.counters.step,
+                                        policy_step=self.policy_step)
+            log_line(f"video at update {self.counters.update}: {info['out']} ({info['agent_steps']} agent steps, "
+                     f"score {info['agent_score']}-{info['opponent_score']}) [{time.perf_counter() - start:.1f} s]")
+        except (ConfigError, OSError, RuntimeError) as err:
+            log_line(f"no video written at update {self.counters.update}: {err}")
+        seconds = time.perf_counter() - start
+        record["eval_s"] = round(record.get("eval_s", 0.0) + seconds, 6)  # reaches every rank with the next gather
+        self.last_eval_s = record["eval_s"]
 
     def _saved_best_return(self) -> float | None:
         """The best evaluation kept by an earlier process of this run (after --resume), if any."""

@@ -27,14 +27,27 @@ from jaxpong.envs import PURPOSE_VIDEO, env_seeds, make_env
 
 FPS = 15  # 60 Hz console / 4 frames per agent step: real-time speed
 FORMATS = {".mp4": "mp4", ".gif": "gif"}
+GIF_MAX_FPS = 50  # GIF players show frames shorter than 2/100 s far slower (browsers: at 1/10 s)
+CLIP_STEPS = 600  # clips recorded during or at the end of training: agent steps at most (40 s at real speed)
 RAM_OPPONENT_SCORE, RAM_AGENT_SCORE = 13, 14
 
 
-def output_format(out: str | Path) -> str:
+def output_format(out: str | Path, fps: float | None = None) -> str:
     suffix = Path(out).suffix.lower()
     if suffix not in FORMATS:
         raise ConfigError(f"--out {str(out)!r}: the video format is chosen by the extension; use .mp4 or .gif")
+    if suffix == ".gif" and fps is not None and fps > GIF_MAX_FPS:
+        raise ConfigError(f"--fps {fps}: a GIF plays at most {GIF_MAX_FPS} frames per second (its frame times are in "
+                          "hundredths of a second, and players slow shorter ones down); use .mp4 for more")
     return FORMATS[suffix]
+
+
+def gif_durations(frames: int, fps: float) -> list[int]:
+    """Milliseconds per frame for a GIF, whose frame times are whole hundredths of a second: frame k starts
+    at k/fps rounded to 1/100 s, so 15 fps alternates 70, 60, 70 ms and plays at exactly 15 fps over every
+    three frames (a constant 60 or 70 ms would play at 16.7 or 14.3 fps)."""
+    starts = [round(k * 100 / fps) for k in range(frames + 1)]
+    return [10 * (b - a) for a, b in zip(starts, starts[1:])]
 
 
 def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None = None, policy_step=None):
@@ -98,7 +111,7 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
     import imageio.v2 as imageio_v2
     import imageio.v3 as iio
 
-    kind = output_format(out)
+    kind = output_format(out, fps)
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"--out {str(out)!r} is a directory; give a file name such as game.mp4")
@@ -110,6 +123,7 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
         raise ConfigError(f"--out {str(out)!r} cannot be written ({err.strerror}); choose a writable place") from None
     start = time.perf_counter()
     frames = 0
+    played_fps = fps
     score = (0, 0)
     game = play(cfg, params, seed=seed, greedy=greedy, max_steps=max_steps, policy_step=policy_step)
     try:
@@ -131,7 +145,9 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
             for frame, _, score in game:
                 stack.append(frame)
             frames = len(stack)
-            iio.imwrite(tmp, np.stack(stack), extension=".gif", duration=round(1000.0 / fps), loop=0)
+            durations = gif_durations(frames, fps)
+            iio.imwrite(tmp, np.stack(stack), extension=".gif", duration=durations, loop=0)
+            played_fps = round(1000.0 * frames / sum(durations), 3)  # what players show, reported as such
         tmp.replace(out)
     except OSError as err:
         tmp.unlink(missing_ok=True)
@@ -140,6 +156,14 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"out": str(out), "format": kind, "frames": frames, "agent_steps": frames - 1, "fps": fps,
+    return {"out": str(out), "format": kind, "frames": frames, "agent_steps": frames - 1, "fps": played_fps,
             "height": 210, "width": 160, "agent_score": int(score[0]), "opponent_score": int(score[1]),
             "greedy": bool(greedy), "seed": seed, "seconds": round(time.perf_counter() - start, 3)}
+
+
+def clip_during_training(cfg: Config, params, run_dir: Path, step: int, policy_step=None) -> dict:
+    """--video-every: a clip of the current policy (sampled actions, as in training) at agent step `step`,
+    RUN_DIR/videos/step_<step>.mp4, at most CLIP_STEPS agent steps. Same game each time (the run's seed),
+    so clips compare the policy at different steps on one opening."""
+    return record(cfg, params, Path(run_dir) / "videos" / f"step_{step}.mp4", seed=cfg.run.seed,
+                  max_steps=CLIP_STEPS, policy_step=policy_step)

@@ -66,21 +66,20 @@ def jaxpong_cli():
 
 @pytest.fixture(scope="session")
 def smoke_run(tmp_path_factory) -> Path:
-    """configs/smoke.yaml exactly as shipped (2048 steps, 8 updates, no game finishes). Read-only for tests."""
+    """configs/smoke.yaml exactly as shipped (8,192 steps, 33 updates, a few games finish). Read-only for tests."""
     return _train(tmp_path_factory.mktemp("smoke") / "run")
 
 
 @pytest.fixture(scope="session")
 def long_run(smoke_run, tmp_path_factory) -> Path:
-    """A copy of the smoke run as if it had crashed after update 8 but before its final checkpoint
-    (the checkpoint at step 2048 removed; the one at 1024, update 4, kept), resumed to 12,000 steps:
-    long enough for games to finish (a random policy loses a game in about 750-1200 agent steps; 8
-    envs play about 1,400 steps each here). Used for the resume checks and for every output that
-    needs finished games."""
+    """A copy of the smoke run as if it had crashed before its final checkpoint (that one removed; the
+    one of update 32 kept), resumed to 12,000 steps: more finished games (a random policy loses a game
+    in about 750-1200 agent steps; 8 envs play about 1,500 steps each here). Used for the resume checks
+    and for the outputs that need several finished games."""
     run_dir = tmp_path_factory.mktemp("long") / "run"
     shutil.copytree(smoke_run, run_dir)
     (run_dir / "stderr.txt").unlink()
-    shutil.rmtree(run_dir / "checkpoints" / "2048")
+    shutil.rmtree(max((p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name)))
     code, out, err = run_jaxpong("train", "--resume", run_dir, "--total-steps", 12000, timeout=300)
     assert code == 0, f"resume exited {code}\nstdout:\n{out}\nstderr:\n{err}"
     (run_dir / "stderr.txt").write_text(err)

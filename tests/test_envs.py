@@ -10,7 +10,7 @@ import sys
 from jaxpong.config import Config
 from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
 cfg = Config()
-cfg.env.num_envs = 2
+cfg.env.num_envs, cfg.env.batch_size, cfg.model.obs_mode = 2, "0", "diff64"  # sync: both games each step
 env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, 2))
 obs, _ = env.reset()
 assert obs.shape == (2, 2, 84, 84), obs.shape
@@ -36,7 +36,7 @@ def test_env_io_fast_path_returns_what_the_public_api_returns():
     from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, make_env
 
     cfg = Config()
-    cfg.env.num_envs, cfg.env.num_threads = 4, 1
+    cfg.env.num_envs, cfg.env.batch_size, cfg.env.num_threads = 4, "0", 1
     seeds = env_seeds(5, 0, 0, PURPOSE_TRAIN, 4)
     public, twin = make_env(cfg, seeds=seeds), make_env(cfg, seeds=seeds)
     io = EnvIO(twin)

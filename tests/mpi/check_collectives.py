@@ -61,7 +61,7 @@ ok("global_moments")
 #    full-batch minibatch, so sample order cannot matter). Rank 1 has half its samples masked.
 for algo, extra in (("pg", {"pg_unscored": "mask"}), ("ppo", {"num_minibatches": 1, "update_epochs": 2})):
     cfg = config_lib.build(None, {"env": {"num_envs": 2}, "algo": {"algo": algo, "num_steps": 8, **extra},
-                                  "model": {"hidden_size": 16}})
+                                  "model": {"hidden_size": 16, "obs_mode": "diff64"}})  # 64x84 frames below
     net = make_network(cfg.model)
     apply_fn = lambda p, f: net.apply(p, f)
     opt = make_optimizer(cfg)
@@ -92,7 +92,7 @@ for algo, extra in (("pg", {"pg_unscored": "mask"}), ("ppo", {"num_minibatches":
     joined = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1 if a.ndim >= 2 and a.shape[0] == T else 0),
                           batches[0], batches[1])
     cfg1 = config_lib.build(None, {"env": {"num_envs": 2 * N}, "algo": {"algo": algo, "num_steps": 8, **extra},
-                                   "model": {"hidden_size": 16}})
+                                   "model": {"hidden_size": 16, "obs_mode": "diff64"}})
     t1, m1 = make_prepare(cfg1, apply_fn)(state.params, joined)
     single, _, counts1 = make_optimize(cfg1, apply_fn, opt, LocalComm().allreduce_sum)(state, joined, t1, m1, 1.0, 1.0)
     if abs(float(counts.sum()) - float(counts1.sum())) > 0.5:
