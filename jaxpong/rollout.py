@@ -3,7 +3,9 @@
 Why a host loop rather than a jitted scan over envpool's XLA interface: a wall-clock deadline needs a
 clock between steps, and async envpool (num_envs > batch_size, fast games run ahead) hands back
 whichever envs are ready, which a fixed-shape scan cannot follow. The policy step itself is jitted;
-per batch the host only copies small arrays into preallocated buffers.
+per batch the host only copies small arrays into preallocated buffers. For small batches of an MLP
+(one game per rank) the step runs in NumPy instead (`host_policy.py`, `model.host_policy`): there a
+jitted call's fixed cost is as large as the game step, and the NumPy step costs a fraction of it.
 
 Each env writes its own row of the [T, N] buffers at its own cursor. A round ends, for all envs at
 once, when the deadline passes, when sending another step could overflow an env's row, or (deadline
@@ -24,6 +26,7 @@ import numpy as np
 
 from jaxpong.batch import Batch
 from jaxpong.envs import EnvIO, GameScores
+from jaxpong.host_policy import HostPolicy, use_host_policy
 from jaxpong.preprocess import PREPROCESSORS, to_float
 
 
@@ -68,6 +71,20 @@ def make_packed_step(policy_step):
     return packed_step
 
 
+def packed_fields(rows: np.ndarray, feature_shape: tuple, feature_dtype) -> dict:
+    """Named views into [..., bytes] packed rows (`make_packed_step`'s layout): "features", "action", "logp"
+    and "value", each [...] (+ feature_shape), for writing a host step's outputs in place."""
+    size = int(np.prod(feature_shape)) * np.dtype(feature_dtype).itemsize
+    if rows.shape[-1] != size + TAIL_BYTES:
+        raise ValueError(f"packed rows of {rows.shape[-1]} bytes do not hold {feature_shape} {np.dtype(feature_dtype)} "
+                         f"features plus {TAIL_BYTES} bytes of action, log-prob and value")
+    names = ("features", "action", "logp", "value")
+    formats = [(np.dtype(feature_dtype), tuple(feature_shape))] + [dtype for _, dtype in _TAIL]
+    offsets = [0] + [size + offset for offset, _ in _TAIL]
+    record = rows.view(np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": rows.shape[-1]}))
+    return {name: record[..., 0][name] for name in names}
+
+
 def tail_field(rows: np.ndarray, index: int) -> np.ndarray:
     """Field `index` of the tail (0 action, 1 log-prob, 2 value) of [..., bytes] packed rows, as a contiguous array."""
     offset, dtype = _TAIL[index]
@@ -77,13 +94,8 @@ def tail_field(rows: np.ndarray, index: int) -> np.ndarray:
 
 def unpack_rows(rows: np.ndarray, feature_shape: tuple, feature_dtype) -> tuple:
     """[..., bytes] rows from `make_packed_step` -> (features, actions, log-probs, values), each contiguous."""
-    lead = rows.shape[:-1]
-    size = int(np.prod(feature_shape)) * np.dtype(feature_dtype).itemsize
-    if rows.shape[-1] != size + TAIL_BYTES:
-        raise ValueError(f"packed rows of {rows.shape[-1]} bytes do not hold {feature_shape} {np.dtype(feature_dtype)} "
-                         f"features plus {TAIL_BYTES} bytes of action, log-prob and value")
-    features = rows[..., :size].copy().view(feature_dtype).reshape(lead + tuple(feature_shape))
-    return (features, *(tail_field(rows, i) for i in range(len(_TAIL))))
+    fields = packed_fields(rows, feature_shape, feature_dtype)
+    return tuple(np.ascontiguousarray(fields[name]) for name in ("features", "action", "logp", "value"))
 
 
 @dataclass
@@ -112,6 +124,10 @@ class Collector:
         self.actions = np.asarray(cfg.model.actions, np.int32)
         self.policy_step = policy_step
         self.packed_step = make_packed_step(policy_step)
+        # Small batches of an MLP act in NumPy on the host (host_policy.py: the jitted call's fixed cost
+        # is as large as a game step there); same outputs and the same chain of sampling keys.
+        calls = num_steps * -(-self.num_envs // cfg.env_batch_size) + 1  # policy calls a round can make
+        self.host = HostPolicy(cfg, calls) if use_host_policy(cfg) else None
         self.slow_extra = max(0.0, slow_factor - 1.0)
         # Fault injection only: when each env was last sent an action, and the injected sleep so far.
         self.sent_at = np.zeros(self.num_envs)
@@ -141,12 +157,24 @@ class Collector:
         self._buffers = True
 
     def _act(self, params, key, ids: np.ndarray, rows: np.ndarray, frames: np.ndarray):
-        packed, key = self.packed_step(params, frames, key)
-        packed = np.asarray(packed)
-        if self._buffers is None:
-            self._allocate(packed.shape[1])
-        self.packed_rows[rows, ids] = packed
-        self.io.send(self.actions[tail_field(packed, 0)], ids)
+        if self.host is not None:
+            features, action, logp, value = self.host.step(frames)  # the key advances inside self.host
+            if self._buffers is None:
+                self._allocate(features[0].nbytes + TAIL_BYTES)
+                self.fields = packed_fields(self.packed_rows, features.shape[1:], features.dtype)
+            fields = self.fields
+            fields["features"][rows, ids] = features
+            fields["action"][rows, ids] = action
+            fields["logp"][rows, ids] = logp
+            fields["value"][rows, ids] = value
+        else:
+            packed, key = self.packed_step(params, frames, key)
+            packed = np.asarray(packed)
+            action = tail_field(packed, 0)
+            if self._buffers is None:
+                self._allocate(packed.shape[1])
+            self.packed_rows[rows, ids] = packed
+        self.io.send(self.actions[action], ids)
         if self.slow_extra:
             self.sent_at[ids] = time.perf_counter()
             self.slept_at_send[ids] = self.slept
@@ -163,6 +191,8 @@ class Collector:
         # The round's first step of these envs is a reset: not valid. (Replaced, not changed, at the round's end.)
         first_terminal = self.pending_terminal
         all_ids = np.arange(N, dtype=np.int32)
+        if self.host is not None:
+            self.host.start_round(params, key)  # this round's parameters and sampling noise
         key = self._act(params, key, all_ids, cursor, self.pending)
         in_flight = N
         stopping = False
@@ -216,7 +246,11 @@ class Collector:
             self.scores.update(live, self.game_rewards[t, live], self.terminated[t, live], self.truncated[t, live])
         steps = int(cursor.sum())
         self.total_env_steps += steps
-        bootstrap = np.asarray(self.policy_step(params, self.pending, key)[0])
+        if self.host is not None:
+            key = self.host.key()
+            bootstrap = self.host.preprocess(self.pending)
+        else:
+            bootstrap = np.asarray(self.policy_step(params, self.pending, key)[0])
         features, actions, logprobs, values = unpack_rows(self.packed_rows, bootstrap.shape[1:], bootstrap.dtype)
         batch = Batch(
             features=features, actions=actions, logprobs=logprobs, values=values,
