@@ -80,14 +80,6 @@ class ModelConfig:
         "a game step (docs/seed_speed.md). Same actions, log-probabilities and sampling keys either way",
         choices=["auto", "on", "off"],
     )
-    host_policy: str = _f(
-        "auto",
-        "mlp: where the collector computes the policy step: on = in NumPy on the host (sparse first layer; no "
-        "jitted call per step), off = the jitted step, auto = on when every policy call has at most 8 rows "
-        "(num_envs and batch_size <= 8, e.g. one game per rank), where the jitted call's fixed cost is as large as "
-        "a game step (docs/seed_speed.md). Same actions, log-probabilities and sampling keys either way",
-        choices=["auto", "on", "off"],
-    )
 
 
 @dataclass
@@ -341,8 +333,6 @@ def validate(cfg: Config) -> Config:
         raise ConfigError("dist.deadline_s: 'game' is only for --algo pg (the 2016 per-game synchronisation)")
     if model.bernoulli_head and len(model.actions) != 2:
         raise ConfigError(f"model.bernoulli_head: needs exactly two actions, got {model.actions}")
-    if model.host_policy == "on" and model.network != "mlp":
-        raise ConfigError(f"model.host_policy: 'on' is for the mlp network, not {model.network}; use auto or off")
     if model.host_policy == "on" and model.network != "mlp":
         raise ConfigError(f"model.host_policy: 'on' is for the mlp network, not {model.network}; use auto or off")
     if model.network != "mlp" and model.obs_mode != "stack84":
