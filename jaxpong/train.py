@@ -252,7 +252,8 @@ class Trainer:
         prep_s = time.perf_counter() - t_prep
 
         check = cfg.dist.replication_check_every and c.update % cfg.dist.replication_check_every == 0
-        self.signals.announce()
+        signal_now = self.signals.received
+        self.signals.announce()  # after the read: a signal in this round's payload has been announced
         payload = {
             "records": pending_records,
             "fill_s": fill_time_estimate(info.collect_s, info.filled_steps, cfg.env.num_envs, cfg.algo.num_steps),
@@ -263,7 +264,7 @@ class Trainer:
             "masked": masked,
             # The 2016 criterion: reward summed over this round's window of play, per game stepped.
             "window_reward": float(np.asarray(batch.rewards)[np.asarray(batch.filled)].sum()) / cfg.env.num_envs,
-            "signal": self.signals.received,
+            "signal": signal_now,
             "io_failure": str(self.io_failure) if self.io_failure is not None else None,
             "elapsed_s": time.perf_counter() - t0,
             "process_s": time.time() - PROCESS_START,
