@@ -37,15 +37,13 @@ else
 endif
 	touch $(STAMP)
 
-# RESUME=RUN_DIR continues that run (its saved config) instead of starting one from CONFIG. A graceful stop
-# (Ctrl-C, SIGTERM: checkpoint written, jaxpong's status 75) ends `make train` with status 0 and the command
-# that continues the run; `python -m jaxpong train` itself keeps 75 for schedulers.
+# RESUME=RUN_DIR continues that run (its saved config) instead of starting one from CONFIG.
+# JAXPONG_UNDER_MAKE: a graceful stop (Ctrl-C or SIGTERM: round finished, checkpoint written) exits 0 instead
+# of 75, so make reports no error, and the stop line gives `make train RESUME=...` as the command to continue.
+# exec: make waits for jaxpong itself (a shell in between would die at Ctrl-C while jaxpong still saves).
 RESUME ?=
 train: install
-	@status=0; JAXPONG_RESUME_WITH="make train RESUME=" \
-		$(PY) -m jaxpong train $(if $(RESUME),--resume $(RESUME),--config $(CONFIG)) $(ARGS) || status=$$?; \
-	if [ $$status -eq 75 ]; then echo "make train: stopped cleanly, checkpoint written (status 0; jaxpong's own is 75)"; exit 0; fi; \
-	exit $$status
+	JAXPONG_UNDER_MAKE=1 exec $(PY) -m jaxpong train $(if $(RESUME),--resume $(RESUME),--config $(CONFIG)) $(ARGS)
 
 test: install
 	$(PY) -m pytest -q tests $(ARGS)

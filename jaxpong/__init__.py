@@ -14,4 +14,16 @@ def _process_start() -> float:
 
 
 PROCESS_START = _process_start()
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """The installed package's version: pyproject.toml is its one source."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxpong")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()

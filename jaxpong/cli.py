@@ -13,11 +13,12 @@ import re
 import sys
 from pathlib import Path
 
+import jaxpong
 from jaxpong import config as config_lib
 from jaxpong.config import ConfigError
 from jaxpong.rundir import WriteFailed
 
-EXIT_USAGE, EXIT_IO_ERROR = 2, 74
+EXIT_USAGE, EXIT_IO_ERROR, EXIT_PREEMPTED = 2, 74, 75
 
 
 class _Parser(argparse.ArgumentParser):
@@ -58,15 +59,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("jaxpong")  # single source: pyproject.toml
-    except PackageNotFoundError:
-        return "unknown (not installed; run make install)"
-
-
 def setup_jax(xla_threads: int = 0) -> None:
     """Process-wide JAX settings; call before jax is first imported."""
     if xla_threads:
@@ -98,7 +90,7 @@ def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="jaxpong", description="Learn Atari Pong from pixels with JAX, envpool and MPI.")
-    parser.add_argument("--version", action="version", version=f"jaxpong {_version()}")
+    parser.add_argument("--version", action="version", version=f"jaxpong {jaxpong.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     parser.commands = sub.choices  # name -> subparser, to report unknown options in the command's own words
 
@@ -224,9 +216,8 @@ def resume_command(run_dir, ranks: int = 1) -> str:
     """The command that continues `run_dir`, as this process was started (console script or python -m)."""
     import shlex
 
-    via = os.environ.get("JAXPONG_RESUME_WITH")  # set by `make train`: "make train RESUME="
-    if via:
-        return via + shlex.quote(str(run_dir))
+    if os.environ.get("JAXPONG_UNDER_MAKE"):  # set by `make train`
+        return f"make train RESUME={shlex.quote(str(run_dir))}"
     if Path(sys.argv[0]).name == "jaxpong":
         program = "jaxpong"
     else:
@@ -574,7 +565,13 @@ def main(argv=None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        if code == EXIT_PREEMPTED and os.environ.get("JAXPONG_UNDER_MAKE"):
+            # Under `make train` a graceful stop is not a failure: make would print "Error 75".
+            print(f"jaxpong {args.command}: stopped cleanly (status 0 under make train; {EXIT_PREEMPTED} otherwise)",
+                  file=sys.stderr, flush=True)
+            return 0
+        return code
     except ConfigError as err:
         print(f"jaxpong {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
