@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test bench bench-learn bench-ranks bench-sim bench-2016 clean
+.PHONY: install train test bench bench-learn bench-ranks bench-sim bench-2016 bench-2016-speed clean
 
 install: $(STAMP)
 
@@ -73,6 +73,14 @@ bench-2016: install
 	$(VENV)/bin/mpirun -bind-to core -n 2 $(PPG) --deadline-s 2 --pg-unscored mask --run-dir $(RUNS_2016)/2ranks_deadline > $(RUNS_2016)/2ranks_deadline.log 2>&1
 	$(PY) -m jaxpong plot $(RUNS_2016)/1rank_windows $(RUNS_2016)/1rank_deadline $(RUNS_2016)/2ranks_windows \
 		$(RUNS_2016)/2ranks_deadline --out $(RUNS_2016)/curves.png --at 300,600,$(PPG_SECONDS)
+
+# The 2016 setup's speed (docs/seed_speed.md): jaxpong with one game per core against raw envpool with one
+# game and one thread on the same cores, interleaved; 1 rank (pinned to core 0), then 2 ranks (mpirun
+# -bind-to core). Each: REPEATS fresh trainers, SECONDS timed each, the median-ratio repeat reported.
+REPEATS ?= 3
+bench-2016-speed: install
+	$(PY) -m jaxpong bench --per-core --ranks 1 --config configs/seed_ppg.yaml --seconds $(SECONDS) --repeats $(REPEATS) $(ARGS)
+	$(PY) -m jaxpong bench --per-core --ranks 2 --config configs/seed_ppg.yaml --seconds $(SECONDS) --repeats $(REPEATS) $(ARGS)
 
 # The scale simulator against real mpirun runs (1, 2 and 4 ranks; slow rank or not; deadline 0, auto, seconds):
 # predicted against measured wait fractions, as a markdown table (README "Late senders and scale").

@@ -6,6 +6,7 @@ JSON object for scripts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.config import Config, to_dict
+from jaxpong.config import Config, ConfigError, to_dict
 
 WARMUP_UPDATES = 2  # rounds excluded from trainer speed: the first compiles, the second may still settle
 
@@ -80,13 +81,13 @@ def _metrics(run_dir: Path) -> list[dict]:
     return lines
 
 
-def trainer_sps(run_dir: Path, paused: list[tuple[float, float]] = ()) -> dict:
-    """Steps/s from a run's metrics.jsonl after the warm-up rounds, not counting the `paused` (start, end)
+def trainer_sps(run_dir: Path, paused: list[tuple[float, float]] = (), warmup: int = WARMUP_UPDATES) -> dict:
+    """Steps/s from a run's metrics.jsonl after the `warmup` rounds, not counting the `paused` (start, end)
     wall-clock intervals (time.time()) during which the trainer was stopped."""
     lines = _metrics(run_dir)
-    if len(lines) <= WARMUP_UPDATES:
+    if len(lines) <= warmup:
         raise RuntimeError(f"the trainer ran only {len(lines)} updates; give it more --seconds")
-    a, b = lines[WARMUP_UPDATES - 1], lines[-1]
+    a, b = lines[warmup - 1], lines[-1]
     stopped = sum(max(0.0, min(end, b["wall_time"]) - max(begin, a["wall_time"])) for begin, end in paused)
     dt = b["time_s"] - a["time_s"] - stopped
     return {"sps": (b["step"] - a["step"]) / dt, "env_sps": (b["charts/env_steps"] - a["charts/env_steps"]) / dt,
@@ -130,14 +131,18 @@ TRAINER_SLICE_S = 2.0  # the trainer runs this long between raw slices ...
 RAW_SLICE_S = 1.0  # ... and is stopped (SIGSTOP) while raw envpool runs this long
 
 
-def interleaved_repeat(cfg_dict: dict, raw: RawEnv, seconds: float, run_dir: Path, start_timeout_s: float = 600) -> dict:
-    """One repeat: a real `jaxpong train` subprocess, stopped every TRAINER_SLICE_S for a RAW_SLICE_S slice
-    of raw envpool on the same cores, until the trainer has run `seconds` after its warm-up rounds.
+def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start_timeout_s: float = 600, *,
+                       ranks: int = 1, pin_core: int | None = None, trainer_slice_s: float = TRAINER_SLICE_S,
+                       raw_slice_s: float = RAW_SLICE_S, warmup: int = WARMUP_UPDATES) -> dict:
+    """One repeat: a real `jaxpong train` (under mpirun for several ranks; pinned to `pin_core` if given),
+    stopped every `trainer_slice_s` for a `raw_slice_s` slice of raw envpool (`raw.run`) on the same cores,
+    until the trainer has run `seconds` after its warm-up rounds.
 
     Why interleave: on a shared machine raw envpool speed drifts by 10-20 % over tens of seconds (measured
     here: 2-s slices of one minute ranged 2,500-3,800 steps/s), so a raw measurement before and after a
     20-s training run can disagree with the speed the trainer saw. Slices a few seconds apart see the same
     machine. A stopped trainer loses nothing but its caches, so if anything this favours raw envpool.
+    The trainer runs in its own process group: stopping the group stops every rank (and mpirun).
     """
     from jaxpong.train import EXIT_PREEMPTED
 
@@ -145,42 +150,75 @@ def interleaved_repeat(cfg_dict: dict, raw: RawEnv, seconds: float, run_dir: Pat
     # A reused --run-dir still holds the previous run's metrics until the trainer replaces the folder;
     # reading those would start the clock during this trainer's start-up.
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    cmd = _train_command(cfg_dict, run_dir, ["--time-limit-s", str(10 * seconds + start_timeout_s)])
+    cmd = _train_command(cfg_dict, run_dir, ["--time-limit-s", str(10 * seconds + start_timeout_s)], ranks)
     log = open(run_dir.parent / f"{run_dir.name}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+    pin = (lambda: os.sched_setaffinity(0, {pin_core})) if pin_core is not None else None
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
+
+    def signal_trainer(sig):
+        os.killpg(proc.pid, sig)
+
     paused, raw_steps, raw_s = [], 0, 0.0
     try:
         deadline = time.time() + start_timeout_s
-        while len(_metrics(run_dir)) < WARMUP_UPDATES:  # start-up, compilation and warm-up are not timed
+        while len(_metrics(run_dir)) < warmup:  # start-up, compilation and warm-up are not timed
             if proc.poll() is not None:
                 raise RuntimeError(f"the trainer exited ({proc.returncode}) before its warm-up; see {log.name}")
             if time.time() > deadline:
-                raise RuntimeError(f"the trainer did not finish {WARMUP_UPDATES} rounds in {start_timeout_s:.0f} s; see {log.name}")
+                raise RuntimeError(f"the trainer did not finish {warmup} rounds in {start_timeout_s:.0f} s; see {log.name}")
             time.sleep(0.05)
         trained_from = time.time()
         while time.time() - trained_from - sum(e - b for b, e in paused) < seconds:
-            time.sleep(TRAINER_SLICE_S)
+            time.sleep(trainer_slice_s)
             if proc.poll() is not None:
                 raise RuntimeError(f"the trainer exited ({proc.returncode}) while being timed; see {log.name}")
-            proc.send_signal(signal.SIGSTOP)
+            signal_trainer(signal.SIGSTOP)
             begin = time.time()
-            steps, elapsed = raw.run(RAW_SLICE_S)
+            steps, elapsed = raw.run(raw_slice_s)
             raw_steps, raw_s = raw_steps + steps, raw_s + elapsed
-            proc.send_signal(signal.SIGCONT)
+            signal_trainer(signal.SIGCONT)
             paused.append((begin, time.time()))
-        proc.send_signal(signal.SIGTERM)  # the trainer finishes its round, checkpoints and exits 75
-        if proc.wait(timeout=300) != EXIT_PREEMPTED:
+        signal_trainer(signal.SIGTERM)  # the trainer finishes its round, checkpoints and exits 75
+        # (mpirun reports its ranks' ending in its own way; the ranks' metrics are what is read)
+        if proc.wait(timeout=300) != EXIT_PREEMPTED and ranks == 1:
             raise RuntimeError(f"the trainer exited {proc.returncode} after SIGTERM, not {EXIT_PREEMPTED}; see {log.name}")
     finally:
         if proc.poll() is None:
-            proc.kill()
+            signal_trainer(signal.SIGKILL)
             proc.wait()
         log.close()
-    trainer = trainer_sps(run_dir, paused)
+    trainer = trainer_sps(run_dir, paused, warmup)
     env_sps = raw_steps / raw_s
     return {"env_sps": round(env_sps, 1), "trainer_sps": round(trainer["sps"], 1),
             "ratio": round(trainer["sps"] / env_sps, 4), "trainer_updates": trainer["updates"],
             "raw_slices": len(paused), "trainer_seconds": round(trainer["seconds"], 1)}
+
+
+def _bench_config(cfg: Config) -> dict:
+    cfg_dict = to_dict(cfg)
+    cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
+    return cfg_dict
+
+
+def _repeats(title: str, raw_label: str, repeats: int, run_dir: str | None, one_repeat, extra: dict) -> int:
+    """Run `one_repeat(path)` `repeats` times, print the table and the JSON line of the median-ratio repeat."""
+    rows, ratios, results = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(repeats):
+            path = Path(run_dir) / f"repeat_{k + 1}" if run_dir else Path(tmp) / f"bench_run_{k + 1}"
+            result = one_repeat(path)
+            ratios.append(result["ratio"])
+            results.append(result)
+            rows.append([str(k + 1), result["env_sps"], result["trainer_sps"], f"{result['ratio']:.3f}",
+                         f"{result['trainer_seconds']:.0f} s, {result['raw_slices']} raw slices"])
+    # The repeat with the median ratio (the lower middle one for an even count) speaks for the run:
+    # its raw and trainer steps/s are the ones that ratio was measured from.
+    mid = sorted(range(repeats), key=lambda k: ratios[k])[(repeats - 1) // 2]
+    if repeats > 1:
+        rows.append([f"median: repeat {mid + 1}", *rows[mid][1:]])
+    _table(title, ["repeat", raw_label, "trainer (valid steps, incl. updates)", "ratio trainer / raw", "timed"], rows)
+    print(json.dumps({**results[mid], "median_repeat": mid + 1, "per_repeat": results, **extra}))
+    return 0
 
 
 def throughput(cfg: Config, seconds: float, run_dir: str | None = None, repeats: int = 3) -> int:
@@ -189,33 +227,106 @@ def throughput(cfg: Config, seconds: float, run_dir: str | None = None, repeats:
     Each repeat is a fresh trainer process whose timed `seconds` are interleaved with slices of raw
     envpool (see `interleaved_repeat`); the repeat with the median ratio is the one reported.
     """
-    rows, ratios, results = [], [], []
-    cfg_dict = to_dict(cfg)
-    cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
+    cfg_dict = _bench_config(cfg)
     raw = RawEnv(cfg)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            for k in range(repeats):
-                path = Path(run_dir) / f"repeat_{k + 1}" if run_dir else Path(tmp) / f"bench_run_{k + 1}"
-                result = interleaved_repeat(cfg_dict, raw, seconds, path)
-                ratios.append(result["ratio"])
-                results.append(result)
-                rows.append([str(k + 1), result["env_sps"], result["trainer_sps"], f"{result['ratio']:.3f}",
-                             f"{result['trainer_seconds']:.0f} s, {result['raw_slices']} raw slices"])
+        return _repeats(
+            f"jaxpong bench: {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, "
+            f"{cfg.env.num_envs} envs ({'async' if cfg.is_async else 'sync'}), {os.cpu_count()} cores",
+            "raw envpool (random actions)", repeats, run_dir,
+            lambda path: interleaved_repeat(cfg_dict, raw, seconds, path),
+            {"algo": cfg.algo.algo, "num_envs": cfg.env.num_envs, "async": cfg.is_async, "seconds": seconds})
     finally:
         raw.close()
-    # The repeat with the median ratio (the lower middle one for an even count) speaks for the run:
-    # its raw and trainer steps/s are the ones that ratio was measured from.
-    mid = sorted(range(repeats), key=lambda k: ratios[k])[(repeats - 1) // 2]
-    if repeats > 1:
-        rows.append([f"median: repeat {mid + 1}", *rows[mid][1:]])
-    _table(f"jaxpong bench: {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, "
-           f"{cfg.env.num_envs} envs ({'async' if cfg.is_async else 'sync'}), {os.cpu_count()} cores",
-           ["repeat", "raw envpool (random actions)", "trainer (valid steps, incl. updates)", "ratio trainer / raw",
-            "timed"], rows)
-    print(json.dumps({**results[mid], "median_repeat": mid + 1, "per_repeat": results, "algo": cfg.algo.algo,
-                      "num_envs": cfg.env.num_envs, "async": cfg.is_async, "seconds": seconds}))
-    return 0
+
+
+# --per-core: the 2016 setup's shape. The trainer's 2-s windows are wall-clock, so a stop cuts one of them
+# short (one extra update per stop); longer trainer slices keep that to one round in several. Its update
+# compiles once per new sparse list length (sparse.py) in the first rounds: a longer warm-up leaves them out.
+PER_CORE_TRAINER_SLICE_S = 6.0
+PER_CORE_RAW_SLICE_S = 2.0
+PER_CORE_WARMUP_UPDATES = 6
+
+
+def _raw_worker(cfg: Config, core: int, conn) -> None:
+    """A process pinned to `core` (envpool's threads inherit it) stepping raw envpool in slices on request."""
+    os.sched_setaffinity(0, {core})
+    raw = RawEnv(cfg)
+    conn.send("ready")
+    while (seconds := conn.recv()) is not None:
+        conn.send(raw.run(seconds))
+    raw.close()
+
+
+class PinnedRawEnvs:
+    """Raw envpool on each of `cores`, one process per core (the config's games, one thread), run together."""
+
+    def __init__(self, cfg: Config, cores: list[int]):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.conns, self.procs = [], []
+        for core in cores:
+            mine, theirs = context.Pipe()
+            proc = context.Process(target=_raw_worker, args=(cfg, core, theirs), daemon=True)
+            proc.start()
+            self.conns.append(mine)
+            self.procs.append(proc)
+        for conn in self.conns:
+            if conn.recv() != "ready":
+                raise RuntimeError("a raw envpool worker did not start")
+
+    def run(self, seconds: float) -> tuple[int, float]:
+        """(agent steps of all cores, seconds): the slice's summed steps and its mean length, so that
+        steps / seconds is the cores' summed speed."""
+        for conn in self.conns:
+            conn.send(seconds)
+        results = [conn.recv() for conn in self.conns]
+        return sum(steps for steps, _ in results), float(np.mean([elapsed for _, elapsed in results]))
+
+    def close(self) -> None:
+        for conn in self.conns:
+            conn.send(None)
+        for proc in self.procs:
+            proc.join(timeout=10)
+
+
+def per_core(cfg: Config, ranks: int, seconds: float, run_dir: str | None = None, repeats: int = 3) -> int:
+    """`jaxpong bench --per-core [--ranks N]`: the trainer with one core per rank against raw envpool on the same cores.
+
+    N ranks, each bound to its own core (one rank: pinned to the first core; more: `mpirun -bind-to core`),
+    each with one envpool thread and one XLA thread; raw envpool runs the config's games with one thread
+    in one process per core, on the same cores, in slices while the trainer is stopped (as `bench`).
+    For configs/seed_ppg.yaml this is the 2016 setup: one game per core.
+    """
+    cores = sorted(os.sched_getaffinity(0))[:ranks]
+    if len(cores) < ranks:
+        raise ConfigError(f"--per-core --ranks {ranks}: only {len(cores)} cores are available to this process")
+    cfg_dict = _bench_config(cfg)
+    cfg_dict["env"]["num_threads"] = 1
+    cfg_dict["run"]["xla_threads"] = 1
+    raw_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, num_threads=1))
+    raw = PinnedRawEnvs(raw_cfg, cores)
+    try:
+        return _repeats(
+            f"jaxpong bench --per-core: {ranks} rank(s) on cores {','.join(map(str, cores))}, {cfg.env.num_envs} "
+            f"game(s) per rank, {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}"
+            f"{', host policy step' if _uses_host_policy(cfg) else ''}",
+            f"raw envpool, {cfg.env.num_envs} game(s) per core", repeats, run_dir,
+            lambda path: interleaved_repeat(cfg_dict, raw, seconds, path, ranks=ranks,
+                                            pin_core=cores[0] if ranks == 1 else None,
+                                            trainer_slice_s=PER_CORE_TRAINER_SLICE_S,
+                                            raw_slice_s=PER_CORE_RAW_SLICE_S, warmup=PER_CORE_WARMUP_UPDATES),
+            {"mode": "per_core", "ranks": ranks, "cores": cores, "algo": cfg.algo.algo,
+             "num_envs_per_rank": cfg.env.num_envs, "host_policy": _uses_host_policy(cfg), "seconds": seconds})
+    finally:
+        raw.close()
+
+
+def _uses_host_policy(cfg: Config) -> bool:
+    from jaxpong.host_policy import use_host_policy
+
+    return use_host_policy(cfg)
 
 
 def rank_stats(run_dir: Path, skip_updates: int = WARMUP_UPDATES) -> dict:
@@ -245,8 +356,7 @@ def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None
     """`jaxpong bench --ranks N [--slow-rank R --slow-factor F]`: sync (--deadline-s 0) against auto deadline masking."""
     base = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="jaxpong-bench-ranks-"))
     base.mkdir(parents=True, exist_ok=True)
-    cfg_dict = to_dict(cfg)
-    cfg_dict["run"].update(total_steps=10**12, checkpoint_every=10**9, tensorboard=False)
+    cfg_dict = _bench_config(cfg)
     share = max(1, (os.cpu_count() or 1) // ranks)
     if not cfg.env.num_threads:
         # Each rank gets its share of the cores, for envpool and for XLA: oversubscription would blur the picture.

@@ -116,6 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="with --learn: seeds run one after another")
     p.add_argument("--ranks", type=int, default=1, metavar="N",
                    help="launch N ranks with mpirun and compare sync (--deadline-s 0) with auto deadline masking")
+    p.add_argument("--per-core", action="store_true",
+                   help="one core per rank (--ranks N, default 1): the trainer's ranks bound to cores 0..N-1 (one "
+                        "envpool and one XLA thread each) against raw envpool with the config's games on each of "
+                        "those cores, interleaved as the throughput bench; with configs/seed_ppg.yaml, the 2016 "
+                        "setup of one game per core (make bench-2016-speed)")
     p.set_defaults(func=cmd_bench)
     _add_watch_commands(sub)
     _add_scale_commands(sub)
@@ -259,6 +264,8 @@ def cmd_bench(args) -> int:
         if args.seeds < 1:
             raise ConfigError(f"--seeds: {args.seeds} must be at least 1")
         return learning_benchmark(cfg, time_limit_s=cfg.run.time_limit_s, seeds=args.seeds, run_dir=args.run_dir)
+    if args.per_core:
+        return bench.per_core(cfg, args.ranks, seconds=args.seconds, run_dir=args.run_dir, repeats=args.repeats)
     if args.ranks > 1:
         return bench.ranks_benchmark(cfg, args.ranks, seconds=args.seconds, run_dir=args.run_dir)
     setup_jax(cfg.run.xla_threads)

@@ -37,6 +37,9 @@ from jaxpong.preprocess import PREPROCESSORS
 # Measured (docs/seed_speed.md): at 1 row the host step costs a small fraction of the jitted call; at
 # 16 rows (the default's async batches) ... see AUTO_MAX_ROWS's note there.
 AUTO_MAX_ROWS = 8
+# Policy calls' noise drawn at a time (about 1.7 us a call on a 2-core CPU): a deadline round of the 2016
+# setup makes ~1,500 of its buffer's 5,120 possible calls, so drawing them all up front would waste most.
+NOISE_CHUNK = 512
 
 
 def use_host_policy(cfg: Config) -> bool:
@@ -183,7 +186,7 @@ class HostPolicy:
         self.mlp = HostMLP(cfg)
         self.preprocess = self.mlp.preprocess
         n, b = cfg.env.num_envs, cfg.env_batch_size
-        self.noise = SampleNoise(len(cfg.model.actions), n, b, calls_per_round)
+        self.noise = SampleNoise(len(cfg.model.actions), n, b, min(calls_per_round, NOISE_CHUNK))
         self._rows = np.arange(b)
 
     def start_round(self, params, key) -> None:

@@ -92,10 +92,16 @@ def tail_field(rows: np.ndarray, index: int) -> np.ndarray:
     return rows[..., start:start + 4].copy().view(dtype)[..., 0]
 
 
-def unpack_rows(rows: np.ndarray, feature_shape: tuple, feature_dtype) -> tuple:
-    """[..., bytes] rows from `make_packed_step` -> (features, actions, log-probs, values), each contiguous."""
+def unpack_rows(rows: np.ndarray, feature_shape: tuple, feature_dtype, used: int | None = None) -> tuple:
+    """[T, ..., bytes] rows from `make_packed_step` -> (features, actions, log-probs, values), each contiguous.
+
+    `used`: only rows [:used] hold steps; the features of the others come out as zeros without being
+    read (a 2016-setup round fills ~1,500 of its 5,120 rows of 6,400-byte frames).
+    """
     fields = packed_fields(rows, feature_shape, feature_dtype)
-    return tuple(np.ascontiguousarray(fields[name]) for name in ("features", "action", "logp", "value"))
+    features = np.zeros(fields["features"].shape, fields["features"].dtype)
+    features[:used] = fields["features"][:used]
+    return (features, *(np.ascontiguousarray(fields[name]) for name in ("action", "logp", "value")))
 
 
 @dataclass
@@ -251,7 +257,8 @@ class Collector:
             bootstrap = self.host.preprocess(self.pending)
         else:
             bootstrap = np.asarray(self.policy_step(params, self.pending, key)[0])
-        features, actions, logprobs, values = unpack_rows(self.packed_rows, bootstrap.shape[1:], bootstrap.dtype)
+        features, actions, logprobs, values = unpack_rows(self.packed_rows, bootstrap.shape[1:], bootstrap.dtype,
+                                                           used=int(cursor.max()))
         batch = Batch(
             features=features, actions=actions, logprobs=logprobs, values=values,
             rewards=np.where(filled, self.rewards, 0.0).astype(np.float32), dones=dones, filled=filled, valid=valid,
