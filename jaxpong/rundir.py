@@ -75,10 +75,14 @@ class RunLock:
         """Take the lock or raise ConfigError naming the process that holds it (the directory is created)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise ConfigError(f"--run-dir {str(self.path.parent)!r} cannot be created ({err.strerror}); "
+                              "choose a writable place") from None
+        try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise ConfigError(f"--run-dir {str(self.path.parent)!r} cannot be used ({err.strerror}); "
-                              "choose a writable place") from None
+            raise ConfigError(f"--run-dir {str(self.path.parent)!r} is not writable ({err.strerror}); "
+                              "fix its permissions or choose another place") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
