@@ -83,7 +83,7 @@ bench-2016-speed: install
 	$(PY) -m jaxpong bench --per-core --ranks 2 --config configs/seed_ppg.yaml --seconds $(SECONDS) --repeats $(REPEATS) $(ARGS)
 
 # The scale simulator against real mpirun runs (1, 2 and 4 ranks; slow rank or not; deadline 0, auto, seconds):
-# predicted against measured wait fractions, as a markdown table (README "Late senders and scale").
+# predicted against measured wait fractions, as a markdown table (docs/scale.md, "Validation against real runs").
 SIM_SECONDS ?= 30
 bench-sim: install
 	$(PY) -m jaxpong simulate --validate --seconds $(SIM_SECONDS) $(ARGS)

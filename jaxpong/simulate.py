@@ -612,6 +612,8 @@ def validate(seconds: float, out_dir, rounds: int, window_s: float, slow_factor:
                           "--overwrite"]
         if config:
             cmd += ["--config", config]
+        else:  # the setup the validation was measured with (then the built-in defaults): sync envs
+            cmd += ["--batch-size", "0", "--learning-rate", "5e-4", "--point-episodes", "false"]
         cmd += ["--network", "mlp", "--obs-mode", "diff64", "--algo", "ppo", "--num-envs", str(num_envs),
                 "--num-threads", "1", "--num-steps", "32", "--update-epochs", "2", "--num-minibatches", "2",
                 "--total-steps", "1000000000", "--time-limit-s", f"{limit:g}", "--checkpoint-every", "1000000",
