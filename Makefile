@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test bench bench-learn bench-ranks bench-sim bench-2016 bench-2016-speed clean
+.PHONY: install train test test-scale bench bench-learn bench-ranks bench-sim bench-2016 bench-2016-speed clean
 
 install: $(STAMP)
 
@@ -45,8 +45,12 @@ RESUME ?=
 train: install
 	JAXPONG_UNDER_MAKE=1 exec $(PY) -m jaxpong train $(if $(RESUME),--resume $(RESUME),--config $(CONFIG)) $(ARGS)
 
+# make test leaves out the tests marked `scale` (16 ranks oversubscribed on 2 cores); make test-scale runs only those.
 test: install
-	$(PY) -m pytest -q tests $(ARGS)
+	$(PY) -m pytest -q -m "not scale" tests $(ARGS)
+
+test-scale: install
+	$(PY) -m pytest -q -m scale tests $(ARGS)
 
 bench: install
 	$(PY) -m jaxpong bench --config $(CONFIG) --seconds $(SECONDS) $(ARGS)

@@ -480,16 +480,28 @@ def cmd_export(args) -> int:
 
 def _add_scale_commands(sub) -> None:
     fmt = _HelpFormatter
-    p = sub.add_parser("report", help="late senders: a rank x time picture of a run's rounds, a table per rank, a finding",
-                       description="Read RUN_DIR/ranks.jsonl and write RUN_DIR/imbalance.png (each rank's collect, "
-                       "wait and update per round against wall-clock time; wait and masked fractions per rank), "
-                       "print a table per rank and a plain-language finding; the last line of standard output is "
-                       "one JSON object. `train` writes this report itself at the end of a multi-rank run.",
+    p = sub.add_parser("report", help="late senders: a picture of a run's rounds per rank, a Perfetto trace, a table, "
+                       "a finding",
+                       description="Read RUN_DIR/ranks.jsonl and write RUN_DIR/imbalance.png, RUN_DIR/trace.json "
+                       "(each rank's collect, wait and update per round as Chrome trace events, one track per rank: "
+                       "open it in https://ui.perfetto.dev) and RUN_DIR/imbalance.txt (the table of every rank); "
+                       "print the table (above 32 ranks, the 10 ranks most often last) and a plain-language finding "
+                       "that names the persistent late senders; the last line of standard output is one JSON object. "
+                       "The picture, up to 32 ranks: one row per rank against wall-clock time, above per-rank wait "
+                       "and masked fractions; above 32 ranks: rank x round heatmaps of the wait and masked fractions "
+                       "beside each rank's share of rounds it arrived last (neighbouring ranks or rounds share a "
+                       "cell where there are more than pixels, as the figure says). `train` writes this report "
+                       "itself at the end of a multi-rank run.",
                        formatter_class=fmt)
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `jaxpong train`")
     p.add_argument("--rounds", metavar="N", type=int, default=20,
-                   help="rounds drawn in the timeline: the last N (0 = all); the numbers always use every round "
-                   "after the first")
+                   help="rounds drawn in the timeline picture: the last N (0 = all); the numbers always use every "
+                   "round after the first")
+    p.add_argument("--picture", choices=("auto", "timeline", "heatmap"), default="auto",
+                   help="auto: the per-rank timeline up to 32 ranks, the rank x round heatmaps above")
+    p.add_argument("--trace-rounds", metavar="N", type=int, default=0,
+                   help="rounds written to RUN_DIR/trace.json: the last N (0 = all, the first round included; "
+                   "about 100 bytes an event, 3 events per rank and round)")
     p.add_argument("--out", metavar="FILE", default=None, help="image file (default RUN_DIR/imbalance.png)")
     p.set_defaults(func=cmd_report)
 
