@@ -499,9 +499,10 @@ def _add_scale_commands(sub) -> None:
                    "round after the first")
     p.add_argument("--picture", choices=("auto", "timeline", "heatmap"), default="auto",
                    help="auto: the per-rank timeline up to 32 ranks, the rank x round heatmaps above")
-    p.add_argument("--trace-rounds", metavar="N", type=int, default=0,
-                   help="rounds written to RUN_DIR/trace.json: the last N (0 = all, the first round included; "
-                   "about 100 bytes an event, 3 events per rank and round)")
+    p.add_argument("--trace-rounds", metavar="N", type=int, default=None,
+                   help="rounds written to RUN_DIR/trace.json: the last N, 0 = all (the first round included). "
+                   "Default: every round up to 2,000,000 events (3 per rank and round, about 100 bytes each: "
+                   "434 rounds at 1,536 ranks), else the last rounds that fit")
     p.add_argument("--out", metavar="FILE", default=None, help="image file (default RUN_DIR/imbalance.png)")
     p.set_defaults(func=cmd_report)
 

@@ -48,6 +48,7 @@ IMAGE_NAME = "imbalance.png"
 TEXT_NAME = "imbalance.txt"
 TRACE_NAME = "trace.json"
 TIMELINE_MAX_RANKS = 32  # --picture auto: the per-rank timeline up to this many ranks, heatmaps above
+TRACE_MAX_EVENTS = 2_000_000  # the trace's default size limit (about 200 MB): the last rounds that fit
 TABLE_MAX_RANKS = 32  # the printed table (and the JSON's "ranks") lists every rank up to this many
 TABLE_TOP = 10  # above it: the ranks most often last (imbalance.txt always holds every rank)
 NAMED_MAX = 5  # late senders named in the finding; the rest are counted
@@ -754,9 +755,15 @@ def write_trace(rounds: Rounds, path: Path, last_rounds: int = 0, name: str = ""
 PICTURES = ("auto", "timeline", "heatmap")
 
 
-def make_report(run_dir, last_rounds: int = 20, out=None, picture: str = "auto", trace_rounds: int = 0) -> dict:
+def trace_rounds_that_fit(ranks: int, rounds: int) -> int:
+    """The rounds the trace keeps by default: all of them, or the last that fit TRACE_MAX_EVENTS."""
+    return min(rounds, max(1, TRACE_MAX_EVENTS // max(1, 3 * ranks)))
+
+
+def make_report(run_dir, last_rounds: int = 20, out=None, picture: str = "auto", trace_rounds: int | None = None) -> dict:
     """Read a run, write RUN_DIR/imbalance.png, imbalance.txt and trace.json; return the summary (with
-    the table text)."""
+    the table text). trace_rounds: the last N rounds in the trace, 0 = all, None = as many as fit
+    TRACE_MAX_EVENTS."""
     if picture not in PICTURES:
         raise ConfigError(f"--picture {picture!r}: choose one of {', '.join(PICTURES)}")
     path = check_run_dir(run_dir)
@@ -770,21 +777,28 @@ def make_report(run_dir, last_rounds: int = 20, out=None, picture: str = "auto",
         image = plot_timeline(rounds, stats, image_path, last_rounds=last_rounds)
     else:
         image = plot_heatmap(rounds, stats, image_path, text=text)
+    all_rounds = int(rounds.present.any(axis=0).sum())
+    if trace_rounds is None:
+        trace_rounds = trace_rounds_that_fit(len(stats), all_rounds)
     trace = write_trace(rounds, path / TRACE_NAME, last_rounds=trace_rounds, name=path.resolve().name)
-    (path / TEXT_NAME).write_text(f"{table(stats)}\n\nfinding: {text}\n")
+    named = [f"persistent late senders (most often last first): {', '.join(str(s.rank) for s in late_senders(stats)) or 'none'}",
+             f"slow collectors (slowest first): {', '.join(str(s.rank) for s in slow_collectors(stats)) or 'none'}"]
+    (path / TEXT_NAME).write_text(f"{table(stats)}\n\n" + "\n".join(named) + f"\n\nfinding: {text}\n")
     result = summary(stats, text)
     result["image"] = str(image)
     result["picture"] = picture
     result["trace"] = trace["path"]
     result["trace_events"] = trace["events"]
+    result["trace_rounds"] = trace["rounds"]
+    result["rounds"] = all_rounds
     return {"summary": result, "table": table(stats, limit=TABLE_TOP if len(stats) > TABLE_MAX_RANKS else None)}
 
 
 def run_cli(args) -> int:
     if args.rounds < 0:
         raise ConfigError(f"--rounds: {args.rounds} must be >= 0 (0 = all rounds)")
-    trace_rounds = getattr(args, "trace_rounds", 0)
-    if trace_rounds < 0:
+    trace_rounds = getattr(args, "trace_rounds", None)
+    if trace_rounds is not None and trace_rounds < 0:
         raise ConfigError(f"--trace-rounds: {trace_rounds} must be >= 0 (0 = all rounds)")
     if args.out and not Path(args.out).parent.is_dir():
         raise ConfigError(f"--out {args.out!r}: its folder does not exist")
@@ -795,7 +809,9 @@ def run_cli(args) -> int:
     print()
     print(f"finding: {result['finding']}")
     print(f"picture: {result['image']}")
-    print(f"trace:   {result['trace']} ({result['trace_events']:,} events, one track per rank; open it in "
+    which = "every round" if result["trace_rounds"] == result["rounds"] else \
+        f"the last {result['trace_rounds']} of {result['rounds']} rounds"
+    print(f"trace:   {result['trace']} ({which}, {result['trace_events']:,} events, one track per rank; open it in "
           f"https://ui.perfetto.dev or chrome://tracing)")
     print(json.dumps(result))
     return 0

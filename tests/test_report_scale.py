@@ -127,6 +127,21 @@ def test_256_ranks_two_late_senders_and_binned_rounds(tmp_path, capsys):
     assert report_lib.heatmap_cells(256, 499) == (1, 2)  # every rank its own row; two rounds a column
     assert png_size(run / "imbalance.png") == (1500, 950)
     assert doc["trace_events"] == 256 * 10 * 3  # --trace-rounds: the last 10 rounds only
+    assert "(the last 10 of 500 rounds, 7,680 events" in out
+    assert "persistent late senders (most often last first): 17, 200" in (run / "imbalance.txt").read_text()
+
+
+def test_the_trace_keeps_the_last_rounds_that_fit(tmp_path, capsys, monkeypatch):
+    run = write_many_rank_run(tmp_path / "run", ranks=40, rounds=30, late=(3,))
+    monkeypatch.setattr(report_lib, "TRACE_MAX_EVENTS", 40 * 3 * 12)
+    assert main(["report", str(run)]) == 0
+    out = capsys.readouterr()[0]
+    doc = last_json(out)
+    assert (doc["trace_rounds"], doc["rounds"], doc["trace_events"]) == (12, 30, 40 * 12 * 3)
+    _, complete, _ = _trace(run)
+    assert {e["args"]["update"] for e in complete} == set(range(19, 31))
+    assert main(["report", str(run), "--trace-rounds", "0"]) == 0
+    assert last_json(capsys.readouterr()[0])["trace_events"] == 40 * 30 * 3
 
 
 def test_picture_choice_by_rank_count(tmp_path, capsys):
