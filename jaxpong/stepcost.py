@@ -1,15 +1,19 @@
-"""What one policy step costs, per path, on this CPU: `python -m jaxpong.stepcost [--config FILE]`.
+"""What one policy step costs, per path, on this CPU: `python -m jaxpong.stepcost [--config FILE] [--rows 1,16]`.
 
-Measures, in microseconds on recorded Pong frames, each way the collector could act on a batch:
-- `jit`: the jitted policy step the collector calls (packed outputs, one transfer back), as today;
+Measures, in microseconds per call on recorded Pong frames, each way the collector could act on a batch:
+- `jit`: the jitted policy step the collector calls (packed outputs, one transfer back);
 - `jit-aot`: the same step compiled ahead of time and called through its executable;
-- `host`: `host_policy.HostPolicy.step` (NumPy, sparse first layer) plus packing its row;
-- `host-dense`: the same with a dense NumPy first layer (to show what the sparse sum saves);
-- `xla-rollout`: K steps of envpool's XLA interface and the policy inside one jitted loop (sync envs),
-  per agent step, less the raw envpool step measured alongside;
-and the raw envpool step itself (send + recv, random actions), the cost the policy step is set against.
-Prints a table and, as the last line, one JSON object. Numbers vary with the machine's load: compare
-within one run.
+- `host`: `host_policy.HostPolicy.step` (NumPy, sparse first layer), its outputs written into a packed
+  buffer as the collector writes them;
+- `host-dense`: the same step with a dense NumPy first layer (what the sparse sum saves);
+- `xla-rollout`: 256 steps of envpool's XLA interface and the policy inside one jitted loop (sync envs)
+  with a runtime step budget, per agent step, less the raw envpool step;
+and `env`, the raw envpool step itself (send + recv, random actions, one thread), the cost the policy
+step is set against. The options are timed in turns (block by block), so that a machine whose load
+drifts weighs on all of them alike; each figure is the median of 7 blocks, in wall-clock and in CPU
+microseconds (the process's CPU time: on a machine shared with other work, the steadier figure).
+Run it pinned to one core (`taskset -c 0`), as a rank of the 2016 setup runs. Prints a table and, as
+the last line, one JSON object.
 """
 
 from __future__ import annotations
@@ -30,15 +34,25 @@ from jaxpong.preprocess import PREPROCESSORS, to_float
 from jaxpong.rollout import TAIL_BYTES, make_packed_step, make_policy_step, packed_fields, tail_field
 
 
-def _time_us(fn, calls: int, blocks: int = 5) -> float:
-    """Median over `blocks` of the mean time of one call (microseconds)."""
-    out = []
+def _interleaved_us(options: dict, blocks: int = 7, block_s: float = 0.3) -> dict:
+    """Median microseconds per unit of each option, timed in turns: block b of every option runs before
+    block b + 1 of any, so that a machine whose load drifts weighs on all options alike.
+    `options`: name -> (call, units per call). Returns {name: wall-clock us, name + " cpu": CPU us}: the
+    CPU time of this process (all its threads, envpool's and XLA's included), which other programs'
+    load does not inflate as it does the wall-clock time."""
+    times = {name: ([], []) for name in options}
     for _ in range(blocks):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        out.append((time.perf_counter() - start) / calls * 1e6)
-    return float(np.median(out))
+        for name, (call, units) in options.items():
+            count, start, cpu = 0, time.perf_counter(), time.process_time()
+            while (elapsed := time.perf_counter() - start) < block_s:
+                call()
+                count += 1
+            times[name][0].append(elapsed / (count * units) * 1e6)
+            times[name][1].append((time.process_time() - cpu) / (count * units) * 1e6)
+    out = {}
+    for name, (wall, cpu) in times.items():
+        out[name], out[name + " cpu"] = float(np.median(wall)), float(np.median(cpu))
+    return out
 
 
 def record_frames(cfg, count: int, rows: int) -> np.ndarray:
@@ -59,27 +73,25 @@ def record_frames(cfg, count: int, rows: int) -> np.ndarray:
     return np.stack(frames[60:])
 
 
-def raw_env_step_us(cfg, rows: int, seconds: float = 3.0) -> float:
-    """One sync envpool step of `rows` games (one thread), send + recv, random actions: microseconds."""
+def raw_env_stepper(cfg, rows: int):
+    """(one sync envpool step of `rows` games, send + recv with random actions; the env, to close)."""
     env = make_env(cfg, seeds=env_seeds(8, 0, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
     io = EnvIO(env)
     rng = np.random.default_rng(1)
     env.async_reset()
     io.recv()
     ids = np.arange(rows, dtype=np.int32)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
+
+    def step():
         io.send(rng.integers(0, 6, rows).astype(np.int32), ids)
         io.recv()
-        steps += 1
-    took = time.perf_counter() - start
-    env.close()
-    return took / steps * 1e6
+
+    return step, env
 
 
-def xla_rollout_us(cfg, network, params, rows: int, steps_per_call: int, seconds: float = 3.0) -> float:
-    """Per agent step (all `rows` games) of a jitted while-loop over envpool's XLA step and the policy,
-    with the step count a runtime argument (the host would set it each round): microseconds."""
+def xla_rollout(cfg, network, params, rows: int, steps_per_call: int):
+    """(one call of a jitted while-loop over envpool's XLA step and the policy, `steps_per_call` agent steps
+    of all `rows` games, the step count a runtime argument as the host would set it each round; the env)."""
     env = make_env(cfg, seeds=env_seeds(9, 0, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
     handle, _, _, step_env = env.xla()
     obs0 = env.reset()[0]
@@ -98,19 +110,14 @@ def xla_rollout_us(cfg, network, params, rows: int, steps_per_call: int, seconds
 
         return jax.lax.while_loop(lambda c: c[0] < budget, body, (0, handle, obs, key, jnp.float32(0)))
 
-    key = jax.random.PRNGKey(0)
-    out = rollout(handle, obs0, key, steps_per_call)  # compile
-    jax.block_until_ready(out)
-    handle, obs = out[1], out[2]
-    calls, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        out = rollout(handle, obs, key, steps_per_call)
+    state = {"handle": handle, "obs": obs0, "key": jax.random.PRNGKey(0)}
+
+    def call():
+        out = rollout(state["handle"], state["obs"], state["key"], steps_per_call)
         jax.block_until_ready(out)
-        handle, obs = out[1], out[2]
-        calls += 1
-    took = time.perf_counter() - start
-    env.close()
-    return took / (calls * steps_per_call) * 1e6
+        state["handle"], state["obs"], state["key"] = out[1], out[2], out[3]
+
+    return call, env
 
 
 def measure(cfg, rows: int, with_xla: bool = True) -> dict:
@@ -131,7 +138,6 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
         tail_field(packed, 0)
 
     jit_call()
-    result["jit"] = _time_us(jit_call, 200)
 
     compiled = packed_step.lower(params, frames[0], key).compile()
 
@@ -140,11 +146,10 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
         tail_field(np.asarray(packed), 0)
 
     aot_call()
-    result["jit-aot"] = _time_us(aot_call, 200)
 
     host = HostPolicy(cfg, calls_per_round=10**4)
     host.start_round(params, key)
-    host.noise = SampleNoise(len(cfg.model.actions), rows, rows, 10**4)  # every call here has `rows` rows
+    host.noise = SampleNoise(len(cfg.model.actions), rows, rows, 10**5)  # every call here has `rows` rows
     host.noise.start(key)
 
     feature_shape = feature.shape[1:]
@@ -162,26 +167,37 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
         fields["value"][at, ids] = value
 
     host_call()
-    result["host"] = _time_us(host_call, 1000)
+    dense = HostPolicy(cfg, calls_per_round=10**4)
+    dense.start_round(params, key)
+    dense.noise = host.noise
 
-    dense_kernel = host.mlp.kernel
-    forward_sparse = host.mlp.hidden
-
-    def dense_hidden(features):
-        x = features.reshape(features.shape[0], -1).astype(np.float32)
-        h = x @ dense_kernel
-        if host.mlp.bias is not None:
-            h += host.mlp.bias
+    def dense_hidden(features):  # the first layer as a dense product, for comparison
+        h = features.reshape(features.shape[0], -1).astype(np.float32) @ dense.mlp.kernel
+        if dense.mlp.bias is not None:
+            h += dense.mlp.bias
         return np.maximum(h, 0.0)
 
-    host.mlp.hidden = dense_hidden
-    result["host-dense"] = _time_us(host_call, 300)
-    host.mlp.hidden = forward_sparse
-    result["env"] = raw_env_step_us(cfg, rows)
+    dense.mlp.hidden = dense_hidden
+
+    def dense_call():
+        dense.step(frames[next(it) % len(frames)])
+
+    env_step, env = raw_env_stepper(cfg, rows)
+    options = {"env": (env_step, 1), "jit": (jit_call, 1), "jit-aot": (aot_call, 1), "host": (host_call, 1),
+               "host-dense": (dense_call, 1)}
+    closing = [env]
     if with_xla:
-        total = xla_rollout_us(cfg, network, params, rows, steps_per_call=256)
-        result["xla-rollout total"] = total
-        result["xla-rollout"] = total - result["env"]
+        steps = 256
+        rollout_call, rollout_env = xla_rollout(cfg, network, params, rows, steps)
+        rollout_call()  # compiles
+        options["xla-rollout total"] = (rollout_call, steps)
+        closing.append(rollout_env)
+    result.update(_interleaved_us(options))
+    if with_xla:
+        result["xla-rollout"] = result["xla-rollout total"] - result["env"]
+        result["xla-rollout cpu"] = result["xla-rollout total cpu"] - result["env cpu"]
+    for e in closing:
+        e.close()
     return result
 
 
@@ -208,7 +224,7 @@ def main(argv=None) -> int:
             for name in ("env", "jit", "jit-aot", "host", "host-dense", "xla-rollout"):
                 if name in r:
                     label = {"env": "raw envpool step (send + recv)", "xla-rollout": "xla-rollout (per step, less env)"}
-                    print(f"  {label.get(name, name):36s} {r[name]:9.1f} us per call")
+                    print(f"  {label.get(name, name):36s} {r[name]:9.1f} us per call ({r[name + ' cpu']:.1f} us of CPU)")
     print(json.dumps([{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in results]))
     return 0
 
