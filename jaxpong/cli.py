@@ -189,7 +189,7 @@ def _train_in(path: Path, cfg, comm, resume_step, resume: bool, resume_fallback:
     from jaxpong.train import Trainer
 
     trainer = Trainer(cfg, comm, path, resume_step=resume_step, resume_fallback=resume_fallback)
-    where = comm.gather(f"{comm.rank}=pid {os.getpid()}@{os.uname().nodename}")
+    where = comm.gather_to_root(f"{comm.rank}=pid {os.getpid()}@{os.uname().nodename}")
     if comm.rank == 0:
         if comm.size > 1:
             log_line("ranks: " + ", ".join(where) + " (a launcher's message about a PID names the rank here)")

@@ -1,9 +1,12 @@
 """Communication between ranks behind one small interface: one rank (no MPI at all) or MPI.
 
   allreduce_sum(x)   sum of an array over ranks; called inside jit (mpi4jax on its own communicator)
-  gather(obj, timeout_s, label)
-                     every rank's small Python object, on every rank (the per-round host exchange);
-                     a rank that does not arrive within timeout_s aborts the whole job, naming it
+  exchange(agreed, layout, row, timeout_s, label)
+                     the per-round host exchange (jaxpong/exchange.py): the fixed-size `agreed` record
+                     reduced over ranks (sums and maxima, one Allreduce), and every rank's fixed-width
+                     `row` gathered to rank 0 only. A rank that does not arrive within timeout_s aborts
+                     the whole job, naming it.
+  gather_to_root(obj)  every rank's small Python object, on rank 0 only (None elsewhere); start-up only
   bcast(obj)         rank 0's object on every rank (initial parameters and optimizer state)
   barrier(), abort(code)
 """
@@ -38,7 +41,10 @@ class LocalComm:
     def allreduce_sum(self, x):
         return x
 
-    def gather(self, obj, timeout_s: float | None = None, label: str = ""):
+    def exchange(self, agreed, layout, row, timeout_s: float | None = None, label: str = ""):
+        return agreed.copy(), row[None].copy()
+
+    def gather_to_root(self, obj):
         return [obj]
 
     def bcast(self, obj):
@@ -63,19 +69,18 @@ class MpiComm:
         self.jax_comm = self.world.Clone()
         self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
         self.library = " ".join(MPI.Get_library_version().split()[:3]).rstrip(",")
+        self._reductions: dict = {}
 
     def allreduce_sum(self, x):
         return self._mpi4jax.allreduce(x, op=self._MPI.SUM, comm=self.jax_comm)
 
-    def gather(self, obj, timeout_s: float | None = None, label: str = ""):
-        """allgather, entered only once every rank has arrived, or the job is aborted after timeout_s.
+    def _arrive(self, timeout_s: float, label: str) -> None:
+        """Return once every rank has arrived here, or abort the job after timeout_s, naming who is missing.
 
         Arrival is a non-blocking barrier polled with short sleeps (which also spares a shared core the
         busy-waiting of a blocking collective); rank 0 also receives a note from each rank as it
-        arrives, so when someone is missing it can say who.
+        arrives, so when someone is missing it can say who. Only rank 0 holds one request per rank.
         """
-        if timeout_s is None or self.size == 1:
-            return self.world.allgather(obj)
         tag = 7301
         if self.rank == 0:
             notes = {r: self.world.irecv(source=r, tag=tag) for r in range(1, self.size)}
@@ -101,7 +106,40 @@ class MpiComm:
                 req.wait()
         else:
             note.wait()
-        return self.world.allgather(obj)
+
+    def _reduction(self, layout):
+        """An MPI datatype of one whole record and the op that combines two records field by field.
+        Whole-record elements keep MPI from splitting a record across the pieces of a segmented
+        reduction, which would put sums and maxima in the wrong places."""
+        key = (layout.width, layout.sum_width)
+        if key not in self._reductions:
+            import numpy as np
+
+            MPI = self._MPI
+            record_type = MPI.DOUBLE.Create_contiguous(layout.width).Commit()
+
+            def combine(inbuf, inoutbuf, datatype):
+                into = np.frombuffer(inoutbuf, np.float64).reshape(-1, layout.width)
+                layout.combine(into, np.frombuffer(inbuf, np.float64).reshape(-1, layout.width))
+
+            self._reductions[key] = (record_type, MPI.Op.Create(combine, commute=True))
+        return self._reductions[key]
+
+    def exchange(self, agreed, layout, row, timeout_s: float | None = None, label: str = ""):
+        """(agreed reduced over all ranks, [ranks, width] rows on rank 0 / None elsewhere)."""
+        import numpy as np
+
+        if timeout_s is not None:
+            self._arrive(timeout_s, label)
+        record_type, op = self._reduction(layout)
+        out = np.empty_like(agreed)
+        self.world.Allreduce([agreed, 1, record_type], [out, 1, record_type], op=op)
+        rows = np.empty((self.size, row.size), np.float64) if self.rank == 0 else None
+        self.world.Gather(np.ascontiguousarray(row, np.float64), rows, root=0)
+        return out, rows
+
+    def gather_to_root(self, obj):
+        return self.world.gather(obj, root=0)
 
     def bcast(self, obj):
         return self.world.bcast(obj, root=0)

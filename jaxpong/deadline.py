@@ -44,6 +44,15 @@ class Deadline:
             return None
         return float(self.spec)
 
+    def observe_counts(self, fill_counts) -> None:
+        """Every rank calls this with the same reduced histogram of the ranks' fill-time estimates
+        (jaxpong/exchange.py), so all agree on the deadline: the lower median, to within 0.6 %."""
+        from jaxpong.exchange import lower_median_of_counts
+
+        median = lower_median_of_counts(fill_counts)
+        if self.spec == "auto" and median is not None:
+            self.auto_s = median * (1.0 + self.margin)
+
     def observe(self, fill_times) -> None:
         """Every rank calls this with the same gathered fill-time estimates, so all agree on the deadline."""
         times = [t for t in fill_times if np.isfinite(t) and t > 0]

@@ -1,9 +1,10 @@
 """The training loop: rounds of (collect until the deadline) -> (exchange per-round facts) -> (update).
 
 One rank is the degenerate case of many: the same code runs with a communicator that does nothing.
-Every rank issues the same collectives in the same order every round: one host gather of small
-per-round facts (its duration is the rank's wait: the late-sender cost), then the jitted update with
-one allreduce per optimizer step. Stop decisions are computed from gathered facts, so all ranks agree.
+Every rank issues the same collectives in the same order every round: the host exchange of fixed-size
+records (jaxpong/exchange.py; its duration is the rank's wait: the late-sender cost), then the jitted
+update with one allreduce per optimizer step. Stop decisions are computed from the agreed (reduced)
+facts, so all ranks agree.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import PROCESS_START, rundir
+from jaxpong import PROCESS_START
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.checkpoint import Checkpoints, ResumeRefused, resume_changes
 from jaxpong.config import Config, ConfigError, to_dict
 from jaxpong.deadline import Deadline, fill_time_estimate
 from jaxpong.keys import sampling_key
+from jaxpong.exchange import (FILL_BINS, Layout, agreed_layout, fill_bin, games_per_row, log_layout,
+                              read_rows, record_row)
 from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
 from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare, sparse_round
 from jaxpong.logger import Progress, RunLogger, log_line
@@ -58,6 +61,21 @@ class Counters:
     window_reward_ema: float | None = None  # the 2016 running reward, per round
 
 
+@dataclass
+class RoundOutcome:
+    """What one round leaves: the agreed facts (every rank), what rank 0 gathered (the ranks' previous
+    records and this round's games per rank; empty elsewhere), this rank's own record, the update's
+    metrics, this round's games flattened (rank 0) and whether the update was skipped."""
+
+    facts: dict
+    records: list
+    games_by_rank: list
+    record: dict
+    metrics: np.ndarray
+    games: list
+    skipped: int
+
+
 class Stop(Exception):
     def __init__(self, reason: str, code: int):
         super().__init__(reason)
@@ -86,6 +104,36 @@ def param_checksum(params) -> float:
     leaves = [np.asarray(x, np.float64).ravel() for x in jax.tree.leaves(params)]
     flat = np.concatenate(leaves)
     return float(flat.sum() + (flat * np.linspace(1.0, 2.0, flat.size)).sum())
+
+
+def target_reached(target: float, recent) -> bool:
+    """The last RECENT_GAMES full games average at least `target` (nan: never)."""
+    return not math.isnan(target) and len(recent) >= RECENT_GAMES and float(np.mean(recent)) >= target
+
+
+def stop_reason(cfg: Config, step: int, facts: dict, time_limit_s: float | None, run_dir: Path, world_size: int,
+                recent_mean: float | None = None) -> str:
+    """Why every rank stops after this round ("" to go on), from the agreed facts alone, so all agree.
+
+    A signal on any rank stops first; then --total-steps (counted over the whole run), --time-limit-s
+    (rank 0's seconds since its process started; `time_limit_s` replaces the configured limit), and
+    --target-return, which rank 0 asks for one round after its games reached it (`recent_mean`: its
+    last-20 mean, for the message).
+    """
+    if facts["signal"]:
+        from jaxpong.cli import resume_command
+
+        return (f"signal {signal.Signals(int(facts['signal'])).name} received; checkpoint written; to continue: "
+                f"{resume_command(run_dir, world_size)}")
+    if step >= cfg.run.total_steps:
+        return f"reached --total-steps {cfg.run.total_steps:,}"
+    limit = time_limit_s if time_limit_s is not None else cfg.run.time_limit_s
+    if limit and facts["rank0_process_s"] >= limit:
+        return f"reached --time-limit-s {limit:g}"
+    if facts["stop_request"]:
+        mean = f" (mean of the last {RECENT_GAMES} games {recent_mean:+.2f})" if recent_mean is not None else ""
+        return f"reached --target-return {cfg.run.target_return:g}{mean}"
+    return ""
 
 
 class SignalFlag:
@@ -177,6 +225,11 @@ class Trainer:
         self.rounds_here = 0  # rounds completed by this process (a resumed one compiles afresh too)
         self.first_update = self.counters.update  # the counter before this process's first round
         self.io_failure: WriteFailed | None = None  # rank 0: a failed write; every rank stops at the next exchange
+        self.target_reached = False  # rank 0: the last-20 mean reached --target-return; everyone stops next round
+        self.agreed_layout: Layout | None = None  # made at the first round, when the moments' size is known
+        self.game_slots = games_per_row(cfg.env.num_envs, buffer_steps(cfg, self.deadline))
+        self.log_layout = log_layout(self.game_slots)
+        self.carried_games: list = []  # finished games beyond a row's room, sent with the next round
         self.last_eval_s = 0.0  # how long rank 0's last evaluation took (every rank learns it from the records)
         self.best_checkpoints = None  # rank 0: checkpoints_best/, opened at the first evaluation
         self.best_eval_return: float | None = None
@@ -231,7 +284,7 @@ class Trainer:
                           compiles=compiles) + self._eval_allowance_s()
 
     # -- one round ---------------------------------------------------------------------------------
-    def _round(self, t0: float, pending_records: list):
+    def _round(self, t0: float, pending_record: dict | None):
         cfg, comm, c = self.cfg, self.comm, self.counters
         round_start = time.perf_counter()
         deadline_s = self.deadline.seconds()
@@ -253,49 +306,58 @@ class Trainer:
 
         check = cfg.dist.replication_check_every and c.update % cfg.dist.replication_check_every == 0
         signal_now = self.signals.received
-        self.signals.announce()  # after the read: a signal in this round's payload has been announced
-        payload = {
-            "records": pending_records,
-            "fill_s": fill_time_estimate(info.collect_s, info.filled_steps, cfg.env.num_envs, cfg.algo.num_steps),
-            "moments": moments,
-            "games": self.collector.scores.drain(),
-            "truncated": self.collector.scores.truncated,
-            "filled": info.filled_steps,
-            "masked": masked,
+        self.signals.announce()  # after the read: a signal in this round's record has been announced
+        games_here = self.carried_games + self.collector.scores.drain()
+        games_sent, self.carried_games = games_here[:self.game_slots], games_here[self.game_slots:]
+        checksum = param_checksum(self.state.params) if check and comm.size > 1 else -math.inf
+        fill_counts = np.zeros(FILL_BINS)
+        fill_at = fill_bin(fill_time_estimate(info.collect_s, info.filled_steps, cfg.env.num_envs, cfg.algo.num_steps))
+        if fill_at is not None:
+            fill_counts[fill_at] = 1.0
+        layout = self.agreed_layout = self.agreed_layout or agreed_layout(moments.size)
+        agreed = layout.pack({
+            "moments": moments, "filled": info.filled_steps, "masked": masked, "games": len(games_sent),
             # The 2016 criterion: reward summed over this round's window of play, per game stepped.
             "window_reward": float(np.asarray(batch.rewards)[np.asarray(batch.filled)].sum()) / cfg.env.num_envs,
-            "signal": signal_now,
-            "io_failure": str(self.io_failure) if self.io_failure is not None else None,
-            "elapsed_s": time.perf_counter() - t0,
-            "process_s": time.time() - PROCESS_START,
-            "checksum": param_checksum(self.state.params) if check and comm.size > 1 else None,
+            "rank0_process_s": time.time() - PROCESS_START if self.is_main else 0.0,
+            "fill_counts": fill_counts,
+            "signal": int(signal.Signals[signal_now]) if signal_now else 0,
+            "io_failure": float(self.io_failure is not None),
+            "stop_request": float(self.target_reached),
             "sparse_length": cells.length(order) if cells is not None else 0,
-        }
+            "checksum_max": checksum, "checksum_neg_min": -checksum,
+            "slowest_round_s": pending_record["collect_s"] + pending_record["compute_s"] if pending_record else 0.0,
+            "rank0_eval_s": self.last_eval_s if self.is_main else 0.0,
+        })
+        row = record_row(self.log_layout, pending_record, games_sent)
         t_wait = time.perf_counter()
         # Everyone waits here for the last rank: the late-sender cost.
         limit = self._hang_limit()
         label = f"the exchange after update {c.update}"
-        # The gather names a rank that never arrives; the watchdog covers one that stops halfway through.
+        # The arrival check names a rank that never arrives; the watchdog covers one that stops halfway through.
         self.watchdog.arm(label, limit + 5.0)
-        gathered = comm.gather(payload, timeout_s=limit, label=label)
+        reduced, rows = comm.exchange(agreed, layout, row, timeout_s=limit, label=label)
         self.watchdog.disarm()
         wait_s = time.perf_counter() - t_wait
-        prev = [r for p in gathered for r in p["records"]]
-        if prev:
-            self.slowest_round_s = max(r["collect_s"] + r["compute_s"] for r in prev)
-
-        sums = [p["checksum"] for p in gathered]
-        if sums[0] is not None and any(abs(s - sums[0]) > 1e-6 * max(1.0, abs(sums[0])) for s in sums):
-            raise Stop(f"ranks hold different parameters at update {c.update} (checksums {sums}); replication broke", EXIT_FAULT)
-        self.deadline.observe([p["fill_s"] for p in gathered])
-        norm = np.sum([p["moments"] for p in gathered], axis=0)
+        facts = layout.unpack(reduced)
+        logged = read_rows(self.log_layout, rows) if rows is not None else ([], [])
+        if facts["slowest_round_s"] > 0:
+            self.slowest_round_s = facts["slowest_round_s"]
+        self.last_eval_s = facts["rank0_eval_s"]
+        if math.isfinite(facts["checksum_max"]):
+            high, low = facts["checksum_max"], -facts["checksum_neg_min"]
+            if high - low > 1e-6 * max(1.0, abs(high)):
+                raise Stop(f"ranks hold different parameters at update {c.update} (checksums from {low} to {high}); "
+                           "replication broke", EXIT_FAULT)
+        self.deadline.observe_counts(facts["fill_counts"])
+        norm = facts["moments"]
 
         t_opt = time.perf_counter()
         sparse_features, compiles = None, False
         if cells is not None:
             # Every rank pads its lists to the round's longest: one shape on all ranks, so when a new
             # length makes the update compile again, all ranks compile in the same round.
-            length = max(p["sparse_length"] for p in gathered)
+            length = int(facts["sparse_length"])
             compiles = length not in self.sparse_lengths
             self.sparse_lengths.add(length)
             sparse_features = jax.tree.map(jnp.asarray, cells.minibatches(order, length))
@@ -311,17 +373,19 @@ class Trainer:
         compute_s = prep_s + (time.perf_counter() - t_opt)
 
         valid_global = int(round(norm[0]))
-        window = float(np.mean([p["window_reward"] for p in gathered]))
+        window = facts["window_reward"] / comm.size
         # Karpathy's running reward (0.99 decay), here per round: the moving average the 2016 run reported.
         ema = c.window_reward_ema
         c.window_reward_ema = window if ema is None else 0.99 * ema + 0.01 * window
-        games = [g for p in gathered for g in p["games"]]
+        games = [g for per_rank in logged[1] for g in per_rank]  # rank 0 only; the others learn the count
         c.update += 1
         c.step += valid_global
-        c.env_steps += sum(p["filled"] for p in gathered)
-        c.masked += sum(p["masked"] for p in gathered)
-        c.episodes += len(games)
+        c.env_steps += int(facts["filled"])
+        c.masked += int(facts["masked"])
+        c.episodes += int(facts["games"])
         self.recent.extend(r for r, _ in games)
+        # Rank 0 alone holds the games; it asks everyone to stop at the next exchange.
+        self.target_reached = self.is_main and target_reached(cfg.run.target_return, self.recent)
         # An update (round) is skipped when any of its optimizer steps had a non-finite gradient; optax
         # left parameters and optimizer state untouched for those steps, on every rank alike.
         skipped = int(int(self.state.opt_state.total_notfinite) > skipped_before)
@@ -334,7 +398,7 @@ class Trainer:
             "deadline_s": deadline_s,
         }
         self.rounds_here += 1
-        return gathered, record, metrics, games, skipped
+        return RoundOutcome(facts, logged[0], logged[1], record, metrics, games, skipped)
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self, time_limit_s: float | None = None) -> int:
@@ -349,7 +413,7 @@ class Trainer:
         t0 = self._live_t0 = time.perf_counter()
         progress = Progress(cfg.run.progress, cfg.run.total_steps, cfg.run.progress_every_s, enabled=self.is_main,
                             time_limit_s=time_limit_s if time_limit_s is not None else cfg.run.time_limit_s)
-        pending: list = []
+        pending: dict | None = None  # this rank's previous round's record, sent with the next exchange
         code, reason = EXIT_OK, ""
         last_log_step, last_log_time = c.step, 0.0
         start_step = c.step
@@ -357,23 +421,23 @@ class Trainer:
             if c.step >= cfg.run.total_steps:
                 raise Stop(f"already at --total-steps {cfg.run.total_steps:,} (step {c.step:,}); nothing to train", EXIT_OK)
             while True:
-                gathered, record, metrics, games, skipped = self._round(t0, pending)
-                pending = [record]
-                self._account(gathered)
+                out = self._round(t0, pending)
+                pending = record = out.record
+                self._account(out.records)
                 now = time.perf_counter() - t0
-                eval_metrics = self._evaluate_between_rounds(gathered, record)  # rank 0 only, when due
+                eval_metrics = self._evaluate_between_rounds(record)  # rank 0 only, when due
                 self._video_between_rounds(record)  # rank 0 only, when due (--video-every)
                 if self.is_main and self.io_failure is None:
                     try:
-                        self.logger.log_ranks([r for p in gathered for r in p["records"]])
+                        self.logger.log_ranks(out.records)
                         self.logger.log_games([
                             {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3),
                              "process_s": round(time.time() - PROCESS_START, 3), "rank": k, "return": ret, "length": n}
-                            for k, p in enumerate(gathered) for ret, n in p["games"]])
+                            for k, per_rank in enumerate(out.games_by_rank) for ret, n in per_rank])
                         if c.update % cfg.run.log_every == 0 or eval_metrics:
                             sps = (c.step - last_log_step) / max(now - last_log_time, 1e-9)
                             last_log_step, last_log_time = c.step, now
-                            self._log(now, sps, metrics, games, gathered, record, skipped, extra=eval_metrics)
+                            self._log(now, sps, out, extra=eval_metrics)
                     except WriteFailed as err:
                         self.io_failure = err  # every rank learns of it at the next exchange and stops
                 if self.is_main:
@@ -382,7 +446,7 @@ class Trainer:
                 if self.consecutive_skips >= cfg.run.max_bad_updates:
                     raise Stop(f"{self.consecutive_skips} consecutive updates had non-finite "
                                "gradients; stopping with the last good checkpoint kept", EXIT_FAULT)
-                reason = self._stop_reason(gathered, time_limit_s)
+                reason = self._stop_reason(out.facts, time_limit_s)
                 if reason:
                     break
                 if self.is_main and self.io_failure is None and c.update % cfg.run.checkpoint_every == 0:
@@ -394,18 +458,23 @@ class Trainer:
             code, reason = stop.code, stop.reason
         finally:
             progress.close()
-        # The last round's timings and a final replication check: one more gather, which every rank makes.
-        final = comm.gather({"records": pending, "checksum": param_checksum(self.state.params)},
-                            timeout_s=self._hang_limit(), label="the final exchange")
+        # The last round's timings and a final replication check: one more exchange, which every rank makes.
+        layout = self.agreed_layout or agreed_layout(1)
+        checksum = param_checksum(self.state.params)
+        reduced, rows = comm.exchange(layout.pack({"checksum_max": checksum, "checksum_neg_min": -checksum}), layout,
+                                      record_row(self.log_layout, pending, []), timeout_s=self._hang_limit(),
+                                      label="the final exchange")
+        final_records = read_rows(self.log_layout, rows)[0] if rows is not None else []
         c.elapsed_s += time.perf_counter() - t0
         self._live_t0 = None
-        sums = [p["checksum"] for p in final]
-        if any(abs(s - sums[0]) > 1e-6 * max(1.0, abs(sums[0])) for s in sums):
-            code, reason = EXIT_FAULT, f"ranks ended with different parameters (checksums {sums}); replication broke"
+        facts = layout.unpack(reduced)
+        high, low = facts["checksum_max"], -facts["checksum_neg_min"]
+        if high - low > 1e-6 * max(1.0, abs(high)):
+            code, reason = EXIT_FAULT, f"ranks ended with different parameters (checksums from {low} to {high}); replication broke"
         if self.is_main:
             if comm.size > 1 and code != EXIT_FAULT:
-                log_line(f"parameters identical on all {comm.size} ranks at the end (checksum {sums[0]:.6g})")
-            code, reason = self._finish_files(final, code, reason)
+                log_line(f"parameters identical on all {comm.size} ranks at the end (checksum {high:.6g})")
+            code, reason = self._finish_files(final_records, code, reason)
             log_line(f"stopped: {reason} (update {c.update}, step {c.step:,}, {c.episodes} games, "
                      f"return(last {RECENT_GAMES}) {self._fmt(self.recent_mean())})")
             if code != EXIT_IO_ERROR:
@@ -417,7 +486,7 @@ class Trainer:
             code = EXIT_PREEMPTED
         return code
 
-    def _finish_files(self, final: list, code: int, reason: str) -> tuple[int, str]:
+    def _finish_files(self, final_records: list, code: int, reason: str) -> tuple[int, str]:
         """Rank 0 at the end: the last timings, the final checkpoint (unless the last checkpoint write
         failed: the disk is most likely still full), closing the logs. Any failed write makes the exit
         status EXIT_IO_ERROR and the reason one line that says what failed and where to resume from."""
@@ -428,7 +497,7 @@ class Trainer:
                 self.io_failure = self.io_failure or err
 
         if self.io_failure is None:
-            attempt(lambda: self.logger.log_ranks([r for p in final for r in p["records"]]))
+            attempt(lambda: self.logger.log_ranks(final_records))
         if code != EXIT_FAULT and (self.io_failure is None or self.io_failure.what != "checkpoint"):
             attempt(self.save)
         attempt(self.logger.close)
@@ -450,33 +519,18 @@ class Trainer:
         except Exception as err:  # noqa: BLE001 - the run itself has succeeded; say so and move on
             log_line(f"imbalance report not written ({type(err).__name__}: {err}); try `jaxpong report {self.run_dir}`")
 
-    def _account(self, gathered):
-        for p in gathered:
-            for r in p["records"]:
-                if r["update"] > self.first_update + 1:  # a process's first round includes compilation
-                    t = self.rank_totals[r["rank"]]
-                    t += [r["wait_s"], r["collect_s"] + r["compute_s"], r["valid_samples"], r["masked_samples"]]
+    def _account(self, records: list[dict]):
+        """Rank 0: per-rank totals of wait, busy time and samples, from the gathered records."""
+        for r in records:
+            if r["update"] > self.first_update + 1:  # a process's first round includes compilation
+                t = self.rank_totals[r["rank"]]
+                t += [r["wait_s"], r["collect_s"] + r["compute_s"], r["valid_samples"], r["masked_samples"]]
 
-    def _stop_reason(self, gathered, time_limit_s) -> str:
-        cfg, c = self.cfg, self.counters
-        failures = [p["io_failure"] for p in gathered if p.get("io_failure")]
-        if failures:
-            raise Stop(failures[0], EXIT_IO_ERROR)
-        signals = [p["signal"] for p in gathered if p["signal"]]
-        if signals:
-            from jaxpong.cli import resume_command
-
-            return (f"signal {signals[0]} received; checkpoint written; to continue: "
-                    f"{resume_command(self.run_dir, self.comm.size)}")
-        if c.step >= cfg.run.total_steps:
-            return f"reached --total-steps {cfg.run.total_steps:,}"
-        limit = time_limit_s if time_limit_s is not None else cfg.run.time_limit_s
-        if limit and gathered[0]["process_s"] >= limit:
-            return f"reached --time-limit-s {limit:g}"
-        target = cfg.run.target_return
-        if not math.isnan(target) and len(self.recent) >= RECENT_GAMES and self.recent_mean() >= target:
-            return f"reached --target-return {target:g} (mean of the last {RECENT_GAMES} games {self.recent_mean():+.2f})"
-        return ""
+    def _stop_reason(self, facts: dict, time_limit_s) -> str:
+        if facts["io_failure"]:
+            raise Stop(str(self.io_failure) if self.io_failure else "rank 0 could not write a file of the run", EXIT_IO_ERROR)
+        return stop_reason(self.cfg, self.counters.step, facts, time_limit_s, self.run_dir, self.comm.size,
+                           self.recent_mean() if self.is_main else None)
 
     def recent_mean(self):
         return float(np.mean(self.recent)) if self.recent else None
@@ -485,8 +539,8 @@ class Trainer:
     def _fmt(x):
         return "-" if x is None else f"{x:+.2f}"
 
-    def _log(self, now, sps, metrics, games, gathered, record, skipped, extra: dict | None = None):
-        c = self.counters
+    def _log(self, now, sps, out: RoundOutcome, extra: dict | None = None):
+        c, games, facts = self.counters, out.games, out.facts
         line = {"update": c.update, "step": c.step, "time_s": round(c.elapsed_s + now, 3),
                 "process_s": round(time.time() - PROCESS_START, 3), "wall_time": round(time.time(), 3),
                 "charts/SPS": round(sps, 1),
@@ -497,25 +551,23 @@ class Trainer:
             line["charts/episodic_length"] = float(np.mean([n for _, n in games]))
         if self.recent:
             line["charts/return_last20"] = self.recent_mean()
-        line["charts/window_reward"] = float(np.mean([p["window_reward"] for p in gathered]))
+        line["charts/window_reward"] = facts["window_reward"] / self.comm.size
         line["charts/window_reward_ema"] = c.window_reward_ema
-        for name, value in zip(self.metric_names, metrics):
+        for name, value in zip(self.metric_names, out.metrics):
             line[name] = float(value)
-        valid = sum(int(p["moments"][0]) for p in gathered)
-        masked = sum(p["masked"] for p in gathered)
+        valid, masked = int(facts["moments"][0]), int(facts["masked"])
         waits = [t[0] / max(t[0] + t[1], 1e-12) for t in self.rank_totals.values()]
         line.update({
             "comm/world_size": self.comm.size,
             "comm/masked_fraction": masked / max(valid + masked, 1),
-            "comm/deadline_s": record["deadline_s"] or 0.0,
+            "comm/deadline_s": out.record["deadline_s"] or 0.0,
             "faults/skipped_updates": c.skipped_updates,
         })
         if waits:
             line["comm/wait_fraction_max"] = max(waits)
             line["comm/wait_fraction_mean"] = float(np.mean(waits))
-        prev = [r for p in gathered for r in p["records"]]
-        if prev:
-            line["comm/allreduce_ms"] = 1000.0 * min(r["wait_s"] for r in prev)
+        if out.records:
+            line["comm/allreduce_ms"] = 1000.0 * min(r["wait_s"] for r in out.records)
         line.update(extra or {})
         self.logger.log(line)
 
@@ -553,13 +605,9 @@ class Trainer:
             return 0.0
         return max(10 * self.cfg.dist.hang_timeout_s, 3 * self.last_eval_s)
 
-    def _evaluate_between_rounds(self, gathered, record: dict) -> dict:
-        """Every rank: note rank 0's last evaluation time. Rank 0, when due: evaluate, keep the best
-        checkpoint, and return the eval/* metrics for this update's line ({} otherwise)."""
-        for p in gathered:
-            for r in p["records"]:
-                if "eval_s" in r:
-                    self.last_eval_s = r["eval_s"]
+    def _evaluate_between_rounds(self, record: dict) -> dict:
+        """Rank 0, when due: evaluate, keep the best checkpoint, and return the eval/* metrics for this
+        update's line ({} otherwise). Its duration reaches every rank with the next exchange."""
         if not (self.is_main and self._eval_due(self.counters.update)):
             return {}
         from jaxpong.evaluate import play_games
@@ -569,7 +617,7 @@ class Trainer:
         result = play_games(self.cfg, self.state.params, episodes=self.cfg.run.eval_episodes, seed=self.cfg.run.seed,
                             greedy=True, policy_step=self.policy_step)
         summary = result.summary()
-        record["eval_s"] = round(result.seconds, 6)  # reaches every rank with the next gather
+        record["eval_s"] = round(result.seconds, 6)  # for ranks.jsonl
         self.last_eval_s = result.seconds
         if self.best_checkpoints is None:
             self.best_checkpoints = Checkpoints(self.run_dir / BEST_DIR, keep=1)

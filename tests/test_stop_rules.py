@@ -1,70 +1,75 @@
-"""When training stops: Trainer._stop_reason on constructed state (no envs, no jax work)."""
+"""When training stops: the stop rules as pure functions of the config, the step count and the facts
+every rank agrees on after a round's exchange (no envs, no jax work)."""
 
 from __future__ import annotations
 
 import collections
 import math
+import signal
+from pathlib import Path
 
 import pytest
 
 from jaxpong.config import Config
-from jaxpong.train import RECENT_GAMES, Counters, Trainer
+from jaxpong.train import RECENT_GAMES, stop_reason, target_reached
 
 
-def bare_trainer(total_steps=10_000, time_limit_s=0.0, target_return=math.nan, step=0, returns=()):
-    """A Trainer with only what the stop rules read (cfg, counters, recent games)."""
-    trainer = object.__new__(Trainer)
-    trainer.cfg = Config()
-    trainer.cfg.run.total_steps = total_steps
-    trainer.cfg.run.time_limit_s = time_limit_s
-    trainer.cfg.run.target_return = target_return
-    trainer.counters = Counters(step=step)
-    trainer.recent = collections.deque(returns, maxlen=RECENT_GAMES)
-    return trainer
+def config(total_steps=10_000, time_limit_s=0.0, target_return=math.nan) -> Config:
+    cfg = Config()
+    cfg.run.total_steps, cfg.run.time_limit_s, cfg.run.target_return = total_steps, time_limit_s, target_return
+    return cfg
 
 
-def gathered(process_s=1.0, signal=None):
-    return [{"signal": signal, "process_s": process_s}, {"signal": None, "process_s": process_s + 5}]
+def facts(process_s=1.0, sig=0, stop_request=0.0):
+    """The agreed facts the stop rules read: rank 0's process seconds, a signal's number, rank 0's stop request."""
+    return {"rank0_process_s": process_s, "signal": float(sig), "stop_request": stop_request}
+
+
+def reason(cfg, step=0, f=None, time_limit_s=None, recent_mean=None):
+    return stop_reason(cfg, step, f or facts(), time_limit_s, Path("runs/x"), 2, recent_mean)
 
 
 def test_nothing_stops_a_young_run():
-    assert bare_trainer()._stop_reason(gathered(), None) == ""
+    assert reason(config()) == ""
 
 
 def test_total_steps():
-    assert bare_trainer(step=9_999)._stop_reason(gathered(), None) == ""
-    assert "--total-steps 10,000" in bare_trainer(step=10_000)._stop_reason(gathered(), None)
-    assert "--total-steps" in bare_trainer(step=10_256)._stop_reason(gathered(), None)
+    assert reason(config(), step=9_999) == ""
+    assert "--total-steps 10,000" in reason(config(), step=10_000)
+    assert "--total-steps" in reason(config(), step=10_256)
 
 
 def test_time_limit_uses_rank_0_elapsed_time():
-    t = bare_trainer(time_limit_s=30.0)
-    assert t._stop_reason(gathered(process_s=29.9), None) == ""  # rank 1's 34.9 s does not count
-    assert "--time-limit-s 30" in t._stop_reason(gathered(process_s=30.0), None)
+    cfg = config(time_limit_s=30.0)
+    assert reason(cfg, f=facts(process_s=29.9)) == ""
+    assert "--time-limit-s 30" in reason(cfg, f=facts(process_s=30.0))
     # An explicit limit passed to run() replaces the configured one.
-    assert "--time-limit-s 5" in t._stop_reason(gathered(process_s=6.0), 5.0)
-    assert bare_trainer(time_limit_s=0.0)._stop_reason(gathered(process_s=1e9), None) == ""  # 0 = none
+    assert "--time-limit-s 5" in reason(cfg, f=facts(process_s=6.0), time_limit_s=5.0)
+    assert reason(config(time_limit_s=0.0), f=facts(process_s=1e9)) == ""  # 0 = none
 
 
 def test_target_return_needs_twenty_games_with_a_mean_at_least_the_target():
     assert RECENT_GAMES == 20
-    # 19 perfect games are not enough.
-    assert bare_trainer(target_return=0.0, returns=[21.0] * 19)._stop_reason(gathered(), None) == ""
-    # 20 games averaging exactly the target: stop.
-    reason = bare_trainer(target_return=0.0, returns=[-2.0, 2.0] * 10)._stop_reason(gathered(), None)
-    assert "--target-return 0" in reason and "+0.00" in reason
-    # Just below the target: go on.
-    assert bare_trainer(target_return=0.0, returns=[-2.0, 2.0] * 9 + [-2.0, 1.9])._stop_reason(gathered(), None) == ""
-    # Only the last 20 games count: 10 early losses then 20 wins.
-    assert "--target-return" in bare_trainer(target_return=20.0, returns=[-21.0] * 10 + [21.0] * 20)._stop_reason(gathered(), None)
-    # nan = never, however good.
-    assert bare_trainer(target_return=math.nan, returns=[21.0] * 20)._stop_reason(gathered(), None) == ""
+
+    def recent(returns):
+        return collections.deque(returns, maxlen=RECENT_GAMES)
+
+    assert not target_reached(0.0, recent([21.0] * 19))  # 19 perfect games are not enough
+    assert target_reached(0.0, recent([-2.0, 2.0] * 10))  # 20 games averaging exactly the target
+    assert not target_reached(0.0, recent([-2.0, 2.0] * 9 + [-2.0, 1.9]))  # just below
+    assert target_reached(20.0, recent([-21.0] * 10 + [21.0] * 20))  # only the last 20 count
+    assert not target_reached(math.nan, recent([21.0] * 20))  # nan = never, however good
 
 
-@pytest.mark.parametrize("signal", ["SIGTERM", "SIGINT"])
-def test_a_signal_on_any_rank_stops_first(signal):
-    t = bare_trainer(step=10_000)  # the step limit is reached too: the signal is what is reported
-    g = gathered()
-    g[1]["signal"] = signal
-    reason = t._stop_reason(g, None)
-    assert reason.startswith(f"signal {signal}") and "--resume" in reason
+def test_rank_0s_stop_request_stops_every_rank():
+    cfg = config(target_return=0.0)
+    assert reason(cfg, f=facts(stop_request=0.0)) == ""
+    assert reason(cfg, f=facts(stop_request=1.0), recent_mean=0.0) == \
+        "reached --target-return 0 (mean of the last 20 games +0.00)"
+    assert reason(cfg, f=facts(stop_request=1.0)) == "reached --target-return 0"  # another rank: no games to quote
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_on_any_rank_stops_first(sig):
+    text = reason(config(), step=10_000, f=facts(sig=int(sig)))  # the step limit is reached too
+    assert text.startswith(f"signal {sig.name}") and "--resume" in text

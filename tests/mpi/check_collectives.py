@@ -15,6 +15,7 @@ from jaxpong.batch import Batch
 from jaxpong.comm import LocalComm, MpiComm
 from jaxpong.learner import make_optimize, make_optimizer, make_prepare
 from jaxpong.networks import make_network
+from jaxpong.exchange import agreed_layout, log_layout, record_row
 from jaxpong.train import init_state
 
 comm = MpiComm()
@@ -86,7 +87,12 @@ for algo, extra in (("pg", {"pg_unscored": "mask"}), ("ppo", {"num_minibatches":
     prepare = make_prepare(cfg, apply_fn)
     mine = jax.tree.map(jnp.asarray, batches[rank])
     targets, moments = prepare(state.params, mine)
-    norm = np.sum(comm.gather(np.asarray(moments, np.float64)), axis=0)
+    # Global moments through the trainer's own per-round exchange (its agreed record sums them).
+    layout = agreed_layout(np.asarray(moments).size)
+    reduced, _ = comm.exchange(layout.pack({"moments": np.asarray(moments, np.float64), "checksum_max": -np.inf,
+                                            "checksum_neg_min": -np.inf}),
+                               layout, record_row(log_layout(4), None, []), timeout_s=120, label="the test's exchange")
+    norm = layout.unpack(reduced)["moments"]
     multi, _, counts = make_optimize(cfg, apply_fn, opt, comm.allreduce_sum)(state, mine, targets, jnp.asarray(norm, jnp.float32), 1.0, 1.0)
     # The same maths on one process: both ranks' envs side by side as one batch of 2N envs.
     joined = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1 if a.ndim >= 2 and a.shape[0] == T else 0),
@@ -101,7 +107,7 @@ for algo, extra in (("pg", {"pg_unscored": "mask"}), ("ppo", {"num_minibatches":
         if not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6):
             fail(f"{algo}: 2-rank update differs from 1-rank update on concatenated data "
                  f"(max diff {np.abs(np.asarray(a) - np.asarray(b)).max()})")
-    sums = comm.gather(float(sum(np.asarray(l, np.float64).sum() for l in jax.tree.leaves(multi.params))))
+    sums = comm.world.allgather(float(sum(np.asarray(l, np.float64).sum() for l in jax.tree.leaves(multi.params))))
     if sums[0] != sums[1]:
         fail(f"{algo}: ranks hold different parameters after the update: {sums}")
     ok(f"{algo}_two_ranks_equal_one_rank_with_twice_the_data")
