@@ -247,8 +247,9 @@ def test_trace_with_a_prepare_phase(tmp_path):
 # -- a real 16-rank run ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def sixteen_rank_run(tmp_path_factory) -> Path:
-    """16 ranks on 2 cores (oversubscribed), smoke config, 2 envs a rank, rank 5 stepping 3x slower:
-    12 rounds of 1,024 steps. Made once per test session (a few minutes, mostly 16 start-ups)."""
+    """16 ranks on 2 cores (oversubscribed), smoke config (auto deadline), 2 envs a rank, rank 5 stepping 3x
+    slower: 12 rounds of 1,024 steps. Made once per test module: 2-7 minutes, mostly 16 start-ups and
+    compiles, longer on a loaded machine."""
     run = tmp_path_factory.mktemp("r16") / "run"
     train = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG), "--run-dir", str(run),
              "--num-envs", "2", "--num-threads", "1", "--total-steps", "12288", "--slow-rank", "5",
@@ -275,10 +276,10 @@ def test_report_names_the_slow_rank_among_16(sixteen_rank_run, tmp_path):
     assert rep.returncode == 0, rep.stderr
     doc = last_json(rep.stdout)
     assert doc["picture"] == "timeline" and doc["num_ranks"] == 16
-    assert doc["late_senders"] == [5], doc["finding"]
-    assert doc["finding"].startswith("rank 5 is the late sender")
-    slow = next(r for r in doc["ranks"] if r["rank"] == 5)
-    assert slow["last_arrivals"] == max(r["last_arrivals"] for r in doc["ranks"])
+    # Under the auto deadline (16 ranks) the slow rank is cut and arrives on time with fewer samples: it is
+    # named as the slow collector; were it not cut, it would be the late sender. Either way, rank 5 alone.
+    assert set(doc["late_senders"]) | set(doc["slow_collectors"]) == {5}, doc["finding"]
+    assert doc["finding"].startswith("rank 5 is the late sender") or "Rank 5 plays slowly" in doc["finding"]
     width, height = png_size(run / "imbalance.png")
     assert 1000 <= width <= 1400 and 800 <= height <= 2000
     evals = sum(1 for r in records if r.get("eval_s"))
@@ -289,5 +290,6 @@ def test_report_names_the_slow_rank_among_16(sixteen_rank_run, tmp_path):
     heat = subprocess.run([sys.executable, "-m", "jaxpong", "report", str(run), "--picture", "heatmap", "--out",
                            str(tmp_path / "heat.png")], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert heat.returncode == 0, heat.stderr
-    assert last_json(heat.stdout)["late_senders"] == [5]
+    heat_doc = last_json(heat.stdout)
+    assert heat_doc["picture"] == "heatmap" and heat_doc["finding"] == doc["finding"]
     assert png_size(tmp_path / "heat.png") == (1500, 950)
