@@ -705,8 +705,9 @@ def plot_heatmap(rounds: Rounds, stats: list[RankStats], path: Path, text: str =
 def write_trace(rounds: Rounds, path: Path, last_rounds: int = 0, name: str = "") -> dict:
     """The per-rank timeline as Chrome trace events (the JSON object format; Perfetto, chrome://tracing).
 
-    One process (pid 1, named by a "process_name" metadata event); one thread per rank (tid = rank,
-    named "rank N" by "thread_name", ordered by "thread_sort_index"). Each round of each rank gives
+    One process (pid 1, named by a "process_name" metadata event); one thread (track) per rank, named
+    "rank N" by "thread_name" and ordered by "thread_sort_index", with tid = rank + 1 (some viewers
+    fold tid 0 into tid 1). Each round of each rank gives
     complete events ("ph": "X"), back to back from its start_s: collect, prepare (where records have
     prepare_s), wait, update (compute_s less prepare_s), and eval on rank 0 where eval_s > 0.
     ts and dur are whole microseconds (the records' resolution) since the start barrier; each event's
@@ -724,10 +725,11 @@ def write_trace(rounds: Rounds, path: Path, last_rounds: int = 0, name: str = ""
     events = 0
     with open(path, "w") as out:
         out.write('{"traceEvents": [\n')
-        meta = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": f"jaxpong {name}".strip()}}]
+        meta = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": f"jaxpong {name}".strip()}}]
         for rank in rounds.rank_rows():
-            meta.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": int(rank), "args": {"name": f"rank {rank}"}})
-            meta.append({"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": int(rank),
+            meta.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": int(rank) + 1,
+                         "args": {"name": f"rank {rank}"}})
+            meta.append({"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": int(rank) + 1,
                          "args": {"sort_index": int(rank)}})
         out.write(",\n".join(json.dumps(m) for m in meta))
         for rank in rounds.rank_rows():
@@ -741,7 +743,7 @@ def write_trace(rounds: Rounds, path: Path, last_rounds: int = 0, name: str = ""
                 d = np.nan_to_num(seconds[phase][rank, here]) * 1e6
                 parts.append((phase, t.tolist(), d.tolist()))
                 t = t + d
-            lines = [f'{{"name":"{phase}","ph":"X","pid":1,"tid":{rank},"ts":{ts[i]:.0f},"dur":{dur[i]:.0f},'
+            lines = [f'{{"name":"{phase}","ph":"X","pid":1,"tid":{rank + 1},"ts":{ts[i]:.0f},"dur":{dur[i]:.0f},'
                      f'"args":{{"update":{u}}}}}'
                      for i, u in enumerate(updates) for phase, ts, dur in parts if phase != "eval" or dur[i] > 0]
             events += len(lines)

@@ -186,7 +186,7 @@ TRACE_RECORDS = [  # 2 ranks x 2 rounds; rank 1 is late; rank 0 evaluates after 
 
 
 def _x(name, rank, ts, dur, update):
-    return {"name": name, "ph": "X", "pid": 1, "tid": rank, "ts": ts, "dur": dur, "args": {"update": update}}
+    return {"name": name, "ph": "X", "pid": 1, "tid": rank + 1, "ts": ts, "dur": dur, "args": {"update": update}}
 
 
 def _trace(run: Path) -> tuple[list[dict], list[dict], dict]:
@@ -209,13 +209,13 @@ def test_trace_events_by_hand(tmp_path, capsys):
     doc = last_json(capsys.readouterr()[0])
     meta, complete, whole = _trace(run)
     assert whole["displayTimeUnit"] == "ms"
-    # one process, one named and ordered thread (track) per rank
+    # one process, one named and ordered thread (track) per rank, tid = rank + 1
     assert meta == [
-        {"name": "process_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "jaxpong run"}},
-        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 0, "args": {"name": "rank 0"}},
-        {"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": 0, "args": {"sort_index": 0}},
-        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "rank 1"}},
-        {"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": 1, "args": {"sort_index": 1}},
+        {"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "jaxpong run"}},
+        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": "rank 0"}},
+        {"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": 1, "args": {"sort_index": 0}},
+        {"name": "thread_name", "ph": "M", "pid": 1, "tid": 2, "args": {"name": "rank 1"}},
+        {"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": 2, "args": {"sort_index": 1}},
     ]
     # ranks x rounds x (collect, wait, update) + rank 0's evaluation; microseconds, back to back
     assert len(complete) == 2 * 2 * 3 + 1 == doc["trace_events"]
