@@ -552,8 +552,26 @@ def plot_timeline(rounds: Rounds, stats: list[RankStats], path: Path, last_round
         bx.set_xlabel("rank")
     bx.set_ylim(0, max(0.1, max(wait + masked) * 1.3))
     bx.set_ylabel("fraction (rounds after the first)")
-    bx.legend(loc="upper right", fontsize=9, frameon=False)
-    bx.set_title("per rank: share of time waiting, share of samples masked; 'last' = rounds it arrived last", fontsize=10)
+    # collection speed against the median rank's: a slow rank that a deadline cuts waits no less than the
+    # others and is never last, but plays fewer samples per second
+    speeds = np.array([s.collect_speed for s in stats])
+    typical = float(np.median(speeds)) if len(speeds) else 0.0
+    handles, labels = bx.get_legend_handles_labels()
+    if typical > 0:
+        cx = bx.twinx()
+        ratio = speeds / typical
+        cx.plot(x, ratio, "o", color=COLOURS["collect"], markersize=5,
+                label="collection speed / the median rank's (right axis)")
+        for i in np.flatnonzero(ratio < SLOW_COLLECTOR):
+            cx.annotate(f"{ratio[i]:.2f}x", (x[i], ratio[i]), xytext=(6, -3), textcoords="offset points",
+                        fontsize=8, color=COLOURS["collect"])
+        cx.set_ylim(0, max(1.5, float(ratio.max()) * 1.3))  # room for the legend above the points
+        cx.set_ylabel("collection speed / median", color=COLOURS["collect"])
+        more_handles, more_labels = cx.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    bx.legend(handles, labels, loc="upper left", fontsize=9, frameon=False, ncol=3)
+    bx.set_title("per rank: share of time waiting, share of samples masked ('last': rounds it arrived last), "
+                 "speed of collection", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
