@@ -31,8 +31,10 @@ Collectives, a latency-bandwidth (alpha-beta) model:
 
     allreduce(N, n) = 2 (N - 1) alpha + 2 (N - 1) / N * n / beta      ring allreduce: reduce-scatter then
                                                                       allgather, N - 1 steps each
-    gather(N)       = ceil(log2 N) * gather_latency + (N - 1) * m / beta   recursive-doubling allgather of
-                                                                      the per-round facts, m bytes per rank
+    gather(N)       = ceil(log2 N) * gather_latency + (N - 1) * m / beta   the per-round exchange: arrival
+                                                                      check, Allreduce of the agreed record,
+                                                                      Gather of an m-byte row per rank to
+                                                                      rank 0 (jaxpong/exchange.py)
 
 (Patarasuk & Yuan 2009, "Bandwidth optimal all-reduce algorithms"; Thakur, Rabenseifner & Gropp
 2005, "Optimization of collective communication operations in MPICH"). Both are 0 for one rank.
@@ -91,8 +93,8 @@ class Collectives:
 
     latency_s: float = 5e-6  # alpha: one message step of the allreduce
     bandwidth_bytes_per_s: float = 5e9  # beta
-    gather_latency_s: float = 1e-4  # one doubling step of the host gather (pickling included)
-    gather_bytes_per_rank: float = 2048.0  # the per-round facts each rank sends
+    gather_latency_s: float = 1e-4  # one tree step of the per-round exchange (its three collectives)
+    gather_bytes_per_rank: float = 608.0  # the fixed-width row each rank sends to rank 0 (default config)
 
     def allreduce_s(self, ranks: int, nbytes: float) -> float:
         if ranks <= 1:
@@ -540,31 +542,58 @@ def calibrate(out_path) -> int:
     # largest (pure bandwidth); a least-squares line is at the mercy of one noisy size on a shared machine
     alpha = min(times[:3]) / (2 * (size - 1))
     beta = 2 * (size - 1) / size * sizes[-1] / max(times[-1] - 2 * (size - 1) * alpha, 1e-9)
-    payload = {"records": [{"update": 1, "rank": 0, "start_s": 0.0, "collect_s": 0.1, "compute_s": 0.1, "wait_s": 0.0,
-                            "valid_samples": 128, "masked_samples": 0, "cut_by_deadline": False, "deadline_s": None}],
-               "fill_s": 0.1, "moments": np.zeros(3), "games": [], "truncated": 0, "filled": 128, "masked": 0,
-               "signal": None, "elapsed_s": 1.0, "checksum": None}
-    import pickle
-
-    gather_bytes = len(pickle.dumps(payload))
-    comm.allgather(payload)
-    best = math.inf
-    for _ in range(5):
-        comm.Barrier()
-        t = time.perf_counter()
-        for _ in range(200):
-            comm.allgather(payload)
-        best = min(best, (time.perf_counter() - t) / 200)
-    gather_t = comm.allreduce(best, op=MPI.MAX)
+    gather_t, old_t, gather_bytes = _time_exchanges(comm, size)
     gather_latency = max(1e-7, gather_t - (size - 1) * gather_bytes / beta) / math.ceil(math.log2(size))
     coll = Collectives(latency_s=alpha, bandwidth_bytes_per_s=beta, gather_latency_s=gather_latency,
                        gather_bytes_per_rank=float(gather_bytes))
     if comm.Get_rank() == 0:
         doc = {"collectives": dataclasses.asdict(coll), "ranks": size, "library": MPI.Get_library_version().split("\n")[0],
-               "allreduce_s": dict(zip(map(str, sizes), times)), "gather_s": gather_t}
+               "allreduce_s": dict(zip(map(str, sizes), times)), "exchange_s": gather_t,
+               "pickled_allgather_s": old_t}
         Path(out_path).write_text(json.dumps(doc, indent=1) + "\n")
         print(json.dumps(doc))
     return 0
+
+
+def _time_exchanges(comm, size: int, reps: int = 200) -> tuple[float, float, int]:
+    """(seconds of train's per-round exchange, seconds of the pickled allgather it replaced, bytes of one
+    rank's gathered row), each the best of 5 x `reps` after a barrier, the slowest rank's. Both include
+    the arrival check. The records are the default config's: 3 moments, 32 envs' game slots."""
+    from mpi4py import MPI
+
+    from jaxpong.comm import MpiComm
+    from jaxpong.exchange import FILL_BINS, agreed_layout, games_per_row, log_layout, record_row
+
+    mpi = MpiComm()
+    record = {"update": 1, "rank": comm.Get_rank(), "start_s": 0.0, "collect_s": 0.1, "compute_s": 0.1, "wait_s": 0.0,
+              "valid_samples": 2048, "masked_samples": 0, "cut_by_deadline": False, "deadline_s": None}
+    games = [(-21.0, 812)]
+    layout, logs = agreed_layout(3), log_layout(games_per_row(32, 80))
+    agreed = layout.pack({"moments": [2048.0, 1.0, 2.0], "fill_counts": np.eye(FILL_BINS)[700], "checksum_max": 1.0,
+                          "checksum_neg_min": -1.0})
+    row = record_row(logs, record, games)
+    # What each rank sent before: its previous record, games, moments and flags, pickled, to every rank.
+    payload = {"records": [record], "fill_s": 0.1, "moments": np.zeros(3), "games": games, "truncated": 0,
+               "filled": 2048, "masked": 0, "window_reward": 0.0, "signal": None, "io_failure": None,
+               "elapsed_s": 1.0, "process_s": 1.0, "checksum": None, "sparse_length": 4096}
+
+    def new():
+        mpi.exchange(agreed, layout, row, timeout_s=600, label="calibration")
+
+    def old():
+        mpi._arrive(600, "calibration")
+        comm.allgather(payload)
+
+    best = {"new": math.inf, "old": math.inf}
+    new(), old()
+    for _ in range(5):  # interleaved, so that a busy spell of the machine hits both
+        for name, once in (("new", new), ("old", old)):
+            comm.Barrier()
+            t = time.perf_counter()
+            for _ in range(reps):
+                once()
+            best[name] = min(best[name], (time.perf_counter() - t) / reps)
+    return comm.allreduce(best["new"], op=MPI.MAX), comm.allreduce(best["old"], op=MPI.MAX), row.nbytes
 
 
 # -- validation against real runs -----------------------------------------------------------------
