@@ -36,11 +36,11 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 def write_many_rank_run(run_dir: Path, ranks: int, rounds: int, late=(1234,), masked_rank: int | None = None,
-                        seed: int = 0) -> Path:
+                        cut_rank: int | None = None, seed: int = 0) -> Path:
     """A synthetic ranks.jsonl: every rank collects 0.2-0.22 s a round, except the `late` ranks (0.3 s; with
     several, one of them, in turn, 0.3 s and the others like everyone); compute 0.05 s; each rank waits for
     the last arrival plus 1 ms. Round 1 compiles (5 s more collection). `masked_rank` masks 40 of its 104
-    samples a round."""
+    samples a round; `cut_rank` is a slow rank that a deadline cuts: 16 samples instead of 64, on time."""
     run_dir.mkdir(parents=True)
     rng = np.random.default_rng(seed)
     t = 0.0
@@ -55,8 +55,9 @@ def write_many_rank_run(run_dir: Path, ranks: int, rounds: int, late=(1234,), ma
             wait = last - collect + 0.001
             out.writelines(
                 f'{{"update": {update}, "rank": {r}, "start_s": {t:.6f}, "collect_s": {collect[r]:.6f}, '
-                f'"compute_s": 0.05, "wait_s": {wait[r]:.6f}, "valid_samples": 64, '
-                f'"masked_samples": {40 if r == masked_rank else 0}, "cut_by_deadline": false, "deadline_s": null}}\n'
+                f'"compute_s": 0.05, "wait_s": {wait[r]:.6f}, "valid_samples": {16 if r == cut_rank else 64}, '
+                f'"masked_samples": {40 if r == masked_rank else 0}, '
+                f'"cut_by_deadline": {"true" if r == cut_rank else "false"}, "deadline_s": null}}\n'
                 for r in range(ranks))
             t += last + 0.001 + 0.05 + 0.003
     return run_dir
@@ -111,6 +112,18 @@ def test_1536_ranks_without_a_persistent_late_sender(tmp_path):
     assert sum(s.last_arrivals for s in stats) == 29
     assert report_lib.late_senders(stats) == []
     assert report_lib.finding(stats).startswith("no persistent late sender")
+
+
+def test_a_slow_rank_that_the_deadline_cuts_is_named_by_its_speed(tmp_path, capsys):
+    run = write_many_rank_run(tmp_path / "run", ranks=300, rounds=20, late=(), cut_rank=77)
+    assert main(["report", str(run)]) == 0
+    doc = last_json(capsys.readouterr()[0])
+    assert doc["late_senders"] == [] and doc["slow_collectors"] == [77]
+    assert doc["finding"].startswith("no persistent late sender")
+    assert "Rank 77 plays slowly: 0.2" in doc["finding"]  # 16 samples against 64 in the same time
+    assert "the deadline cut its collection in 100% of rounds, so it arrived on time with 25% of the others' samples" \
+        in doc["finding"]
+    assert "slow collectors (slowest first): 77" in (run / "imbalance.txt").read_text()
 
 
 # -- 256 ranks, more rounds than pixel columns, two late senders -------------------------------------
