@@ -52,6 +52,17 @@ def padded_length(entries: int, round_to: int = ROUND_TO) -> int:
     return max(step, -(-entries // step) * step)
 
 
+def reuse_length(needed: int, compiled, max_padding: float = 2.0) -> int:
+    """The list length to use for a round whose lists need `needed` slots, given the lengths the update
+    is already compiled for: the shortest of those that holds `needed` with at most `max_padding` x its
+    slots, or `needed` itself (a new compile, a few seconds). Without this a run's second round
+    compiled again: the first round's lists are longer (every env's first difference frame, against
+    a blank one, is full of cells), the later ones shorter. Every rank sees the same history, so all
+    choose alike."""
+    fits = [length for length in compiled if needed <= length <= max_padding * needed]
+    return min(fits) if fits else needed
+
+
 class RoundCells:
     """The nonzero cells of a round's [S, ...] features, grouped by sample (host, numpy).
 

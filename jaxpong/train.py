@@ -28,16 +28,17 @@ from jaxpong.algorithms import ALGORITHMS
 from jaxpong.checkpoint import Checkpoints, ResumeRefused, resume_changes
 from jaxpong.config import Config, ConfigError, to_dict
 from jaxpong.deadline import Deadline, fill_time_estimate
-from jaxpong.keys import sampling_key
+from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
 from jaxpong.exchange import (FILL_BINS, Layout, agreed_layout, fill_bin, games_per_row, log_layout,
                               read_rows, record_row)
-from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
+from jaxpong.keys import sampling_key
 from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare, sparse_round
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
 from jaxpong.preprocess import PREPROCESSORS, to_float
 from jaxpong.rollout import Collector, make_policy_step
 from jaxpong.rundir import WriteFailed
+from jaxpong.sparse import reuse_length
 from jaxpong.watchdog import Watchdog, hang_limit
 
 EXIT_OK, EXIT_FAULT, EXIT_USAGE, EXIT_IO_ERROR, EXIT_PREEMPTED = 0, 1, 2, 74, 75  # 74: sysexits' EX_IOERR
@@ -357,7 +358,7 @@ class Trainer:
         if cells is not None:
             # Every rank pads its lists to the round's longest: one shape on all ranks, so when a new
             # length makes the update compile again, all ranks compile in the same round.
-            length = int(facts["sparse_length"])
+            length = reuse_length(int(facts["sparse_length"]), self.sparse_lengths)
             compiles = length not in self.sparse_lengths
             self.sparse_lengths.add(length)
             sparse_features = jax.tree.map(jnp.asarray, cells.minibatches(order, length))

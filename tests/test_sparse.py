@@ -155,3 +155,13 @@ def test_sparse_update_equals_the_dense_update(algo, epochs, minibatches):
     assert moved > 1e-3  # the update did something ...
     for a, b in zip(jax.tree.leaves(sparse_state.params), jax.tree.leaves(dense_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # ... and the same thing
+
+
+def test_reuse_length_keeps_a_compiled_length_that_holds_the_round():
+    from jaxpong.sparse import reuse_length
+
+    assert reuse_length(4096, set()) == 4096  # nothing compiled yet
+    assert reuse_length(4096, {8192}) == 8192  # the first round's longer lists: no second compile
+    assert reuse_length(2048, {8192}) == 2048  # more than 2x the slots needed: a shorter length is worth a compile
+    assert reuse_length(5120, {4096, 6144, 8192}) == 6144  # the shortest that holds it
+    assert reuse_length(10240, {8192}) == 10240  # none holds it
