@@ -19,6 +19,8 @@ from jax.flatten_util import ravel_pytree
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.batch import Batch
 from jaxpong.config import MIRROR_ACTION, Config
+from jaxpong.envs import frame_shape
+from jaxpong.preprocess import PREPROCESSORS, to_float
 from jaxpong.sparse import RoundCells
 
 
@@ -29,6 +31,16 @@ class TrainState:
     params: dict
     opt_state: optax.OptState
     key: jax.Array
+
+
+def init_state(cfg: Config, network, optimizer, seed_key) -> TrainState:
+    """A fresh TrainState: the network's parameters initialised from `seed_key`, the optimizer's state."""
+    stack, h, w = frame_shape(cfg.model)
+    dummy = PREPROCESSORS[cfg.model.obs_mode](jnp.zeros((1, stack, h, w), jnp.uint8))
+    # = keys.stream_root(seed, STREAM_INIT / STREAM_UPDATE) for seed_key = PRNGKey(seed) (tests/test_reliability.py)
+    init_key, run_key = jax.random.split(seed_key)
+    params = jax.jit(network.init)(init_key, to_float(dummy))  # jitted: eager init of a 5376x200 layer takes seconds
+    return TrainState(params=params, opt_state=optimizer.init(params), key=run_key)
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:

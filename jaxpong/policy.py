@@ -116,9 +116,8 @@ def _network_template(cfg: Config):
     import jax
     import numpy as np
 
-    from jaxpong.learner import make_optimizer
+    from jaxpong.learner import init_state, make_optimizer
     from jaxpong.networks import make_network
-    from jaxpong.train import init_state
 
     network = make_network(cfg.model)
     shapes = jax.eval_shape(lambda key: init_state(cfg, network, make_optimizer(cfg), key), jax.random.PRNGKey(0))

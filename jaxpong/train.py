@@ -28,14 +28,13 @@ from jaxpong.algorithms import ALGORITHMS
 from jaxpong.checkpoint import Checkpoints, ResumeRefused, resume_changes
 from jaxpong.config import Config, ConfigError, to_dict
 from jaxpong.deadline import Deadline, fill_time_estimate
-from jaxpong.envs import PURPOSE_TRAIN, env_seeds, frame_shape, make_env
+from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
 from jaxpong.exchange import (FILL_BINS, Layout, agreed_layout, fill_bin, games_per_row, log_layout,
                               read_rows, record_row)
 from jaxpong.keys import sampling_key
-from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_optimizer, make_prepare, sparse_round
+from jaxpong.learner import init_state, lr_fraction, make_optimize, make_optimizer, make_prepare, sparse_round
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
-from jaxpong.preprocess import PREPROCESSORS, to_float
 from jaxpong.rollout import Collector, make_policy_step
 from jaxpong.rundir import WriteFailed
 from jaxpong.sparse import reuse_length
@@ -81,15 +80,6 @@ class Stop(Exception):
     def __init__(self, reason: str, code: int):
         super().__init__(reason)
         self.reason, self.code = reason, code
-
-
-def init_state(cfg: Config, network, optimizer, seed_key) -> TrainState:
-    stack, h, w = frame_shape(cfg.model)
-    dummy = PREPROCESSORS[cfg.model.obs_mode](jnp.zeros((1, stack, h, w), jnp.uint8))
-    # = keys.stream_root(seed, STREAM_INIT / STREAM_UPDATE) for seed_key = PRNGKey(seed) (tests/test_reliability.py)
-    init_key, run_key = jax.random.split(seed_key)
-    params = jax.jit(network.init)(init_key, to_float(dummy))  # jitted: eager init of a 5376x200 layer takes seconds
-    return TrainState(params=params, opt_state=optimizer.init(params), key=run_key)
 
 
 def buffer_steps(cfg: Config, deadline: Deadline) -> int:
