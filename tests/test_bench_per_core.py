@@ -31,3 +31,25 @@ def test_per_core_bench_end_to_end(jaxpong_cli, tmp_path, ranks):
     assert {r["rank"] for r in records} == set(range(ranks))
     config = (tmp_path / "bench" / "repeat_1" / "config.yaml").read_text()
     assert "num_threads: 1" in config and "xla_threads: 1" in config
+
+
+def test_cpu_per_step_arithmetic():
+    """CPU per step between the first and last metrics lines seen after the warm-up; raw / trainer ratio."""
+    from jaxpong.bench import _cpu_per_step
+
+    lines = [{"step": s} for s in (10, 100, 1000, 2000, 3000)]
+    # Lines 2 (warm-up), 4 and 5 seen appearing; line 1 before the warm-up is ignored.
+    cpu_at = {1: 0.5, 2: 1.0, 4: 2.5, 5: 3.1}
+    out = _cpu_per_step(lines, cpu_at, warmup=2, raw_cpu_per_step=0.0008)
+    assert out["trainer_cpu_us_per_step"] == pytest.approx((3.1 - 1.0) / (3000 - 100) * 1e6, abs=0.1)
+    assert out["cpu_ratio"] == pytest.approx(0.0008 / ((3.1 - 1.0) / 2900), abs=1e-4)
+    assert _cpu_per_step(lines, {2: 1.0}, warmup=2, raw_cpu_per_step=0.001) == {}
+
+
+def test_group_cpu_reads_this_process():
+    from jaxpong.bench import _cpu_s, _group_pids
+
+    assert os.getpid() in _group_pids(os.getpgrp())
+    before = _cpu_s([os.getpid()])
+    sum(i * i for i in range(3_000_000))
+    assert _cpu_s([os.getpid()]) > before
