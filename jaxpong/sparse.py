@@ -52,14 +52,15 @@ def padded_length(entries: int, round_to: int = ROUND_TO) -> int:
     return max(step, -(-entries // step) * step)
 
 
-def reuse_length(needed: int, compiled, max_padding: float = 2.0) -> int:
+def reuse_length(needed: int, compiled, max_padding: float = 2.0, slack: int = 4 * ROUND_TO) -> int:
     """The list length to use for a round whose lists need `needed` slots, given the lengths the update
     is already compiled for: the shortest of those that holds `needed` with at most `max_padding` x its
-    slots, or `needed` itself (a new compile, a few seconds). Without this a run's second round
-    compiled again: the first round's lists are longer (every env's first difference frame, against
-    a blank one, is full of cells), the later ones shorter. Every rank sees the same history, so all
-    choose alike."""
-    fits = [length for length in compiled if needed <= length <= max_padding * needed]
+    slots (or `slack` extra slots, for short lists, whose padding costs next to nothing), else `needed`
+    itself (a new compile, seconds). Without this a run's second round compiled the update again: the
+    first round's lists are longer (every env's first difference frame, against a blank one, is full
+    of cells), the later ones shorter. Every rank sees the same history, so all choose alike."""
+    most = max(max_padding * needed, needed + slack)
+    fits = [length for length in compiled if needed <= length <= most]
     return min(fits) if fits else needed
 
 

@@ -161,7 +161,9 @@ def test_reuse_length_keeps_a_compiled_length_that_holds_the_round():
     from jaxpong.sparse import reuse_length
 
     assert reuse_length(4096, set()) == 4096  # nothing compiled yet
-    assert reuse_length(4096, {8192}) == 8192  # the first round's longer lists: no second compile
-    assert reuse_length(2048, {8192}) == 2048  # more than 2x the slots needed: a shorter length is worth a compile
-    assert reuse_length(5120, {4096, 6144, 8192}) == 6144  # the shortest that holds it
-    assert reuse_length(10240, {8192}) == 10240  # none holds it
+    assert reuse_length(40960, {81920}) == 81920  # the first round's longer lists: no second compile
+    assert reuse_length(20480, {81920}) == 20480  # over 2x the slots needed: a shorter length is worth a compile
+    assert reuse_length(2048, {8192}) == 8192  # short lists: up to 4 x 2,048 slots of padding cost next to nothing
+    assert reuse_length(2048, {12288}) == 2048
+    assert reuse_length(51200, {40960, 61440, 81920}) == 61440  # the shortest that holds it
+    assert reuse_length(90112, {81920}) == 90112  # none holds it
