@@ -326,10 +326,12 @@ def late_senders(stats: list[RankStats]) -> list[RankStats]:
     """The persistent late senders, most often last first.
 
     A rank is one when it arrived last in more rounds than chance allows and it waits clearly less
-    than the others: in at least 3 rounds and in at least min(half the rounds, the even share plus 3
-    standard deviations of a binomial count), with a wait fraction 5 points or more below the
-    median of the ranks that are not candidates. At 2 ranks that is "last in half the rounds or more";
-    at 1,536 ranks and 300 rounds, last in 3 rounds or more (chance gives 0.2 on average)."""
+    than the others: last in at least 3 rounds and in at least min(half the rounds, the even share
+    plus 3 standard deviations of a binomial count); and its wait fraction either 5 points or more
+    below the median of the ranks that are not candidates, or at most half of that median where the
+    median is 1% or more (runs whose rounds are mostly update, such as many ranks oversubscribed on
+    few cores). At 2 ranks that is "last in half the rounds or more"; at 1,536 ranks and 300 rounds,
+    last in 3 rounds or more (chance gives 0.2 on average)."""
     if len(stats) < 2:
         return []
     rounds = max(s.rounds for s in stats)
@@ -340,7 +342,8 @@ def late_senders(stats: list[RankStats]) -> list[RankStats]:
     if not candidates or not others:
         return []
     typical = float(np.median(others))
-    late = [s for s in candidates if typical - s.wait_fraction >= 0.05]
+    late = [s for s in candidates
+            if typical - s.wait_fraction >= 0.05 or (typical >= 0.01 and s.wait_fraction <= 0.5 * typical)]
     return sorted(late, key=lambda s: (-s.last_arrivals, s.wait_fraction, s.rank))
 
 

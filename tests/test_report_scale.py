@@ -258,27 +258,27 @@ def test_trace_with_a_prepare_phase(tmp_path):
 
 
 # -- a real 16-rank run ------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def sixteen_rank_run(tmp_path_factory) -> Path:
-    """16 ranks on 2 cores (oversubscribed), smoke config (auto deadline), 2 envs a rank, rank 5 stepping 3x
-    slower: 12 rounds of 1,024 steps. Made once per test module: 2-7 minutes, mostly 16 start-ups and
-    compiles, longer on a loaded machine."""
+@pytest.fixture(scope="module", params=["auto", "0"], ids=["auto-deadline", "no-deadline"])
+def sixteen_rank_run(request, tmp_path_factory) -> tuple[Path, str]:
+    """16 ranks on 2 cores (oversubscribed), smoke config, 2 envs a rank, rank 5 stepping 3x slower: 12
+    rounds of 1,024 steps, with the auto deadline and without one. Each run is made once per test module:
+    2-7 minutes, mostly 16 start-ups and compiles, longer on a loaded machine."""
     run = tmp_path_factory.mktemp("r16") / "run"
     train = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG), "--run-dir", str(run),
              "--num-envs", "2", "--num-threads", "1", "--total-steps", "12288", "--slow-rank", "5",
-             "--slow-factor", "3", "--checkpoint-every", "100000", "--progress", "off"]
+             "--slow-factor", "3", "--deadline-s", request.param, "--checkpoint-every", "100000", "--progress", "off"]
     proc = subprocess.run([str(MPIRUN), "-n", "16", *train], cwd=REPO, capture_output=True, text=True, timeout=900,
                           env={**os.environ, "COLUMNS": "1000"})
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run / "stderr.txt").write_text(proc.stderr)
-    return run
+    return run, request.param
 
 
 @pytest.mark.scale
 @pytest.mark.timeout(1500)
 @pytest.mark.skipif(not MPIRUN.exists(), reason="needs the venv's mpirun (mpich wheel)")
 def test_report_names_the_slow_rank_among_16(sixteen_rank_run, tmp_path):
-    run = sixteen_rank_run
+    run, deadline = sixteen_rank_run
     records = report_lib.read_ranks(run)
     updates = sorted({r["update"] for r in records})
     assert len(updates) >= 8
@@ -289,10 +289,14 @@ def test_report_names_the_slow_rank_among_16(sixteen_rank_run, tmp_path):
     assert rep.returncode == 0, rep.stderr
     doc = last_json(rep.stdout)
     assert doc["picture"] == "timeline" and doc["num_ranks"] == 16
-    # Under the auto deadline (16 ranks) the slow rank is cut and arrives on time with fewer samples: it is
-    # named as the slow collector; were it not cut, it would be the late sender. Either way, rank 5 alone.
-    assert set(doc["late_senders"]) | set(doc["slow_collectors"]) == {5}, doc["finding"]
-    assert doc["finding"].startswith("rank 5 is the late sender") or "Rank 5 plays slowly" in doc["finding"]
+    if deadline == "0":  # everyone waits for the slow rank every round
+        assert doc["late_senders"] == [5], doc["finding"]
+        assert doc["finding"].startswith("rank 5 is the late sender: it arrived last in 100%")
+    else:
+        # The auto deadline cuts the slow rank, which arrives on time with fewer samples: it is named as the
+        # slow collector (were it not cut, it would be the late sender). Either way, rank 5 alone.
+        assert set(doc["late_senders"]) | set(doc["slow_collectors"]) == {5}, doc["finding"]
+        assert doc["finding"].startswith("rank 5 is the late sender") or "Rank 5 plays slowly" in doc["finding"]
     width, height = png_size(run / "imbalance.png")
     assert 1000 <= width <= 1400 and 800 <= height <= 2000
     evals = sum(1 for r in records if r.get("eval_s"))
