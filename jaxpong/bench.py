@@ -143,7 +143,7 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
     here: 2-s slices of one minute ranged 2,500-3,800 steps/s), so a raw measurement before and after a
     20-s training run can disagree with the speed the trainer saw. Slices a few seconds apart see the same
     machine. A stopped trainer loses nothing but its caches, so if anything this favours raw envpool.
-    The trainer runs in its own process group: stopping the group stops every rank (and mpirun).
+    Every process of the trainer is stopped: mpirun, its proxy and each rank.
     """
     from jaxpong.train import EXIT_PREEMPTED
 
@@ -155,9 +155,14 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
     log = open(run_dir.parent / f"{run_dir.name}.log", "w")
     pin = (lambda: os.sched_setaffinity(0, {pin_core})) if pin_core is not None else None
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
+    pids = [proc.pid]  # the trainer's processes: with mpirun, its proxy and ranks (found after the warm-up)
 
     def signal_trainer(sig):
-        os.killpg(proc.pid, sig)
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
 
     paused, raw_steps, raw_s, raw_cpu = [], 0, 0.0, 0.0
     metrics_path = run_dir / "metrics.jsonl"
@@ -184,7 +189,7 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
                 raise RuntimeError(f"the trainer did not finish {warmup} rounds in {start_timeout_s:.0f} s; see {log.name}")
             time.sleep(0.05)
         trained_from = time.time()
-        pids = _group_pids(proc.pid)  # every rank has started by now
+        pids = _process_tree(proc.pid)  # every rank has started by now
         while time.time() - trained_from - sum(e - b for b, e in paused) < seconds:
             run_trainer(trainer_slice_s, pids)
             if proc.poll() is not None:
@@ -195,12 +200,15 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
             raw_steps, raw_s, raw_cpu = raw_steps + steps, raw_s + elapsed, raw_cpu + cpu
             signal_trainer(signal.SIGCONT)
             paused.append((begin, time.time()))
-        signal_trainer(signal.SIGTERM)  # the trainer finishes its round, checkpoints and exits 75
+        # The trainer (each rank: mpirun would end them at once) finishes its round, checkpoints and exits 75.
+        for pid in _process_tree(proc.pid, leaves=True):
+            os.kill(pid, signal.SIGTERM)
         # (mpirun reports its ranks' ending in its own way; the ranks' metrics are what is read)
         if proc.wait(timeout=300) != EXIT_PREEMPTED and ranks == 1:
             raise RuntimeError(f"the trainer exited {proc.returncode} after SIGTERM, not {EXIT_PREEMPTED}; see {log.name}")
     finally:
         if proc.poll() is None:
+            pids = _process_tree(proc.pid)
             signal_trainer(signal.SIGKILL)
             proc.wait()
         log.close()
@@ -230,18 +238,24 @@ def _cpu_per_step(lines: list[dict], cpu_at: dict, warmup: int, raw_cpu_per_step
             "cpu_ratio": round(raw_cpu_per_step / trainer, 4)}
 
 
-def _group_pids(pgid: int) -> list[int]:
-    """The processes of process group `pgid` (Linux /proc)."""
-    pids = []
+def _process_tree(root: int, leaves: bool = False) -> list[int]:
+    """`root` and every process below it (Linux /proc; `leaves`: only those without children, i.e. the
+    ranks under mpirun). mpirun's proxies and ranks each start their own session, so the trainer's
+    ranks are found by parentage, not by process group."""
+    children = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            if int(stat[stat.rindex(")") + 2:].split()[2]) == pgid:
-                pids.append(int(entry))
-    return pids
+            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+    tree, queue = [], [root]
+    while queue:
+        pid = queue.pop()
+        tree.append(pid)
+        queue.extend(children.get(pid, []))
+    return [pid for pid in tree if pid not in children] if leaves else tree
 
 
 def _cpu_s(pids: list[int]) -> float:

@@ -46,10 +46,21 @@ def test_cpu_per_step_arithmetic():
     assert _cpu_per_step(lines, {2: 1.0}, warmup=2, raw_cpu_per_step=0.001) == {}
 
 
-def test_group_cpu_reads_this_process():
-    from jaxpong.bench import _cpu_s, _group_pids
+def test_process_tree_and_cpu_time_of_this_process():
+    import subprocess
+    import sys
 
-    assert os.getpid() in _group_pids(os.getpgrp())
+    from jaxpong.bench import _cpu_s, _process_tree
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        tree = _process_tree(os.getpid())
+        assert tree[0] == os.getpid() and child.pid in tree
+        assert child.pid in _process_tree(os.getpid(), leaves=True)
+        assert os.getpid() not in _process_tree(os.getpid(), leaves=True)
+    finally:
+        child.kill()
+        child.wait()
     before = _cpu_s([os.getpid()])
     sum(i * i for i in range(3_000_000))
     assert _cpu_s([os.getpid()]) > before
