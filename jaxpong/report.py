@@ -545,7 +545,7 @@ def plot_timeline(rounds: Rounds, stats: list[RankStats], path: Path, last_round
     handles = [Patch(color=COLOURS[p], label=PHASE_LABELS[p]) for p in _phases(rounds)]
     if np.nan_to_num(rounds.eval_s[:, shown]).any():
         handles.append(Patch(color=COLOURS["eval"], label=PHASE_LABELS["eval"]))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(handles), frameon=False,
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.7 / height), ncol=len(handles), frameon=False,
               fontsize=9)
     x = np.arange(len(stats))
     wait = [s.wait_fraction for s in stats]
@@ -573,8 +573,8 @@ def plot_timeline(rounds: Rounds, stats: list[RankStats], path: Path, last_round
         cx.plot(x, ratio, "o", color=COLOURS["collect"], markersize=5,
                 label="collection speed / the median rank's (right axis)")
         for i in np.flatnonzero(ratio < SLOW_COLLECTOR):
-            cx.annotate(f"{ratio[i]:.2f}x", (x[i], ratio[i]), xytext=(6, -3), textcoords="offset points",
-                        fontsize=8, color=COLOURS["collect"])
+            cx.annotate(f"{ratio[i]:.2f}x", (x[i], ratio[i]), xytext=(0, -14), textcoords="offset points",
+                        ha="center", fontsize=8, color=COLOURS["collect"])
         cx.set_ylim(0, max(1.5, float(ratio.max()) * 1.3))  # room for the legend above the points
         cx.set_ylabel("collection speed / median", color=COLOURS["collect"])
         more_handles, more_labels = cx.get_legend_handles_labels()
