@@ -18,25 +18,43 @@ from jaxpong.config import ConfigError
 from jaxpong.rundir import WriteFailed, write_failure_reason
 
 
+def _event_loop_closed(value) -> bool:
+    return isinstance(value, RuntimeError) and "Event loop is closed" in str(value)
+
+
+_quiet = False
+
+
 def _silence_late_reads() -> None:
-    """After a failed restore, tensorstore reads still in flight finish into orbax's already closed event
-    loop, and Python reports each as an unraisable 'Event loop is closed' error: a traceback after our
-    one-line message. Drop just those (the process is about to report the error and exit)."""
-    previous = sys.unraisablehook
+    """After a failed write or read, tensorstore calls still in flight finish into orbax's already closed
+    event loop, and Python reports each as an 'Event loop is closed' error with a traceback, after our
+    one-line message. Drop just those, whether they come as unraisable errors or through sys.excepthook
+    (installed once, when orbax is first used)."""
+    global _quiet
+    if _quiet:
+        return
+    _quiet = True
+    previous_unraisable, previous_except = sys.unraisablehook, sys.excepthook
 
-    def hook(unraisable):
-        if isinstance(unraisable.exc_value, RuntimeError) and "Event loop is closed" in str(unraisable.exc_value):
-            return
-        previous(unraisable)
+    def unraisable_hook(unraisable):
+        if not _event_loop_closed(unraisable.exc_value):
+            previous_unraisable(unraisable)
 
-    sys.unraisablehook = hook
+    def except_hook(kind, value, tb):
+        if not _event_loop_closed(value):
+            previous_except(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = unraisable_hook, except_hook
 
 
 def _ocp():
     import orbax.checkpoint as ocp  # imported lazily: it is slow to import and only some commands need it
     from absl import logging as absl_logging
 
-    absl_logging.set_verbosity(absl_logging.ERROR)  # orbax's info/warning chatter is not for our users
+    # Orbax's chatter is not for our users, nor are its logged tracebacks of a failed write: every failure
+    # reaches them as one line (rundir.WriteFailed, ConfigError) that says what failed and what to do.
+    absl_logging.set_verbosity(absl_logging.FATAL)
+    _silence_late_reads()
     return ocp
 
 
@@ -126,7 +144,6 @@ class Checkpoints:
                 self.manager.save(step, args=args, force=True)
                 self.manager.wait_until_finished()
         except Exception as err:  # orbax wraps OS errors in many kinds
-            _silence_late_reads()
             self._reset_after_failure()
             raise WriteFailed("checkpoint", self.directory / str(step), write_failure_reason(err)) from None
 
@@ -188,7 +205,6 @@ class Checkpoints:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as err:  # orbax raises many kinds; the user needs the file and what to do
-            _silence_late_reads()
             raise ConfigError(f"checkpoint {self.directory / str(step)} cannot be read ({type(err).__name__}); "
                               "it may be truncated or from another version") from None
 
@@ -200,7 +216,6 @@ class Checkpoints:
             out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                                     meta=ocp.args.JsonRestore()))
         except Exception as err:
-            _silence_late_reads()
             raise ConfigError(
                 f"checkpoint {self.directory / str(step)} cannot be restored into this model "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}); it is truncated, "

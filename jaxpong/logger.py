@@ -31,25 +31,33 @@ def _truncate_jsonl(path: Path, last_update: int) -> None:
     tmp.replace(path)
 
 
+def _from_tensorboardx(obj) -> bool:
+    return (getattr(obj, "__module__", None) or type(obj).__module__ or "").startswith("tensorboardX")
+
+
 class _WriterThreadErrors:
-    """tensorboardX writes events from a thread of its own; an exception there would print a traceback and
-    leave the writer dead. This threading.excepthook keeps such an error (instead of printing it) for the
-    main thread to report; every other thread's exceptions go to the previous hook."""
+    """tensorboardX writes events from a thread of its own, and closes its writer again at exit. After a
+    failed write (a full disk) both would print tracebacks: the thread's exception, and at exit the
+    writer's second attempt to flush. These hooks keep the thread's error for the main thread to report
+    (as one line) and drop tensorboardX's errors at exit, which that line has already reported. They stay
+    for the life of the process; everything not from tensorboardX goes to the previous hooks."""
 
     def __init__(self):
         self.error: BaseException | None = None
-        self._previous = threading.excepthook
-        threading.excepthook = self._hook
+        self._previous_thread_hook = threading.excepthook
+        self._previous_unraisable_hook = sys.unraisablehook
+        threading.excepthook = self._thread_hook
+        sys.unraisablehook = self._unraisable_hook
 
-    def _hook(self, args) -> None:
-        if type(args.thread).__module__.startswith("tensorboardX"):
-            self.error = args.exc_value
+    def _thread_hook(self, args) -> None:
+        if _from_tensorboardx(args.thread):
+            self.error = self.error or args.exc_value
         else:
-            self._previous(args)
+            self._previous_thread_hook(args)
 
-    def uninstall(self) -> None:
-        if threading.excepthook == self._hook:
-            threading.excepthook = self._previous
+    def _unraisable_hook(self, unraisable) -> None:
+        if not (_from_tensorboardx(unraisable.object) and isinstance(unraisable.exc_value, OSError)):
+            self._previous_unraisable_hook(unraisable)
 
 
 class RunLogger:
@@ -130,11 +138,9 @@ class RunLogger:
                 self._write(what, path, action)
             except WriteFailed as err:
                 failure = failure or err
-        if self._tb_errors is not None:
-            failure = failure or (WriteFailed("TensorBoard events in", self.run_dir / "tb",
-                                              write_failure_reason(self._tb_errors.error))
-                                  if self._tb_errors.error is not None else None)
-            self._tb_errors.uninstall()
+        if self._tb_errors is not None and self._tb_errors.error is not None:
+            failure = failure or WriteFailed("TensorBoard events in", self.run_dir / "tb",
+                                             write_failure_reason(self._tb_errors.error))
         if failure is not None:
             raise failure
 
