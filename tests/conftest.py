@@ -52,7 +52,7 @@ def nan_equal(a, b) -> bool:
     return type(a) is type(b) and a == b
 
 
-def _train(run_dir: Path, *flags, timeout: float = 240) -> Path:
+def _train(run_dir: Path, *flags, timeout: float = 600) -> Path:
     code, out, err = run_jaxpong("train", "--config", SMOKE_CONFIG, "--run-dir", run_dir, *flags, timeout=timeout)
     assert code == 0, f"train exited {code}\nstdout:\n{out}\nstderr:\n{err}"
     (run_dir / "stderr.txt").write_text(err)  # kept for tests that read the log lines
@@ -80,7 +80,7 @@ def long_run(smoke_run, tmp_path_factory) -> Path:
     shutil.copytree(smoke_run, run_dir)
     (run_dir / "stderr.txt").unlink()
     shutil.rmtree(max((p for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit()), key=lambda p: int(p.name)))
-    code, out, err = run_jaxpong("train", "--resume", run_dir, "--total-steps", 12000, timeout=300)
+    code, out, err = run_jaxpong("train", "--resume", run_dir, "--total-steps", 12000, timeout=600)
     assert code == 0, f"resume exited {code}\nstdout:\n{out}\nstderr:\n{err}"
     (run_dir / "stderr.txt").write_text(err)
     return run_dir
