@@ -60,7 +60,8 @@ def test_sigterm_finishes_the_round_checkpoints_and_exits_75(preempted_run):
     run_dir, code, seconds, log = preempted_run
     assert code == 75, log
     assert seconds < 30
-    assert "SIGTERM received" in log and "resume with --resume" in log
+    assert "SIGTERM received" in log
+    assert "to continue: " in log and f"-m jaxpong train --resume {run_dir}" in log  # the command that continues it
     last = read_jsonl(run_dir / "metrics.jsonl")[-1]
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps and steps[-1] == last["step"]  # the checkpoint holds exactly the last logged update

@@ -228,7 +228,7 @@ def test_make_train_ctrl_c_stops_cleanly_and_prints_the_command_that_continues(t
         for match in (first, second):
             # The limit counts from the process start, before training's own clock (elapsed) started.
             assert 0 < eta_s(match) <= limit - int(match.group(1)) + 6, match.group(0)  # 6: "min" has 0.1 min steps
-        assert eta_s(second) < eta_s(first)
+        assert eta_s(second) <= eta_s(first)  # equal when both round to the same 0.1 min
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         rest, _ = proc.communicate(timeout=120)
     finally:
