@@ -74,8 +74,6 @@ def play_games(cfg: Config, params, *, episodes: int, seed: int, greedy: bool, n
     `policy_step` is a jitted step from rollout.make_policy_step (pass the trainer's to reuse its
     compilation); one is made from the config otherwise.
     """
-    import jax
-
     if episodes < 1:
         raise ValueError("episodes must be >= 1")
     num_envs = min(num_envs or default_num_envs(episodes), episodes)

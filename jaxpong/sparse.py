@@ -23,7 +23,6 @@ per round; ranks agree on one length per round (train.py), so they also compile 
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import struct
 

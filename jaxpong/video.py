@@ -53,8 +53,6 @@ def gif_durations(frames: int, fps: float) -> list[int]:
 def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None = None, policy_step=None):
     """Yield (colour frame [210, 160, 3] uint8, policy frames, (agent score, opponent score)) for the
     opening screen and after each agent step, until the game ends or `max_steps` steps are played."""
-    import jax
-
     from jaxpong.evaluate import make_policy_step_for
     from jaxpong.keys import STREAM_VIDEO, stream_root
 
