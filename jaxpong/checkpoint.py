@@ -121,8 +121,7 @@ class Checkpoints:
         # save comes minutes later.
         if self._manager is None:
             if not self._read_only:
-                self._finish_interrupted_replace()
-                self._discard_partial()
+                self._discard_partial()  # also finishes an interrupted replacement
             self._manager = _ocp().CheckpointManager(self.directory, options=self._options(self._keep))
         return self._manager
 

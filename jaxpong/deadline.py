@@ -12,7 +12,7 @@
 
 from __future__ import annotations
 
-import numpy as np
+from jaxpong.exchange import lower_median_of_counts
 
 
 def fill_time_estimate(collect_s: float, filled_steps: int, num_envs: int, num_steps: int) -> float:
@@ -47,14 +47,6 @@ class Deadline:
     def observe_counts(self, fill_counts) -> None:
         """Every rank calls this with the same reduced histogram of the ranks' fill-time estimates
         (jaxpong/exchange.py), so all agree on the deadline: the lower median, to within 0.6 %."""
-        from jaxpong.exchange import lower_median_of_counts
-
         median = lower_median_of_counts(fill_counts)
         if self.spec == "auto" and median is not None:
             self.auto_s = median * (1.0 + self.margin)
-
-    def observe(self, fill_times) -> None:
-        """Every rank calls this with the same gathered fill-time estimates, so all agree on the deadline."""
-        times = [t for t in fill_times if np.isfinite(t) and t > 0]
-        if self.spec == "auto" and times:
-            self.auto_s = lower_median(times) * (1.0 + self.margin)

@@ -31,6 +31,12 @@ def _truncate_jsonl(path: Path, last_update: int) -> None:
     tmp.replace(path)
 
 
+def _append_lines(file, rows: list[dict]) -> None:
+    """One JSON line per row, flushed: a failed write shows here, not at some later close."""
+    file.write("".join(json.dumps(r) + "\n" for r in rows))
+    file.flush()
+
+
 def _from_tensorboardx(obj) -> bool:
     return (getattr(obj, "__module__", None) or type(obj).__module__ or "").startswith("tensorboardX")
 
@@ -119,12 +125,10 @@ class RunLogger:
     def log_games(self, games: list[dict]) -> None:
         """One line per full game finished (any rank): the raw material of learning-speed milestones."""
         if games:
-            self._write("games", self.games_path,
-                        lambda: (self.games_file.write("".join(json.dumps(g) + "\n" for g in games)), self.games_file.flush()))
+            self._write("games", self.games_path, lambda: _append_lines(self.games_file, games))
 
     def log_ranks(self, records: list[dict]) -> None:
-        self._write("per-rank timings", self.ranks_path,
-                    lambda: (self.ranks_file.write("".join(json.dumps(r) + "\n" for r in records)), self.ranks_file.flush()))
+        self._write("per-rank timings", self.ranks_path, lambda: _append_lines(self.ranks_file, records))
 
     def close(self) -> None:
         """Close every file; the first failure is raised after all have been tried."""

@@ -212,7 +212,6 @@ class Trainer:
                                 resume_step=self.counters.step if resume_step is not None else None) if self.is_main else None
         self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
         self.rank_totals = collections.defaultdict(lambda: np.zeros(4))  # wait, busy, valid, masked per rank
-        self.resumed = resume_step is not None
         self.rounds_here = 0  # rounds completed by this process (a resumed one compiles afresh too)
         self.first_update = self.counters.update  # the counter before this process's first round
         self.io_failure: WriteFailed | None = None  # rank 0: a failed write; every rank stops at the next exchange

@@ -10,9 +10,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,52 @@ def nan_equal(a, b) -> bool:
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b
+
+
+# -- a training started in the background, for tests that signal, kill or race it ----------------------
+
+def start_logged(cmd, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start `cmd` from the repository root in its own session, stdout and stderr into `log`."""
+    return subprocess.Popen([str(c) for c in cmd], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env={**os.environ, "COLUMNS": "1000", **(env or {})}, start_new_session=True)
+
+
+def logged_updates(run_dir: Path) -> int:
+    path = Path(run_dir) / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    """Poll `predicate` until it holds; fail if `proc` ends first or `timeout` passes."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended ({proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {what} within {timeout} s")
+
+
+def wait_for_updates(run_dir: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> None:
+    wait_for(lambda: logged_updates(run_dir) >= n, proc, f"{n} updates", timeout)
+
+
+def rank_pids(log_text: str) -> list[int]:
+    """PIDs of the ranks, from rank 0's start-up line `ranks: 0=pid P@host, 1=pid Q@host`."""
+    line = next((l for l in log_text.splitlines() if "ranks: " in l), "")
+    return [int(part.split("=pid ")[1].split("@")[0]) for part in line.split("ranks: ")[-1].split(", ") if "=pid " in part]
+
+
+def kill_job(proc: subprocess.Popen, log: Path) -> None:
+    """SIGKILL a launcher's session and every rank its log names (mpich's ranks have sessions of their own)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    for pid in rank_pids(log.read_text()):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def _train(run_dir: Path, *flags, timeout: float = 600) -> Path:

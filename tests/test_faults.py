@@ -3,7 +3,6 @@ checkpoints, resume on another number of ranks. Each test injects the fault and 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -14,33 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SMOKE_CONFIG, read_jsonl, run_jaxpong
+from conftest import REPO, SMOKE_CONFIG, kill_job, rank_pids, read_jsonl, run_jaxpong, start_logged, wait_for_updates
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
 TRAIN = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG)]
-
-
-def _start(cmd, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "COLUMNS": "1000"}, start_new_session=True)
-
-
-def _wait_for_updates(run_dir: Path, proc: subprocess.Popen, n: int, timeout: float = 240) -> None:
-    path = run_dir / "metrics.jsonl"
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early with {proc.returncode}")
-        if path.exists() and len(path.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no {n} updates within {timeout} s")
-
-
-def _rank_pids(log_text: str) -> list[int]:
-    """PIDs of the ranks, from rank 0's start-up line `ranks: 0=pid P@host, 1=pid Q@host`."""
-    line = next((l for l in log_text.splitlines() if "ranks: " in l), "")
-    return [int(part.split("=pid ")[1].split("@")[0]) for part in line.split("ranks: ")[-1].split(", ") if "=pid " in part]
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +24,8 @@ def preempted_run(tmp_path_factory):
     """A one-rank run stopped by SIGTERM in the middle, as Slurm does before killing a job."""
     run_dir = tmp_path_factory.mktemp("faults") / "run"
     log = run_dir.parent / "preempt.log"
-    proc = _start([*TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000", "--checkpoint-every", "2"], log)
-    _wait_for_updates(run_dir, proc, 3)
+    proc = start_logged([*TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000", "--checkpoint-every", "2"], log)
+    wait_for_updates(run_dir, proc, 3)
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
     code = proc.wait(timeout=60)
@@ -164,11 +140,11 @@ def test_dead_or_hung_rank_ends_the_job(tmp_path, how):
     within 60 s, and the log says which rank and how far training got."""
     run_dir = tmp_path / "run"
     log = tmp_path / "job.log"
-    proc = _start([str(MPIRUN), "-n", "2", *TRAIN, "--run-dir", str(run_dir), "--num-envs", "4", "--num-threads", "1",
+    proc = start_logged([str(MPIRUN), "-n", "2", *TRAIN, "--run-dir", str(run_dir), "--num-envs", "4", "--num-threads", "1",
                    "--total-steps", "10000000", "--hang-timeout-s", "10", "--progress", "log"], log)
     try:
-        _wait_for_updates(run_dir, proc, 3)
-        pids = _rank_pids(log.read_text())
+        wait_for_updates(run_dir, proc, 3)
+        pids = rank_pids(log.read_text())
         assert len(pids) == 2, log.read_text()[-2000:]
         victim = pids[-1]
         os.kill(victim, getattr(signal, how))
@@ -176,13 +152,7 @@ def test_dead_or_hung_rank_ends_the_job(tmp_path, how):
         code = proc.wait(timeout=90)
         elapsed = time.monotonic() - t0
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        for pid in _rank_pids(log.read_text()):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        kill_job(proc, log)
     text = log.read_text()
     assert code != 0, text[-2000:]
     assert elapsed < 60, elapsed

@@ -13,7 +13,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, SMOKE_CONFIG, read_jsonl, run_jaxpong
+from conftest import REPO, SMOKE_CONFIG, logged_updates, read_jsonl, run_jaxpong, start_logged, wait_for
 from jaxpong import keys
 from jaxpong.checkpoint import DEFINING_FIELDS, Checkpoints, ResumeRefused, resume_changes
 from jaxpong.config import Config, to_dict
@@ -31,27 +30,6 @@ from jaxpong.watchdog import hang_limit
 
 TRAIN = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG)]
 MPIRUN = Path(sys.executable).parent / "mpirun"
-
-
-def _start(cmd, log: Path, env: dict | None = None) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "COLUMNS": "1000", **(env or {})}, start_new_session=True)
-
-
-def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended ({proc.returncode}) before {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"no {what} within {timeout} s")
-
-
-def _updates(run_dir: Path) -> int:
-    path = run_dir / "metrics.jsonl"
-    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 def _checkpoint_steps(run_dir: Path) -> list[int]:
@@ -64,10 +42,10 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 def test_a_second_training_on_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "first.log"
-    first = _start([*TRAIN, "--run-dir", run_dir, "--total-steps", "10000000", "--time-limit-s", "40",
+    first = start_logged([*TRAIN, "--run-dir", run_dir, "--total-steps", "10000000", "--time-limit-s", "40",
                     "--checkpoint-every", "2"], log)
     try:
-        _wait_for(lambda: _updates(run_dir) >= 2, first, "2 updates")
+        wait_for(lambda: logged_updates(run_dir) >= 2, first, "2 updates")
         owner = f"PID {first.pid} on host {socket.gethostname()}"
         for flags in (["--config", SMOKE_CONFIG, "--run-dir", run_dir, "--overwrite"],
                       ["--resume", run_dir],
@@ -149,10 +127,10 @@ def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(small_disk, tm
     """Two ranks: rank 0's failed write stops both (at the next exchange)."""
     run_dir = small_disk / "run"
     log = tmp_path / "full.log"
-    proc = _start([str(MPIRUN), "-n", "2", *TRAIN, "--run-dir", run_dir, "--num-envs", "4", "--num-threads", "1",
+    proc = start_logged([str(MPIRUN), "-n", "2", *TRAIN, "--run-dir", run_dir, "--num-envs", "4", "--num-threads", "1",
                    "--total-steps", "10000000", "--time-limit-s", "600", "--checkpoint-every", "2"], log)
     try:
-        _wait_for(lambda: len(_checkpoint_steps(run_dir)) >= 1 and _updates(run_dir) >= 3, proc, "a checkpoint")
+        wait_for(lambda: len(_checkpoint_steps(run_dir)) >= 1 and logged_updates(run_dir) >= 3, proc, "a checkpoint")
         filler = _fill(small_disk)
         code = proc.wait(timeout=120)
     finally:

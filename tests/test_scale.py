@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SMOKE_CONFIG, read_jsonl
+from conftest import REPO, SMOKE_CONFIG, kill_job, rank_pids, read_jsonl, start_logged, wait_for_updates
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
 RANKS = 16
@@ -23,51 +23,19 @@ TRAIN = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG)
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(1500)]
 
 
-def _start(cmd, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "COLUMNS": "1000"}, start_new_session=True)
-
-
-def _wait_for_updates(run_dir: Path, proc: subprocess.Popen, n: int, timeout: float = 900) -> None:
-    path = run_dir / "metrics.jsonl"
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if proc.poll() is not None:
-            raise AssertionError(f"training ended early with {proc.returncode}")
-        if path.exists() and len(path.read_text().splitlines()) >= n:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"no {n} updates within {timeout} s")
-
-
-def _rank_pids(log_text: str) -> list[int]:
-    line = next((l for l in log_text.splitlines() if "ranks: " in l), "")
-    return [int(part.split("=pid ")[1].split("@")[0]) for part in line.split("ranks: ")[-1].split(", ") if "=pid " in part]
-
-
-def _kill_all(proc: subprocess.Popen, log: Path) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    for pid in _rank_pids(log.read_text()):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
 @pytest.fixture(scope="module")
 def preempted16(tmp_path_factory):
     """16 ranks, stopped by SIGTERM to the launcher (as a scheduler does) after 4 updates."""
     run_dir = tmp_path_factory.mktemp("scale") / "run"
     log = run_dir.parent / "job.log"
-    proc = _start([str(MPIRUN), "-n", str(RANKS), *TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000",
+    proc = start_logged([str(MPIRUN), "-n", str(RANKS), *TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000",
                    "--replication-check-every", "1", "--checkpoint-every", "1000"], log)
     try:
-        _wait_for_updates(run_dir, proc, 4)
+        wait_for_updates(run_dir, proc, 4, timeout=900)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(timeout=300)
     finally:
-        _kill_all(proc, log)
+        kill_job(proc, log)
     return run_dir, code, log.read_text()
 
 
@@ -106,11 +74,11 @@ def test_resume_sixteen_ranks_on_two(preempted16, tmp_path):
 def test_a_killed_rank_among_sixteen_ends_the_job_naming_it(tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "job.log"
-    proc = _start([str(MPIRUN), "-n", str(RANKS), *TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000",
+    proc = start_logged([str(MPIRUN), "-n", str(RANKS), *TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000",
                    "--hang-timeout-s", "10"], log)
     try:
-        _wait_for_updates(run_dir, proc, 3)
-        pids = _rank_pids(log.read_text())
+        wait_for_updates(run_dir, proc, 3, timeout=900)
+        pids = rank_pids(log.read_text())
         assert len(pids) == RANKS
         victim = pids[11]
         os.kill(victim, signal.SIGKILL)
@@ -118,7 +86,7 @@ def test_a_killed_rank_among_sixteen_ends_the_job_naming_it(tmp_path):
         code = proc.wait(timeout=120)
         elapsed = time.monotonic() - t0
     finally:
-        _kill_all(proc, log)
+        kill_job(proc, log)
     text = log.read_text()
     assert code != 0 and elapsed < 60, (code, elapsed, text[-3000:])
     assert f"11=pid {victim}@" in text  # the ranks line maps the launcher's PID to rank 11
