@@ -113,6 +113,49 @@ class RoundInfo:
     env_wait_s: float  # time blocked in envpool's recv (the env stepping this thread did not overlap)
 
 
+class SlowDown:
+    """Fault injection (`dist.slow_rank`, `dist.slow_factor`): one rank's collection takes `factor` times as
+    long, in sync and async envpool alike.
+
+    The rank plays at its natural speed for PHASE_S, then stops sending actions, drains the envs in
+    flight, and stalls for (factor - 1) x the time the phase took, drain included. Draining first is what
+    makes the factor exact with async envs: envpool keeps stepping the games in flight while this thread
+    sleeps, so stalls between batches, with games in flight, slowed a rank only 1.3x for factor 2. A stall
+    never runs past the round's deadline. Seen from outside, the rank's steps per second fall by `factor`,
+    which is what `simulate` models (every step time of the slow rank times the factor).
+    """
+
+    PHASE_S = 0.02  # short against a round (tenths of a second and more), long against one drain
+
+    def __init__(self, factor: float, start: float):
+        self.factor = factor
+        self.phase_start = start
+        self.draining = False
+        self.stalled_s = 0.0
+
+    def after_work(self) -> None:
+        """Called after each batch is sent: start draining once this phase has run PHASE_S."""
+        if self.factor > 1.0 and time.perf_counter() - self.phase_start >= self.PHASE_S:
+            self.draining = True
+
+    def stall(self, stop_at: float | None) -> bool:
+        """Nothing is in flight: sleep out the phase's share. True when the deadline ended the stall."""
+        now = time.perf_counter()
+        pause = (self.factor - 1.0) * (now - self.phase_start)
+        if stop_at is not None:
+            pause = min(pause, max(0.0, stop_at - now))
+        time.sleep(pause)
+        self.stalled_s += pause
+        self.draining = False
+        self.phase_start = time.perf_counter()
+        return stop_at is not None and self.phase_start >= stop_at
+
+    def finish(self, stop_at: float | None) -> None:
+        """The round's last phase (its envs drained by the round's end) gets its stall too."""
+        if self.factor > 1.0:
+            self.stall(stop_at)
+
+
 class Collector:
     """Owns the envs and the rollout buffers of one rank; `collect` plays one round.
 
@@ -134,10 +177,7 @@ class Collector:
         # is as large as a game step there); same outputs and the same chain of sampling keys.
         calls = num_steps * -(-self.num_envs // cfg.env_batch_size) + 1  # policy calls a round can make
         self.host = HostPolicy(cfg, calls) if use_host_policy(cfg) else None
-        self.slow_extra = max(0.0, slow_factor - 1.0)
-        # Fault injection only: when each env was last sent an action, and the injected sleep so far.
-        self.sent_at = np.zeros(self.num_envs)
-        self.slept, self.slept_at_send = 0.0, np.zeros(self.num_envs)
+        self.slow_factor = slow_factor
         self.scores = GameScores(self.num_envs)
         self.total_env_steps = 0
         # Reset through send/recv: in async mode a plain reset() returns only one batch of envs.
@@ -181,9 +221,6 @@ class Collector:
                 self._allocate(packed.shape[1])
             self.packed_rows[rows, ids] = packed
         self.io.send(self.actions[action], ids)
-        if self.slow_extra:
-            self.sent_at[ids] = time.perf_counter()
-            self.slept_at_send[ids] = self.slept
         return key
 
     def collect(self, params, key, deadline_s: float | None, until_game_end: bool = False):
@@ -204,21 +241,13 @@ class Collector:
         stopping = False
         cut = False
         env_wait = 0.0
+        slow = SlowDown(self.slow_factor, start)
+        held = np.zeros(N, bool)  # envs the slow-down holds back while the pipeline drains
         while in_flight:
             t0 = time.perf_counter()
             obs, reward, terminated, truncated, ids, game_reward = self.io.recv()
             dt = time.perf_counter() - t0
             env_wait += dt
-            if self.slow_extra:
-                # Fault injection: this rank's games run slow_factor times slower. Each env's step took
-                # the time since its action was sent, less this thread's own injected sleeps since then;
-                # holding its next action back by extra x that makes the step F times as long. (Sleeping
-                # in proportion to the recv wait alone does nothing with async envs: envpool steps the
-                # other games while this thread sleeps, and the next recv waits for nothing.)
-                took = time.perf_counter() - self.sent_at[ids] - (self.slept - self.slept_at_send[ids])
-                pause = self.slow_extra * float(np.mean(took))
-                time.sleep(pause)
-                self.slept += pause
             in_flight -= len(ids)
             rows = cursor[ids]
             self.rewards[rows, ids] = reward
@@ -237,9 +266,24 @@ class Collector:
                     stopping = True
                 elif until_game_end and game_ended.all():
                     stopping = True
-            if not stopping:
-                key = self._act(params, key, ids, rows, obs)  # obs == pending[ids]: no copy
-                in_flight += len(ids)
+            if stopping:
+                continue
+            if slow.draining:
+                # Fault injection: hold these envs until the pipeline is empty, then stall the whole rank.
+                held[ids] = True
+                if in_flight == 0:
+                    if slow.stall(stop_at):  # the deadline passed during the stall: the round ends here
+                        stopping = cut = True
+                        continue
+                    ids = np.nonzero(held)[0].astype(np.int32)
+                    held[:] = False
+                    key = self._act(params, key, ids, cursor[ids], self.pending[ids])
+                    in_flight += len(ids)
+                continue
+            key = self._act(params, key, ids, rows, obs)  # obs == pending[ids]: no copy
+            in_flight += len(ids)
+            slow.after_work()
+        slow.finish(stop_at)
         filled = np.arange(T)[:, None] < cursor[None, :]
         dones = (self.terminated | self.truncated) & filled
         # envpool resets a finished game on its next step and ignores the action: no signal there.
