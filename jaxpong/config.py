@@ -99,7 +99,16 @@ class AlgoConfig:
     max_grad_norm: float = _f(0.5, "clip the global gradient norm to this (0 = no clipping)", min=0.0)
     gae_lambda: float = _f(0.95, "ppo: GAE lambda", min=0.0, max=1.0)
     update_epochs: int = _f(4, "ppo: passes over each round's batch", min=1)
-    num_minibatches: int = _f(4, "ppo: minibatches per epoch", min=1)
+    num_minibatches: int = _f(4, "ppo: minibatches per epoch (at reference_games global games; see batch_rule)", min=1)
+    batch_rule: str = _f(
+        "minibatch",
+        "ppo: how the update follows a global batch (num_envs x ranks) of k x reference_games games: minibatch = "
+        "k x num_minibatches per epoch, so the minibatch size and the optimizer steps per sample stay as at "
+        "reference_games (until a rank's share of a minibatch would fall below min_rank_minibatch); none = the "
+        "same num_minibatches, larger minibatches", choices=["minibatch", "none"])
+    reference_games: int = _f(32, "ppo: the global game count at which num_minibatches applies as given", min=1)
+    min_rank_minibatch: int = _f(64, "ppo: batch_rule minibatch keeps each rank's share of a minibatch at least "
+                                     "this many samples", min=1)
     clip_coef: float = _f(0.1, "ppo: surrogate clipping coefficient", min=0.0)
     clip_vloss: bool = _f(True, "ppo: clip the value loss like the policy")
     ent_coef: float = _f(0.01, "ppo: entropy bonus coefficient", min=0.0)
@@ -132,9 +141,8 @@ class DistConfig:
         0.25, "with a deadline (auto or SECONDS), each env's buffer holds num_steps x (1 + this), so ranks faster "
         "than the typical one keep collecting until the deadline instead of idling", min=0.0)
     slow_rank: int = _f(-1, "fault injection: this rank steps its envs slower by sleeping (-1 = none)", min=-1)
-    slow_factor: float = _f(1.0, "fault injection: the slow rank holds each env's next action back so its steps "
-                               "take this many times as long (with async envs the other games keep stepping "
-                               "meanwhile, so the rank slows less)", min=1.0)
+    slow_factor: float = _f(1.0, "fault injection: the slow rank collects this many times slower (it drains its "
+                               "envs every 20 ms and stalls for the rest), with sync and async envs", min=1.0)
     hang_timeout_s: float = _f(
         30.0, "abort the job when a rank waits longer than this (or 3x the slowest recent round) for its peers "
         "in one collective; the first round, which compiles, gets 10x", min=1.0)
@@ -149,6 +157,9 @@ class RunConfig:
                              "included (0 = none); after --resume it counts only the resumed process", min=0.0)
     target_return: float = _f(math.nan, "stop once the mean of the last 20 full games >= this (nan = never)")
     log_every: int = _f(1, "write a metrics line every N updates", min=1)
+    noise_scale_decay: float = _f(
+        0.95, "the gradient noise scale (charts/noise_scale) is smoothed over rounds: each round, past sums are "
+        "weighted by this (0 = this round alone)", min=0.0, max=1.0)
     checkpoint_every: int = _f(100, "save a checkpoint every N updates (and always at the end)", min=1)
     keep_checkpoints: int = _f(3, "checkpoints to keep", min=1)
     eval_every: int = _f(0, "play greedy eval games every N updates (0 = never)", min=0)
@@ -157,6 +168,12 @@ class RunConfig:
     video_every: int = _f(0, "record a short video (RUN_DIR/videos/step_<STEP>.mp4) every N updates, between rounds "
                           "(0 = never)", min=0)
     tensorboard: bool = _f(True, "write TensorBoard event files")
+    track: bool = _f(False, "also log every metrics.jsonl scalar, the resolved config, the learning curve and the final "
+                     "video to Weights & Biases (rank 0; needs pip install 'jaxpong[wandb]'; WANDB_MODE=offline "
+                     "keeps it in RUN_DIR/wandb/); a resumed run continues the same W&B run")
+    wandb_project: str = _f("jaxpong", "W&B project of a --track run")
+    wandb_entity: str = _f("", "W&B entity (user or team) of a --track run; empty = your default entity")
+    wandb_group: str = _f("", "W&B group of a --track run, e.g. one per set of seeds; empty = none")
     progress: str = _f("auto", "progress display: auto (bar on a terminal, log lines otherwise), bar, log, off", choices=["auto", "bar", "log", "off"])
     progress_every_s: float = _f(10.0, "seconds between plain progress lines", min=0.0, min_exclusive=True)
     max_bad_updates: int = _f(10, "stop with an error after this many consecutive non-finite updates", min=1)
@@ -459,7 +476,19 @@ def build(config_path: str | None, overrides: dict, base: dict | None = None) ->
     cfg = Config()
     if base:
         cfg = from_dict(base, "the saved run config", cfg)
+    file_data = load_yaml(config_path) if config_path else {}
     if config_path:
-        cfg = from_dict(load_yaml(config_path), f"config file {config_path!r}", cfg)
+        cfg = from_dict(file_data, f"config file {config_path!r}", cfg)
     cfg = from_dict(overrides, "command line", cfg)
-    return validate(cfg)
+    validate(cfg)
+    if cfg.run.track and (_sets_track(file_data) or _sets_track(overrides)):
+        # Asked for now, so wandb must be here. A saved run's tracking (--resume, eval) does not ask: where wandb
+        # is missing, training goes on without it and says so.
+        from jaxpong.tracking import require_wandb
+
+        require_wandb()
+    return cfg
+
+
+def _sets_track(data: Any) -> bool:
+    return isinstance(data, dict) and isinstance(data.get("run"), dict) and "track" in data["run"]

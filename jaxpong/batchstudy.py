@@ -1,0 +1,158 @@
+"""`jaxpong bench --batch-study`: agent steps to each milestone as the global batch grows.
+
+N ranks do exactly what one process does with N times the games (tests/test_mpi.py proves it for the
+gradients), so the learning side of scaling is measured here in one process: the default config with
+1x, 2x, 4x ... its games, under each batch rule. Agent steps to a milestone do not depend on how fast
+the machine is, so these runs may share a machine; their seconds are reported but not compared.
+
+The study is resumable: every finished run appends one line to OUT/results.jsonl, and a rerun skips
+the (rule, scale, seed) triples already there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from jaxpong import batch_rule
+from jaxpong.config import build
+from jaxpong.learnbench import MILESTONES, milestones_from_games
+
+STUDY_MILESTONES = ("0", "18", "20")
+
+
+def run_args(rule: str, scale: int, cfg) -> list[str]:
+    """Flags that make one process stand in for `scale` ranks of the config's games each, under `rule`:
+    the minibatch count the rule (jaxpong/batch_rule.py) gives `scale` ranks, passed explicitly."""
+    games = cfg.env.num_envs * scale
+    mbs = cfg.algo.num_minibatches
+    if rule == "minibatch":
+        mbs = batch_rule.scaled_minibatches(mbs, games, cfg.algo.reference_games, cfg.algo.num_steps * games,
+                                            cfg.algo.min_rank_minibatch * scale)
+    return ["--num-envs", str(games), "--num-minibatches", str(mbs), "--batch-rule", "none"]
+
+
+def read_results(path: Path) -> list[dict]:
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per (rule, scale): the median over seeds of the agent steps to each milestone. A seed that
+    never got there counts as infinitely slow, so the median is None when fewer than half did."""
+    rows = []
+    for rule, scale in sorted({(r["rule"], r["scale"]) for r in results}):
+        runs = [r for r in results if r["rule"] == rule and r["scale"] == scale]
+        row = {"rule": rule, "scale": scale, "seeds": len(runs)}
+        for m in STUDY_MILESTONES:
+            steps = sorted(r["milestones"][m]["step"] if r["milestones"].get(m) else np.inf for r in runs)
+            mid = steps[(len(steps) - 1) // 2]  # the lower median: an observed seed, never an average
+            row[f"steps_{m}"] = None if not np.isfinite(mid) else int(mid)
+            row[f"reached_{m}"] = sum(np.isfinite(s) for s in steps)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    def fmt(v):
+        return "-" if v is None else f"{v / 1e3:,.0f}k"
+
+    ref = {r["rule"]: r for r in rows if r["scale"] == 1}
+    lines = ["| rule | games (x default) | seeds | steps to 0 | steps to +18 | steps to +20 | +18 against 1x |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        base = ref.get(r["rule"]) or ref.get("minibatch") or {}
+        ratio = (f"{r['steps_18'] / base['steps_18']:.2f}x" if r["steps_18"] and base.get("steps_18") else "-")
+        lines.append(f"| {r['rule']} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
+                     f"({r['reached_18']}/{r['seeds']}) | {fmt(r['steps_20'])} ({r['reached_20']}/{r['seeds']}) | {ratio} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarise(results)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for rule in sorted({r["rule"] for r in rows}):
+        mine = [r for r in rows if r["rule"] == rule]
+        for m, style in zip(STUDY_MILESTONES, (":", "-", "--")):
+            pts = [(r["scale"], r[f"steps_{m}"]) for r in mine if r[f"steps_{m}"]]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, np.array(y) / 1e6, style, marker="o", label=f"{rule}: to {m if m == '0' else '+' + m}")
+        for r in results:
+            if r["rule"] == rule and r["milestones"].get("18"):
+                ax.scatter(r["scale"], r["milestones"]["18"]["step"] / 1e6, s=8, color="grey", alpha=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("global batch (x the default's 32 games x 64 steps)")
+    ax.set_ylabel("agent steps (millions), median over seeds")
+    ax.set_title("Agent steps to each milestone as the global batch grows (grey: +18, each seed)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def batch_study(config_file: str, *, scales: list[int], seeds: list[int], rules: list[str], max_steps: int,
+                out_dir: str, extra_args: list[str] | None = None) -> int:
+    cfg = build(config_file, {})
+    base_games = cfg.env.num_envs
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.jsonl"
+    done = {(r["rule"], r["scale"], r["seed"]) for r in read_results(results_file)}
+    # Seeds outermost: a study stopped early still has every scale at its first seeds.
+    plan = [(rule, scale, seed) for seed in seeds for scale in scales for rule in rules]
+    for rule, scale, seed in plan:
+        if (rule, scale, seed) in done:
+            continue
+        run_dir = out / f"{rule}_x{scale}_seed{seed}"
+        cmd = [sys.executable, "-m", "jaxpong", "train", "--config", config_file, "--run-dir", str(run_dir),
+               "--overwrite", "--seed", str(seed), "--total-steps", str(max_steps), "--target-return", "20",
+               "--progress", "off", "--checkpoint-every", "1000000000", *run_args(rule, scale, cfg),
+               *(extra_args or [])]
+        print(f"{rule} x{scale} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode not in (0,):
+            print(f"  failed ({proc.returncode}): {proc.stderr.strip()[-600:]}", flush=True)
+            return 1
+        games = read_results(run_dir / "games.jsonl")
+        metrics = read_results(run_dir / "metrics.jsonl")
+        reached = milestones_from_games(games)
+        row = {"rule": rule, "scale": scale, "seed": seed, "games": base_games * scale,
+               "milestones": {m: reached[m] for m in map(str, MILESTONES)},
+               "steps": metrics[-1]["step"] if metrics else 0,
+               "time_s": metrics[-1]["time_s"] if metrics else 0.0, "max_steps": max_steps}
+        with results_file.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print("  " + "  ".join(f"{m}: " + (f"{r['step'] / 1e3:.0f}k" if (r := reached[m]) else "-")
+                               for m in STUDY_MILESTONES), flush=True)
+    results = read_results(results_file)
+    text = table(summarise(results))
+    (out / "table.md").write_text(text + "\n")
+    plot(results, out / "steps_to_milestones.png")
+    print(text)
+    print(f"table: {out / 'table.md'}  plot: {out / 'steps_to_milestones.png'}")
+    return 0
+
+
+if __name__ == "__main__":  # a study can run before it has a place in the command line
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--config", default="configs/default.yaml")
+    p.add_argument("--scales", default="1,2,4,8,16")
+    p.add_argument("--seeds", default="1,2,3")
+    p.add_argument("--rules", default="minibatch")
+    p.add_argument("--max-steps", type=int, default=3_000_000)
+    p.add_argument("--out", default="runs/batch_study")
+    a, extra = p.parse_known_args()
+    sys.exit(batch_study(a.config, scales=[int(x) for x in a.scales.split(",")],
+                         seeds=[int(x) for x in a.seeds.split(",")], rules=a.rules.split(","),
+                         max_steps=a.max_steps, out_dir=a.out, extra_args=extra))
