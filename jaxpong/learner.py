@@ -2,7 +2,8 @@
 
 Nothing here knows how many ranks there are: `allreduce` sums an array over ranks (the identity on
 one rank) and is called inside jit, once per optimizer step, on one flat buffer holding the
-gradient sums, the valid count and the metric sums.
+gradient sums, the valid count and the metric sums (and, while it measures the gradient noise scale,
+two more scalars: jaxpong/noise_scale.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import optax
 from flax import struct
 from jax.flatten_util import ravel_pytree
 
+from jaxpong import noise_scale
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.batch import Batch
 from jaxpong.config import MIRROR_ACTION, Config
@@ -124,14 +126,22 @@ def sparse_round(cfg: Config, key: jax.Array, features: np.ndarray, keep: np.nda
 
 def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTransformation,
                   allreduce: Callable[[jax.Array], jax.Array]):
-    """The jitted round update: optimize(state, batch, targets, norm, lr_frac, poison, sparse_features=None).
+    """The jitted round update: optimize(state, batch, targets, norm, lr_frac, poison, sparse_features=None,
+    noise=None) -> (state, metrics, counts), or (state, metrics, counts, noise) when `noise` is given.
 
     `sparse_features`, when given, is a `sparse.SparseBatch` [epochs * minibatches, ...] holding each
     minibatch's features in the order the update draws (`sparse_round`); `batch.features` is then not
     read (it may be None).
+
+    `noise`, a `noise_scale.NoiseScaleState`, turns on the gradient noise scale (jaxpong/noise_scale.py):
+    each optimizer step adds two scalars to its fused buffer (this rank's |gradient sum|^2 and its valid
+    count squared), the scan keeps the epoch's running gradient sum, and the state comes back updated
+    with this round's estimates (decay run.noise_scale_decay). Parameters, optimizer state, metrics and
+    counts are the same with or without it.
     """
 
     algorithm = ALGORITHMS[cfg.algo.algo]
+    epochs, minibatches = schedule(cfg)
 
     def loss_fn(params, samples, norm, poison):
         loss_sum, aux = algorithm.loss_sums(apply_fn, params, samples, norm, cfg)
@@ -141,7 +151,8 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
 
     @jax.jit
     def optimize(state: TrainState, batch: Batch, targets: dict, norm: jax.Array, lr_frac, poison,
-                 sparse_features=None):
+                 sparse_features=None, noise: noise_scale.NoiseScaleState | None = None):
+        measure = noise is not None  # static: None is an empty pytree
         T, N = batch.actions.shape
         size = T * N
         flat = lambda x: x.reshape((size,) + x.shape[2:])
@@ -155,28 +166,56 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
             if sparse_features is not None:
                 raise ValueError("mirror_augment flips dense frames; give the update dense features")
             samples, size = mirrored(samples, cfg.model.actions), 2 * size
-        key, order = minibatch_order(state.key, size, *schedule(cfg))
+        key, order = minibatch_order(state.key, size, epochs, minibatches)
+        # Where each epoch starts: the running gradient sum of the across-minibatches estimate restarts there.
+        starts = jnp.arange(epochs * minibatches) % minibatches == 0 if measure else None
 
         def step(carry, xs):
-            params, opt_state = carry
-            idx, mb_sparse = xs
+            params, opt_state, epoch_sum = carry
+            idx, mb_sparse, start = xs
             mb = jax.tree.map(lambda x: x[idx], samples)
             if mb_sparse is not None:
                 mb["features"] = mb_sparse
             (_, (count, metrics)), grads = grad_fn(params, mb, norm, poison)
-            buffer, unravel = ravel_pytree((grads, count, metrics))
-            grads, count, metrics = unravel(allreduce(buffer))  # the one collective of this step
+            # This rank's |gradient sum|^2 and count^2: summed over ranks, the small batches' side of the noise scale.
+            own = jnp.stack([noise_scale.squared_norm(grads), count * count]) if measure else None
+            buffer, unravel = ravel_pytree((grads, count, metrics, own))
+            grads, count, metrics, ranks_sq = unravel(allreduce(buffer))  # the one collective of this step
+            measured = None
+            if measure:
+                epoch_sum = jax.tree.map(lambda e, g: jnp.where(start, g, e + g), epoch_sum, grads)
+                # [|S|^2 of the global minibatch, sum over ranks of |s_k|^2, sum of n_k^2, |epoch's sum so far|^2]
+                measured = jnp.stack([noise_scale.squared_norm(grads), ranks_sq[0], ranks_sq[1],
+                                      noise_scale.squared_norm(epoch_sum)])
             grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             # No valid sample on any rank: leave parameters and optimizer state as they are.
             has_data = count > 0
             updates = jax.tree.map(lambda u: jnp.where(has_data, u * lr_frac, 0.0), updates)
             new_opt_state = jax.tree.map(lambda n, o: jnp.where(has_data, n, o), new_opt_state, opt_state)
-            return (optax.apply_updates(params, updates), new_opt_state), (count, metrics)
+            return (optax.apply_updates(params, updates), new_opt_state, epoch_sum), (count, metrics, measured)
 
-        (params, opt_state), (counts, metrics) = jax.lax.scan(step, (state.params, state.opt_state),
-                                                              (order, sparse_features))
+        epoch_sum = jax.tree.map(jnp.zeros_like, state.params) if measure else None
+        (params, opt_state, _), (counts, metrics, measured) = jax.lax.scan(
+            step, (state.params, state.opt_state, epoch_sum), (order, sparse_features, starts))
         total = jnp.maximum(counts.sum(), 1.0)
-        return TrainState(params=params, opt_state=opt_state, key=key), metrics.sum(0) / total, counts
+        out = TrainState(params=params, opt_state=opt_state, key=key), metrics.sum(0) / total, counts
+        if not measure:
+            return out
+        return out + (round_noise(noise, measured, counts, epochs, minibatches, cfg.run.noise_scale_decay),)
 
     return optimize
+
+
+def round_noise(noise: noise_scale.NoiseScaleState, measured: jax.Array, counts: jax.Array, epochs: int,
+                minibatches: int, decay: float) -> noise_scale.NoiseScaleState:
+    """The noise-scale state after a round whose optimizer steps measured `measured` [steps, 4] (see
+    make_optimize's step) with global valid counts `counts` [steps]."""
+    big_sq, ranks_sq, ranks_count_sq, epoch_sq = measured.T
+    # Across ranks: every step, each rank's minibatch against the global minibatch.
+    across_ranks = noise_scale.group_sums(big_sq, ranks_sq, counts, ranks_count_sq)
+    # Across minibatches: every epoch, each step's global minibatch against their sum over the epoch.
+    per_epoch = lambda x: x.reshape(epochs, minibatches)
+    across_minibatches = noise_scale.group_sums(per_epoch(epoch_sq)[:, -1], per_epoch(big_sq).sum(1),
+                                                per_epoch(counts).sum(1), per_epoch(counts * counts).sum(1))
+    return noise_scale.update(noise, across_ranks, across_minibatches, counts.sum(), counts.size, decay)
