@@ -1,4 +1,5 @@
-"""What rank 0 writes while training: metrics.jsonl, ranks.jsonl, TensorBoard, and the progress display.
+"""What rank 0 writes while training: metrics.jsonl, ranks.jsonl, TensorBoard, W&B (--track, in
+jaxpong/tracking.py) and the progress display.
 
 Nothing here runs inside jit or per env step: it is called once per update round.
 """
@@ -12,6 +13,9 @@ import threading
 import time
 from pathlib import Path
 
+import yaml
+
+from jaxpong.config import ConfigError
 from jaxpong.rundir import WriteFailed, write_failure_reason
 
 
@@ -91,6 +95,8 @@ class RunLogger:
         self.ranks_file = open(self.ranks_path, "a")
         self.tb = None
         self._tb_errors = None
+        self.tracker = None  # a tracking.Tracker, started at the first log() when the run's config asks
+        self._tracking_checked = False
         if tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -110,9 +116,50 @@ class RunLogger:
         if self._tb_errors is not None and self._tb_errors.error is not None:
             raise WriteFailed("TensorBoard events in", self.run_dir / "tb", write_failure_reason(self._tb_errors.error))
 
+    def _start_tracking(self) -> None:
+        """Start W&B when RUN_DIR/config.yaml (written before the first round) says run.track: it is then
+        the resolved config W&B records. A failure is one line; training goes on without W&B."""
+        self._tracking_checked = True
+        try:
+            doc = yaml.safe_load((self.run_dir / "config.yaml").read_text()) or {}
+            run = doc.get("run") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            return  # an unwritten config.yaml ends the run at this round's exchange (rundir.WriteFailed)
+        if not run.get("track"):
+            return
+        from jaxpong import tracking
+
+        try:
+            tracking.require_wandb()
+            self.tracker = tracking.Tracker(self.run_dir, doc, project=run.get("wandb_project") or "jaxpong",
+                                            entity=run.get("wandb_entity") or "", group=run.get("wandb_group") or "")
+            log_line(f"W&B run {self.tracker.id} (project {self.tracker.run.project}; id kept in "
+                     f"{self.run_dir / tracking.RUN_ID_FILE})")
+        except (ConfigError, tracking.TrackingFailed) as err:
+            log_line(f"{err}; training goes on without W&B" if isinstance(err, ConfigError) else str(err))
+
+    def _track(self, clean: dict) -> None:
+        if not self._tracking_checked:
+            self._start_tracking()
+        if self.tracker is not None:
+            from jaxpong.tracking import TrackingFailed
+
+            try:
+                self.tracker.log(clean)
+            except TrackingFailed as err:
+                self.tracker = None
+                log_line(str(err))
+
+    def finish_tracking(self) -> None:
+        """After the end-of-run media (learning_curve.png, videos/final.mp4): log them and close the W&B run.
+        Also done at process exit when nobody calls this."""
+        if self.tracker is not None:
+            self.tracker.finish()
+
     def log(self, record: dict) -> None:
         clean = {k: v for k, v in record.items() if not (isinstance(v, float) and not math.isfinite(v))}
         self._write("metrics", self.metrics_path, lambda: self.metrics_file.write(json.dumps(clean) + "\n"))
+        self._track(clean)
         if self.tb is not None:
             self._check_tensorboard()
             step = int(record["step"])
