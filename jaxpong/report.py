@@ -27,6 +27,9 @@ The picture depends on the rank count (`--picture auto`):
   there are more ranks or rounds than pixels, neighbouring ranks and rounds share a cell, and the
   figure says how.
 
+Where the run measured the gradient noise scale (charts/noise_scale), one more line says how many ranks
+its critical batch makes useful (useful_ranks).
+
 The first round includes compilation and is left out of every number and picture (not of the trace).
 ranks.jsonl is read in chunks of lines into one numpy matrix per field (ranks x rounds): a 1,536-rank
 run of 300 rounds (92 MB of ranks.jsonl) takes about 10 s of CPU and 210 MB of memory at the peak,
@@ -445,6 +448,39 @@ def finding(stats: list[RankStats]) -> str:
     return text + slow_txt + masked_txt
 
 
+def useful_ranks(noise_scale: float, samples_per_rank_step: float) -> float:
+    """Ranks the measured critical batch makes useful: B_crit ~ B_simple, the gradient noise scale in samples
+    per optimizer step (McCandlish et al. 2018), over one rank's valid samples per optimizer step. Up to
+    about this many ranks, a step's larger batch buys nearly proportionally fewer steps; beyond it, little.
+    nan when either is unknown."""
+    if not (noise_scale > 0 and samples_per_rank_step > 0):
+        return math.nan
+    return noise_scale / samples_per_rank_step
+
+
+def useful_ranks_line(noise_scale: float, samples_per_step: float, ranks: int) -> str | None:
+    """The one plain line on it, from the run's charts/noise_scale, charts/optimizer_batch (valid samples
+    per optimizer step, all ranks) and rank count; None when the noise scale was not measured."""
+    per_rank = samples_per_step / max(ranks, 1)
+    useful = useful_ranks(noise_scale, per_rank)
+    if not math.isfinite(useful):
+        return None
+    head = (f"critical batch about {noise_scale:,.0f} samples per optimizer step (gradient noise scale); "
+            f"one rank gives {per_rank:,.0f}")
+    if useful < 1:
+        return f"{head}, already past it: more ranks would add samples that buy little (this run: {ranks})."
+    return f"{head}: up to about {useful:.1f} ranks are useful (this run: {ranks})."
+
+
+def noise_scale_line(metrics: list[dict]) -> str | None:
+    """useful_ranks_line from the last metrics line that measured the noise scale (None if none did)."""
+    for line in reversed(metrics):
+        if "charts/noise_scale" in line and "charts/optimizer_batch" in line:
+            return useful_ranks_line(line["charts/noise_scale"], line["charts/optimizer_batch"],
+                                     int(line.get("comm/world_size", 1)))
+    return None
+
+
 def table(stats: list[RankStats], limit: int | None = None) -> str:
     """The per-rank table; with `limit`, only the `limit` ranks most often last (when there are more)."""
     head = (f"{'rank':>4}  {'rounds':>6}  {'collect s':>9}  {'compute s':>9}  {'wait s':>8}  {'wait %':>6}  "
@@ -823,6 +859,7 @@ def make_report(run_dir, last_rounds: int = 20, out=None, picture: str = "auto",
     result["trace_events"] = trace["events"]
     result["trace_rounds"] = trace["rounds"]
     result["rounds"] = all_rounds
+    result["batch"] = noise_scale_line(read_metrics(path))
     return {"summary": result, "table": table(stats, limit=TABLE_TOP if len(stats) > TABLE_MAX_RANKS else None)}
 
 
@@ -841,6 +878,8 @@ def run_cli(args) -> int:
     print()
     print(f"finding: {result['finding']}")
     print(f"picture: {result['image']}")
+    if result["batch"]:
+        print(f"batch:   {result['batch']}")
     which = "every round" if result["trace_rounds"] == result["rounds"] else \
         f"the last {result['trace_rounds']} of {result['rounds']} rounds"
     print(f"trace:   {result['trace']} ({which}, {result['trace_events']:,} events, one track per rank; open it in "

@@ -240,3 +240,20 @@ def test_two_real_ranks_measure_across_ranks():
                           text=True, timeout=300, env={**__import__("os").environ, **env_cache})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK noise_scale_across_two_ranks" in proc.stdout
+
+
+# -- what it means for ranks (report) ------------------------------------------------------------
+def test_useful_ranks_from_the_critical_batch():
+    from jaxpong.report import noise_scale_line, useful_ranks, useful_ranks_line
+
+    assert useful_ranks(3000.0, 500.0) == pytest.approx(6.0)  # B_crit ~ B_simple samples, 500 a rank per step
+    assert np.isnan(useful_ranks(float("nan"), 500.0)) and np.isnan(useful_ranks(-4.0, 500.0))
+    assert useful_ranks_line(3000.0, 1000.0, 2) == ("critical batch about 3,000 samples per optimizer step (gradient "
+                                                    "noise scale); one rank gives 500: up to about 6.0 ranks are useful "
+                                                    "(this run: 2).")
+    assert "already past it" in useful_ranks_line(90.0, 512.0, 1)
+    assert useful_ranks_line(float("nan"), 512.0, 1) is None
+    metrics = [{"charts/noise_scale": 1024.0, "charts/optimizer_batch": 512.0, "comm/world_size": 1},
+               {"update": 7}]  # the last line without a measurement (nothing measured yet, or dropped as nan)
+    assert "up to about 2.0 ranks" in noise_scale_line(metrics)
+    assert noise_scale_line([{"update": 1}]) is None
