@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from jaxpong import placement
 from jaxpong.config import Config, ModelConfig
 
 # Seed purposes, folded into every env seed so that training, evaluation and videos never share games.
@@ -31,7 +31,8 @@ def env_seeds(seed: int, rank: int, resume_count: int, purpose: int, num_envs: i
 
 
 def default_threads(num_envs: int) -> int:
-    return max(1, min(num_envs, len(os.sched_getaffinity(0))))
+    """envpool threads: one per core this rank is bound to (its share of the host when unbound), at most one per game."""
+    return max(1, min(num_envs, placement.this_rank_cores()))
 
 
 def import_envpool():

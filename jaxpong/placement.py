@@ -67,6 +67,12 @@ def rank_cores(affinity: int, host_cores: int, ranks_here: int) -> int:
     return max(1, host_cores // ranks_here)
 
 
+def this_rank_cores() -> int:
+    """rank_cores for this process, from its affinity and the launcher's count of ranks on this host."""
+    affinity = len(os.sched_getaffinity(0))
+    return rank_cores(affinity, os.cpu_count() or affinity, local_ranks() or 1)
+
+
 @dataclass(frozen=True)
 class Plan:
     ranks: int
