@@ -8,7 +8,7 @@ def _process_start() -> float:
     try:
         import psutil
 
-        return psutil.Process().create_time()
+        return float(psutil.Process().create_time())
     except Exception:  # psutil missing or restricted: the package import is the next best mark
         return _time.time()
 

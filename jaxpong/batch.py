@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from flax import struct
 import jax
+from flax import struct
 
 
 @struct.dataclass

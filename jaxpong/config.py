@@ -445,6 +445,10 @@ def _metavar(f: dataclasses.Field, typ) -> str:
     return typ.__name__.upper() if typ is not list else "IDS"
 
 
+# A boolean flag alone means true (`--capture-video`); `--capture-video false` works too.
+_BOOL_FLAG: dict[str, Any] = {"nargs": "?", "const": "true"}
+
+
 def add_config_flags(parser: argparse.ArgumentParser):
     """One flag per field. Flags are absent unless typed (SUPPRESS), so only what the user typed overrides
     the YAML, and help shows the field's real default rather than argparse's "(default: None)"."""
@@ -457,8 +461,7 @@ def add_config_flags(parser: argparse.ArgumentParser):
             default=argparse.SUPPRESS,
             metavar=_metavar(f, typ),
             help=argparse.SUPPRESS if f.metadata["hidden"] else f"{f.metadata['help']} [{section}; default: {shown}]",
-            # A boolean flag alone means true (`--capture-video`); `--capture-video false` works too.
-            **({"nargs": "?", "const": "true"} if typ is bool else {}),
+            **(_BOOL_FLAG if typ is bool else {}),
         )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -134,7 +135,7 @@ def log_layout(game_slots: int) -> Layout:
 def record_row(layout: Layout, record: dict | None, games: list) -> np.ndarray:
     """A rank's LOGGED row: its previous round's record (None before its first) and up to the row's
     room of games [(return, length)]."""
-    values = {name: np.nan for name in RECORD_FIELDS}
+    values: dict[str, Any] = {name: np.nan for name in RECORD_FIELDS}
     if record is not None:
         for name in RECORD_FIELDS:
             value = record.get(name)
@@ -154,7 +155,7 @@ def read_rows(layout: Layout, rows: np.ndarray) -> tuple[list[dict], list[list[t
     for row in rows:
         fields = layout.unpack(row)
         if not math.isnan(fields["update"]):
-            record = {}
+            record: dict[str, Any] = {}
             for name in RECORD_FIELDS:
                 value = fields[name]
                 if name in _INT_FIELDS:

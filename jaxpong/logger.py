@@ -12,11 +12,15 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from jaxpong.config import ConfigError
 from jaxpong.rundir import WriteFailed, write_failure_reason
+
+if TYPE_CHECKING:
+    from jaxpong.tracking import Tracker
 
 
 def _truncate_jsonl(path: Path, last_update: int) -> None:
@@ -95,7 +99,7 @@ class RunLogger:
         self.ranks_file = open(self.ranks_path, "a")
         self.tb = None
         self._tb_errors = None
-        self.tracker = None  # a tracking.Tracker, started at the first log() when the run's config asks
+        self.tracker: Tracker | None = None  # started at the first log() when the run's config asks
         self._tracking_checked = False
         if tensorboard:
             from tensorboardX import SummaryWriter
@@ -232,7 +236,8 @@ class Progress:
         self.last_print = 0.0
         self.bar = None
         if self.mode == "bar":
-            from rich.progress import BarColumn, Progress as RichProgress, TextColumn
+            from rich.progress import BarColumn, TextColumn
+            from rich.progress import Progress as RichProgress
 
             # Our own ETA column: rich's TimeRemainingColumn knows only the step total, not --time-limit-s.
             self.bar = RichProgress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
@@ -249,7 +254,7 @@ class Progress:
 
     def update(self, step: int, sps: float, recent_return: float | None, elapsed_s: float) -> None:
         ret = "-" if recent_return is None else f"{recent_return:+.1f}"
-        if self.mode == "bar":
+        if self.mode == "bar" and self.bar is not None:
             self.bar.update(self.task, completed=step, sps=sps, ret=ret, eta=self.eta(step, sps))
         elif self.mode == "log" and time.monotonic() - self.last_print >= self.every_s:
             self.last_print = time.monotonic()

@@ -8,6 +8,7 @@ last 20 games (line), and greedy evaluations when the run made them (`--eval-eve
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from jaxpong.config import ConfigError
@@ -38,7 +39,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     return rows
 
 
-def run_labels(run_dirs: list[Path]) -> list[str]:
+def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:
     """Run names (folder names); the parent is added where two runs share a name."""
     names = [Path(d).resolve().name for d in run_dirs]
     return [f"{Path(d).resolve().parent.name}/{n}" if names.count(n) > 1 else n for d, n in zip(run_dirs, names)]

@@ -44,7 +44,7 @@ class WriteFailed(Exception):
 def write_failure_reason(err: BaseException) -> str:
     """The operating system's words for a failed write, found anywhere in an exception's chain (orbax
     wraps them, for example as `ValueError: RESOURCE_EXHAUSTED: ... No space left on device`)."""
-    seen = err
+    seen: BaseException | None = err
     while seen is not None:
         if isinstance(seen, OSError) and seen.strerror:
             return seen.strerror
@@ -71,7 +71,7 @@ class RunLock:
         self.path = Path(run_dir) / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         """Take the lock or raise ConfigError naming the process that holds it (the directory is created)."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)

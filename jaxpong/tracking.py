@@ -40,14 +40,16 @@ def require_wandb() -> None:
     try:
         import wandb  # noqa: F401
     except ImportError:
-        raise ConfigError(f"--track needs Weights & Biases, which is not installed; install it with: "
-                          f"{INSTALL_HINT}") from None
+        raise ConfigError(
+            f"--track needs Weights & Biases, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None
 
 
 def scalars(record: dict) -> dict[str, float | int]:
     """The numbers of a metrics.jsonl line, under their own names (non-finite values left out, as there)."""
-    return {k: v for k, v in record.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: v for k, v in record.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def run_id(run_dir: Path) -> str:
@@ -82,8 +84,14 @@ class Tracker:
 
             self.id = run_id(self.run_dir)
             self.run = wandb.init(
-                project=project, entity=entity or None, group=group or None, name=self.run_dir.name,
-                id=self.id, resume="allow", dir=str(self.run_dir), config=config,
+                project=project,
+                entity=entity or None,
+                group=group or None,
+                name=self.run_dir.name,
+                id=self.id,
+                resume="allow",
+                dir=str(self.run_dir),
+                config=config,
                 # jaxpong's own lines stay on the terminal only: W&B's console capture wraps stderr.
                 settings=wandb.Settings(console="off"),
             )
@@ -92,8 +100,9 @@ class Tracker:
             self.run.define_metric(STEP_METRIC)
             self.run.define_metric("*", step_metric=STEP_METRIC)
         except Exception as err:  # noqa: BLE001 - any W&B failure is reported as one line; training goes on
-            raise TrackingFailed(f"W&B tracking is off for this run ({_one_line(err)}); metrics.jsonl and "
-                                 "TensorBoard are unaffected") from None
+            raise TrackingFailed(
+                f"W&B tracking is off for this run ({_one_line(err)}); metrics.jsonl and TensorBoard are unaffected"
+            ) from None
         atexit.register(self.finish)
 
     def log(self, record: dict) -> None:
@@ -101,8 +110,9 @@ class Tracker:
             self.run.log(scalars(record))
         except Exception as err:  # noqa: BLE001
             self._abandon()
-            raise TrackingFailed(f"W&B tracking stopped ({_one_line(err)}); metrics.jsonl and TensorBoard "
-                                 "go on") from None
+            raise TrackingFailed(
+                f"W&B tracking stopped ({_one_line(err)}); metrics.jsonl and TensorBoard go on"
+            ) from None
 
     def end_of_run_media(self) -> dict[str, Any]:
         """The learning curve and final video, when this process wrote them (not a previous process's)."""

@@ -79,7 +79,7 @@ def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None 
             reward = float(info["reward"][0])
             score[0 if reward > 0 else 1] += reward != 0
             ram = info["ram"][0]
-            if (int(ram[RAM_AGENT_SCORE]), int(ram[RAM_OPPONENT_SCORE])) != tuple(score):
+            if (int(ram[RAM_AGENT_SCORE]), int(ram[RAM_OPPONENT_SCORE])) != (int(score[0]), int(score[1])):
                 raise RuntimeError(f"the score in the console's RAM ({ram[RAM_AGENT_SCORE]}-{ram[RAM_OPPONENT_SCORE]}) "
                                    f"differs from the rewards ({score[0]}-{score[1]}) at step {step}")
             yield _hwc(colour[0]), obs[0], tuple(int(s) for s in score)
@@ -121,7 +121,7 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
         raise ConfigError(f"--out {str(out)!r} cannot be written ({err.strerror}); choose a writable place") from None
     start = time.perf_counter()
     frames = 0
-    played_fps = fps
+    played_fps: float = fps
     score = (0, 0)
     game = play(cfg, params, seed=seed, greedy=greedy, max_steps=max_steps, policy_step=policy_step)
     try:
@@ -133,14 +133,14 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
                 with warnings.catch_warnings():
                     # JAX warns on any fork; imageio-ffmpeg forks only to exec ffmpeg at once, which is safe.
                     warnings.filterwarnings("ignore", message="os.fork", category=RuntimeWarning)
-                    for frame, _, score in game:
+                    for frame, _, score in game:  # noqa: B007 - the final score is read after the loop
                         writer.append_data(frame)
                         frames += 1
             finally:
                 writer.close()
         else:
             stack = []
-            for frame, _, score in game:
+            for frame, _, score in game:  # noqa: B007 - the final score is read after the loop
                 stack.append(frame)
             frames = len(stack)
             durations = gif_durations(frames, fps)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import nan_equal
 
+from conftest import nan_equal
 from jaxpong import cli
 from jaxpong import config as config_lib
 from jaxpong.config import Config, ConfigError

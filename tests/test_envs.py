@@ -28,8 +28,9 @@ def test_only_the_atari_family_is_imported_and_pong_runs():
 
 
 def test_env_io_fast_path_returns_what_the_public_api_returns():
-    """EnvIO calls envpool's C++ recv/send directly; on twin games (same seeds, same actions, sync mode so that both return the same envs in the same order)
-    everything it returns must equal what envpool's public recv returns, through resets."""
+    """EnvIO calls envpool's C++ recv/send directly; on twin games (same seeds, same actions, sync mode so that
+    both return the same envs in the same order) everything it returns must equal what envpool's public recv
+    returns, through resets."""
     import numpy as np
 
     from jaxpong.config import Config

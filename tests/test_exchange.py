@@ -14,8 +14,19 @@ import numpy as np
 import pytest
 
 from jaxpong.deadline import Deadline, lower_median
-from jaxpong.exchange import (FILL_BINS, MAX, SUM, Layout, agreed_layout, fill_bin, games_per_row, log_layout,
-                              lower_median_of_counts, read_rows, record_row)
+from jaxpong.exchange import (
+    FILL_BINS,
+    MAX,
+    SUM,
+    Layout,
+    agreed_layout,
+    fill_bin,
+    games_per_row,
+    log_layout,
+    lower_median_of_counts,
+    read_rows,
+    record_row,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MPIRUN = Path(sys.executable).parent / "mpirun"

@@ -27,7 +27,8 @@ def full_frames():
     # The ball moves from rows 100-101, cols 80-81 to rows 104-105, cols 84-85.
     prev[100:102, 80:82] = BALL
     cur[104:106, 84:86] = BALL
-    # A black pixel inside the playfield, on a kept row and column, in the current frame only: erased like the background.
+    # A black pixel inside the playfield, on a kept row and column, in the current frame only: erased like the
+    # background.
     cur[61, 20] = 0
     # Objects the stride skips: an even row, and an odd column.
     cur[70, 60] = BALL

@@ -14,7 +14,6 @@ from jaxpong import sparse
 from jaxpong.config import Config
 from jaxpong.learner import TrainState, make_optimize, sparse_round
 from jaxpong.networks import Heads, make_network
-
 from test_gradients import N, T, setup
 
 

@@ -15,19 +15,22 @@ import sys
 from pathlib import Path
 
 import yaml
-
-from conftest import REPO, SMOKE_CONFIG, read_jsonl, run_jaxpong
 from wandb.proto import wandb_internal_pb2  # wandb is in the test extra: these tests run, never skip
 
+from conftest import REPO, SMOKE_CONFIG, read_jsonl, run_jaxpong
 from jaxpong import tracking
 from jaxpong.logger import RunLogger
 
 
 def offline_env(tmp: Path) -> dict:
     """Offline, and W&B's own settings and caches in a folder of the test, not the user's home."""
-    return {"WANDB_MODE": "offline", "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
-            "WANDB_CACHE_DIR": str(tmp / "wandb-cache"), "WANDB_DATA_DIR": str(tmp / "wandb-data"),
-            "WANDB_API_KEY": ""}
+    return {
+        "WANDB_MODE": "offline",
+        "WANDB_CONFIG_DIR": str(tmp / "wandb-config"),
+        "WANDB_CACHE_DIR": str(tmp / "wandb-cache"),
+        "WANDB_DATA_DIR": str(tmp / "wandb-data"),
+        "WANDB_API_KEY": "",
+    }
 
 
 def wandb_records(path: Path) -> list:
@@ -43,11 +46,11 @@ def wandb_records(path: Path) -> list:
         if left < 7:  # a block's tail too short for a chunk header is padding
             pos += left
             continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if kind == 0 and length == 0:
             pos += left
             continue
-        pending += data[pos + 7:pos + 7 + length]
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -75,8 +78,9 @@ def offline_run(path: Path) -> dict:
                 row[key] = json.loads(item.value_json)
             history.append(row)
     config.pop("_wandb", None)
-    media = sorted(p.relative_to(path / "files" / "media").as_posix()
-                   for p in (path / "files" / "media").rglob("*") if p.is_file())
+    media = sorted(
+        p.relative_to(path / "files" / "media").as_posix() for p in (path / "files" / "media").rglob("*") if p.is_file()
+    )
     return {"id": run_id, "config": config, "history": history, "media": media}
 
 
@@ -95,8 +99,11 @@ def offline_runs(run_dir: Path) -> list[dict]:
 
 def assert_same_scalars(history: list[dict], lines: list[dict]) -> None:
     """Each metrics.jsonl line is one W&B history row holding exactly its scalars, under the same names."""
-    rows = [{k: v for k, v in row.items() if not k.startswith("_")} for row in history
-            if not any(k.startswith("media/") for k in row)]
+    rows = [
+        {k: v for k, v in row.items() if not k.startswith("_")}
+        for row in history
+        if not any(k.startswith("media/") for k in row)
+    ]
     assert len(rows) == len(lines)
     for row, line in zip(rows, lines, strict=True):
         assert row == tracking.scalars(line)
@@ -106,9 +113,22 @@ def assert_same_scalars(history: list[dict], lines: list[dict]) -> None:
 def test_track_offline_mirrors_metrics_config_media_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     env = offline_env(tmp_path)
-    code, _, err = run_jaxpong("train", "--config", SMOKE_CONFIG, "--total-steps", 1024, "--run-dir", run_dir,
-                               "--track", "--wandb-project", "jaxpong-test", "--wandb-group", "seeds-a",
-                               "--capture-video", env=env)
+    code, _, err = run_jaxpong(
+        "train",
+        "--config",
+        SMOKE_CONFIG,
+        "--total-steps",
+        1024,
+        "--run-dir",
+        run_dir,
+        "--track",
+        "--wandb-project",
+        "jaxpong-test",
+        "--wandb-group",
+        "seeds-a",
+        "--capture-video",
+        env=env,
+    )
     assert code == 0, err[-3000:]
     run_id = (run_dir / tracking.RUN_ID_FILE).read_text().strip()
     assert f"W&B run {run_id}" in err
@@ -130,8 +150,7 @@ def test_track_offline_mirrors_metrics_config_media_and_resumes(tmp_path):
     assert last["step"] == lines[-1]["step"]  # plotted at the run's last step
 
     # Resume: the same W&B run id continues (W&B merges the two offline parts on `wandb sync`).
-    code, _, err = run_jaxpong("train", "--resume", run_dir, "--total-steps", 1280, "--capture-video", "false",
-                               env=env)
+    code, _, err = run_jaxpong("train", "--resume", run_dir, "--total-steps", 1280, "--capture-video", "false", env=env)
     assert code == 0, err[-3000:]
     assert (run_dir / tracking.RUN_ID_FILE).read_text().strip() == run_id
     again, resumed = offline_runs(run_dir)
@@ -147,14 +166,23 @@ def test_track_offline_mirrors_metrics_config_media_and_resumes(tmp_path):
 def test_track_without_wandb_is_one_line_and_exit_2(tmp_path):
     """With wandb not importable (as without the extra), --track stops before anything is created."""
     run_dir = tmp_path / "run"
-    script = ("import sys; sys.modules['wandb'] = None; from jaxpong.cli import main; "
-              f"sys.exit(main(['train', '--config', {str(SMOKE_CONFIG)!r}, '--run-dir', {str(run_dir)!r}, '--track']))")
-    proc = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120,
-                          env={**os.environ, **offline_env(tmp_path)})
+    script = (
+        "import sys; sys.modules['wandb'] = None; from jaxpong.cli import main; "
+        f"sys.exit(main(['train', '--config', {str(SMOKE_CONFIG)!r}, '--run-dir', {str(run_dir)!r}, '--track']))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **offline_env(tmp_path)},
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "jaxpong train: error: --track needs Weights & Biases, which is not installed; install it with: "
-        "pip install 'jaxpong[wandb]'"]
+        "pip install 'jaxpong[wandb]'"
+    ]
     assert not run_dir.exists()
 
 
@@ -192,8 +220,10 @@ def test_a_wandb_failure_is_one_line_and_training_goes_on(tmp_path, monkeypatch,
     assert len(read_jsonl(tmp_path / "run" / "metrics.jsonl")) == 2
     said = capsys.readouterr().err.strip().splitlines()
     assert len(said) == 1
-    assert said[0].endswith("W&B tracking is off for this run (UsageError: No API key configured. Use `wandb login` "
-                            "to log in.); metrics.jsonl and TensorBoard are unaffected")
+    assert said[0].endswith(
+        "W&B tracking is off for this run (UsageError: No API key configured. Use `wandb login` "
+        "to log in.); metrics.jsonl and TensorBoard are unaffected"
+    )
 
 
 def test_untracked_run_never_imports_wandb(tmp_path, monkeypatch):
@@ -205,8 +235,16 @@ def test_untracked_run_never_imports_wandb(tmp_path, monkeypatch):
 
 
 def test_scalars_are_the_finite_numbers_of_a_line():
-    line = {"update": 3, "step": 768, "charts/SPS": 12.5, "losses/approx_kl": float("nan"), "note": "x",
-            "flag": True, "charts/episodic_return": float("inf"), "comm/world_size": 1}
+    line = {
+        "update": 3,
+        "step": 768,
+        "charts/SPS": 12.5,
+        "losses/approx_kl": float("nan"),
+        "note": "x",
+        "flag": True,
+        "charts/episodic_return": float("inf"),
+        "comm/world_size": 1,
+    }
     assert tracking.scalars(line) == {"update": 3, "step": 768, "charts/SPS": 12.5, "comm/world_size": 1}
 
 

@@ -7,8 +7,16 @@ import sys
 import numpy as np
 
 from jaxpong.comm import MpiComm
-from jaxpong.exchange import agreed_layout, fill_bin, games_per_row, log_layout, lower_median_of_counts, read_rows, record_row
-from jaxpong.exchange import FILL_BINS
+from jaxpong.exchange import (
+    FILL_BINS,
+    agreed_layout,
+    fill_bin,
+    games_per_row,
+    log_layout,
+    lower_median_of_counts,
+    read_rows,
+    record_row,
+)
 
 comm = MpiComm()
 rank, size = comm.rank, comm.size
@@ -24,7 +32,7 @@ agreed = layout.pack({"moments": [rank + 1, 10 * rank, 0.5], "filled": 100 + ran
 record = {"update": 7, "rank": rank, "start_s": 1.0, "collect_s": 0.2 + rank, "compute_s": 0.1, "wait_s": 0.01 * rank,
           "valid_samples": 64 + rank, "masked_samples": rank, "cut_by_deadline": rank == 1, "deadline_s": None}
 games = [(-21.0 + rank, 800 + rank)] * (rank % 2)
-for repeat in range(3):  # the same op and datatype serve every round
+for _ in range(3):  # the same op and datatype serve every round
     reduced, rows = comm.exchange(agreed, layout, record_row(logs, record, games), timeout_s=60, label="the check")
 facts = layout.unpack(reduced)
 expect = {"filled": sum(100 + r for r in range(size)), "games": sum(r % 2 for r in range(size)), "rank0_process_s": 12.5,
