@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test test-scale bench bench-learn bench-ranks bench-sim bench-2016 bench-2016-speed clean
+.PHONY: install train test test-scale lint wheel-check bench bench-learn bench-ranks bench-sim bench-2016 bench-2016-speed clean
 
 install: $(STAMP)
 
@@ -28,12 +28,12 @@ ifeq ($(MPICC),)
 	mkdir -p $(NOCUDA)
 	PATH="$(abspath $(VENV))/bin:$$PATH" CUDA_PATH=$(NOCUDA) MPI4JAX_BUILD_MPICC="$(abspath $(VENV))/bin/mpicc" \
 		$(PY) -m pip install -q "mpi4py==4.1.2" "mpi4jax==0.9.1.post2"
-	$(PY) -m pip install -q -e ".[mpich,test]"
+	$(PY) -m pip install -q -e ".[mpich,test,dev]"
 else
 	mkdir -p $(NOCUDA)
 	MPICC="$(MPICC)" $(PY) -m pip install -q --no-binary mpi4py --no-cache-dir "mpi4py==4.1.2"
 	CUDA_PATH=$(NOCUDA) MPI4JAX_BUILD_MPICC="$(MPICC)" $(PY) -m pip install -q --no-cache-dir "mpi4jax==0.9.1.post2"
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q -e ".[test,dev]"
 endif
 	touch $(STAMP)
 
@@ -51,6 +51,21 @@ test: install
 
 test-scale: install
 	$(PY) -m pytest -q -m scale tests $(ARGS)
+
+# ruff (lint, then format check) and mypy, as configured in pyproject.toml; all three run, any finding fails.
+LINT_PATHS := jaxpong tests .ci
+lint: install
+	@status=0; \
+	echo "ruff check"; $(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \
+	echo "ruff format --check"; $(VENV)/bin/ruff format --check $(LINT_PATHS) || status=1; \
+	echo "mypy"; $(VENV)/bin/mypy || status=1; \
+	exit $$status
+
+# Build the wheel (dist/) and install it with the mpich extra into a fresh venv outside the repository, as the
+# README's install section says; then `jaxpong --help`, `--version` and the shipped data from a temporary folder.
+# Several minutes (it installs jax, envpool and compiles mpi4jax; pip's cache makes a second run faster).
+wheel-check: install
+	$(PY) .ci/wheel_check.py --python $(PYTHON)
 
 bench: install
 	$(PY) -m jaxpong bench --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
@@ -93,5 +108,5 @@ bench-sim: install
 	$(PY) -m jaxpong simulate --validate --seconds $(SIM_SECONDS) $(ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
