@@ -56,8 +56,8 @@ test-scale: install
 LINT_PATHS := jaxpong tests .ci
 lint: install
 	@status=0; \
-	echo "ruff check"; $(VENV)/bin/ruff check $(LINT_PATHS) || status=1; \
-	echo "ruff format --check"; $(VENV)/bin/ruff format --check $(LINT_PATHS) || status=1; \
+	echo "ruff check"; $(VENV)/bin/ruff check --output-format concise $(LINT_PATHS) || status=1; \
+	echo "ruff format --check"; $(VENV)/bin/ruff format --check --output-format concise $(LINT_PATHS) || status=1; \
 	echo "mypy"; $(VENV)/bin/mypy || status=1; \
 	exit $$status
 

@@ -38,6 +38,8 @@ def run(cmd: list, cwd: Path | None = None, env: dict | None = None) -> str:
 
 def build_wheel(dist: Path) -> Path:
     shutil.rmtree(dist, ignore_errors=True)
+    # setuptools reuses build/lib: a module deleted from the source would otherwise still be packaged.
+    shutil.rmtree(REPO / "build", ignore_errors=True)
     run([sys.executable, "-m", "build", "--wheel", "--outdir", dist, REPO])
     (wheel,) = dist.glob("jaxpong-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
