@@ -1,4 +1,7 @@
-"""The command line: `python -m jaxpong COMMAND ...` (also the `jaxpong` console script).
+"""The command line: `python -m jaxpong COMMAND ...` (also the `jaxpong` console script): parsing the
+arguments, checking them, and handing typed values to the command's body (jaxpong/launch.py for
+`train`, jaxpong/commands.py for bench, eval, video, plot and export, jaxpong/report.py and the
+jaxpong/simulate_*.py modules for report and simulate).
 
 Bad input of any kind ends with one line on stderr and exit status 2, never a traceback. Heavy
 imports (jax, envpool, MPI) happen inside the commands, after the arguments are checked.
@@ -11,14 +14,12 @@ import difflib
 import os
 import re
 import sys
-from pathlib import Path
 
 import jaxpong
 from jaxpong import config as config_lib
 from jaxpong.config import ConfigError
 from jaxpong.rundir import WriteFailed
-
-EXIT_USAGE, EXIT_IO_ERROR, EXIT_PREEMPTED = 2, 74, 75
+from jaxpong.stop import EXIT_IO_ERROR, EXIT_PREEMPTED, EXIT_USAGE
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,27 +60,6 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def setup_jax(xla_threads: int = 0) -> None:
-    """Process-wide JAX settings; call before jax is first imported."""
-    if xla_threads:
-        flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if xla_threads > 1 else 'false'}"
-                                   f" intra_op_parallelism_threads={xla_threads}").strip()
-    import jax
-
-    # Run each jitted call on the calling thread rather than handing it to a dispatch thread: the
-    # policy step is a ~0.3 ms call made ~150 times a second on the thread that feeds envpool, and
-    # alone it took ~0.2 ms less CPU per call this way (0.64-0.76 -> 0.45-0.52 ms per 16-game step);
-    # inside the collector the gain was within the machine's noise. Nothing here overlaps host work
-    # with a running computation, so nothing is lost either.
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
-    cache = os.environ.get("JAXPONG_COMPILE_CACHE", str(Path.home() / ".cache" / "jaxpong" / "xla"))
-    if cache and cache != "off":
-        jax.config.update("jax_compilation_cache_dir", cache)
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     p = sub.add_parser(name, help=help, description=help, formatter_class=_HelpFormatter)
     p.add_argument("--config", metavar="FILE", help="YAML config (defaults < this file < flags)")
@@ -98,29 +78,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<env>__<algo>__<seed>__<unix time>)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run in --run-dir")
-    p.add_argument("--resume-fallback", action="store_true",
-                   help="with --resume: if the latest checkpoint is unusable, resume from the newest good one")
+    p.add_argument(
+        "--resume-fallback",
+        action="store_true",
+        help="with --resume: if the latest checkpoint is unusable, resume from the newest good one",
+    )
     p.set_defaults(func=cmd_train)
 
     p = _config_parser(sub, "bench", "throughput: raw envpool steps/s against the trainer's steps/s")
-    p.add_argument("--seconds", type=float, default=20.0,
-                   help="seconds of timed running for each measurement (throughput: the trainer's, per repeat; it is "
-                        "stopped every 2 s for a 1-s slice of raw envpool, which comes on top)")
-    p.add_argument("--run-dir", metavar="DIR", help="where the trainer runs are written (throughput: DIR/repeat_K; "
-                   "--learn: DIR/seed_N; --ranks: DIR/sync and DIR/deadline; default: a temporary folder)")
-    p.add_argument("--repeats", type=int, default=3, metavar="R",
-                   help="throughput only: R fresh trainer processes, each interleaved with raw envpool; reports the "
-                        "repeat with the median ratio")
-    p.add_argument("--learn", action="store_true",
-                   help="learning speed: train from scratch for --time-limit-s per seed, report milestones and a greedy check")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=20.0,
+        help="seconds of timed running for each measurement (throughput: the trainer's, per repeat; it is "
+        "stopped every 2 s for a 1-s slice of raw envpool, which comes on top)",
+    )
+    p.add_argument(
+        "--run-dir",
+        metavar="DIR",
+        help="where the trainer runs are written (throughput: DIR/repeat_K; "
+        "--learn: DIR/seed_N; --ranks: DIR/sync and DIR/deadline; default: a temporary folder)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        metavar="R",
+        help="throughput only: R fresh trainer processes, each interleaved with raw envpool; reports the "
+        "repeat with the median ratio",
+    )
+    p.add_argument(
+        "--learn",
+        action="store_true",
+        help="learning speed: train from scratch for --time-limit-s per seed, report milestones and a greedy check",
+    )
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="with --learn: seeds run one after another")
-    p.add_argument("--ranks", type=int, default=1, metavar="N",
-                   help="launch N ranks with mpirun and compare sync (--deadline-s 0) with auto deadline masking")
-    p.add_argument("--per-core", action="store_true",
-                   help="one core per rank (--ranks N, default 1): the trainer's ranks bound to cores 0..N-1 (one "
-                        "envpool and one XLA thread each) against raw envpool with the config's games on each of "
-                        "those cores, interleaved as the throughput bench; with configs/seed_ppg.yaml, the 2016 "
-                        "setup of one game per core (make bench-2016-speed)")
+    p.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        metavar="N",
+        help="launch N ranks with mpirun and compare sync (--deadline-s 0) with auto deadline masking",
+    )
+    p.add_argument(
+        "--per-core",
+        action="store_true",
+        help="one core per rank (--ranks N, default 1): the trainer's ranks bound to cores 0..N-1 (one "
+        "envpool and one XLA thread each) against raw envpool with the config's games on each of "
+        "those cores, interleaved as the throughput bench; with configs/seed_ppg.yaml, the 2016 "
+        "setup of one game per core (make bench-2016-speed)",
+    )
     p.set_defaults(func=cmd_bench)
     _add_watch_commands(sub)
     _add_scale_commands(sub)
@@ -132,124 +139,21 @@ def _overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from jaxpong import rundir
+    from jaxpong import launch
 
-    if args.resume and args.run_dir and Path(args.run_dir) != Path(args.resume):
-        raise ConfigError("--run-dir and --resume name different folders; --resume RUN_DIR continues RUN_DIR in place")
-    if args.resume and not Path(args.resume).exists():
-        # The words `eval` uses for a missing run directory.
-        raise ConfigError(f"--resume {args.resume!r} does not exist (not a jaxpong run directory); give a run "
-                          "directory (with config.yaml and checkpoints/)")
-    base = rundir.read_config(Path(args.resume)) if args.resume else None
-    cfg = config_lib.build(args.config, _overrides(args), base=base)
-    setup_jax(cfg.run.xla_threads)
-    from jaxpong.comm import make_comm
-
-    comm = make_comm()
-    return run_training(cfg, comm, run_dir=args.resume or args.run_dir, resume=bool(args.resume),
-                        overwrite=args.overwrite, resume_fallback=args.resume_fallback)
-
-
-def run_training(cfg, comm, run_dir, resume: bool, overwrite: bool = False, resume_fallback: bool = False) -> int:
-    """Shared by `train` and the benchmarks: check the run directory on rank 0, then train on every rank."""
-    from jaxpong import rundir
-
-    decision, lock = None, None
-    if comm.rank == 0:
-        try:
-            path = Path(run_dir) if run_dir else rundir.default_run_dir(cfg)
-            resume_step = None
-            if resume and not rundir.is_run_dir(path):
-                latest_checkpoint_step(path)  # says what is wrong with the folder, before a lock creates it
-            # Rank 0 owns the run directory until it exits: taken before anything in it is read or removed.
-            lock = rundir.RunLock(path).acquire()
-            if resume:
-                resume_step = latest_checkpoint_step(path)
-                rundir.check_writable(path)
-            else:
-                rundir.prepare_new(path, overwrite)
-            decision = {"run_dir": str(path), "resume_step": resume_step}
-        except ConfigError as err:
-            decision = {"error": str(err)}
-    decision = comm.bcast(decision)
-    if "error" in decision:
-        raise ConfigError(decision["error"])
-    path = Path(decision["run_dir"])
-
-    try:
-        return _train_in(path, cfg, comm, decision["resume_step"], resume, resume_fallback)
-    finally:
-        if lock is not None:
-            lock.release()
-
-
-def _train_in(path: Path, cfg, comm, resume_step, resume: bool, resume_fallback: bool) -> int:
-    from jaxpong import rundir
-    from jaxpong.logger import log_line
-    from jaxpong.train import Trainer
-
-    trainer = Trainer(cfg, comm, path, resume_step=resume_step, resume_fallback=resume_fallback)
-    where = comm.gather_to_root(f"{comm.rank}=pid {os.getpid()}@{os.uname().nodename}")
-    if comm.rank == 0:
-        if comm.size > 1:
-            log_line("ranks: " + ", ".join(where) + " (a launcher's message about a PID names the rank here)")
-        try:
-            rundir.write_config(path, cfg, comm.size, {"resume_count": trainer.counters.resume_count})
-        except OSError as err:  # every rank stops after the first round, as for any failed write
-            trainer.io_failure = rundir.WriteFailed("config", path / "config.yaml", rundir.write_failure_reason(err))
-        log_line(f"run directory {path}  |  {comm.size} rank(s), MPI: {comm.library}  |  algo {cfg.algo.algo}, "
-                 f"{cfg.model.network} on {cfg.model.obs_mode}, {cfg.env.num_envs} envs "
-                 f"({'async' if cfg.is_async else 'sync'}), preset {cfg.preset_name}")
-        if resume:
-            log_line(f"resumed from the checkpoint at step {trainer.resumed_from:,} (update {trainer.counters.update}, "
-                     f"resume #{trainer.counters.resume_count})")
-    # After a resume --time-limit-s counts only this process; --total-steps counts the whole run.
-    try:
-        return trainer.run()
-    except Exception:
-        if comm.size == 1:
-            raise
-        # An unexpected error on one rank would leave the others waiting in a collective forever.
-        import traceback
-
-        traceback.print_exc()
-        print(f"jaxpong: rank {comm.rank} failed (above); aborting the MPI job", file=sys.stderr, flush=True)
-        comm.abort(1)
-
-
-def resume_command(run_dir, ranks: int = 1) -> str:
-    """The command that continues `run_dir`, as this process was started (console script or python -m)."""
-    import shlex
-
-    if os.environ.get("JAXPONG_UNDER_MAKE"):  # set by `make train`
-        return f"make train RESUME={shlex.quote(str(run_dir))}"
-    if Path(sys.argv[0]).name == "jaxpong":
-        program = "jaxpong"
-    else:
-        python = Path(sys.executable)
-        try:  # the venv's python, as typed from the repository: .venv/bin/python
-            python = python.relative_to(Path.cwd())
-        except ValueError:
-            pass
-        program = f"{shlex.quote(str(python))} -m jaxpong"
-    launcher = f"mpirun -n {ranks} " if ranks > 1 else ""
-    return f"{launcher}{program} train --resume {shlex.quote(str(run_dir))}"
-
-
-def latest_checkpoint_step(run_dir: Path) -> int:
-    from jaxpong.checkpoint import Checkpoints
-
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--resume {str(run_dir)!r} is not a jaxpong run directory (no config.yaml)")
-    ckpt_dir = run_dir / "checkpoints"
-    steps = Checkpoints(ckpt_dir, read_only=True).steps() if ckpt_dir.is_dir() else []
-    if not steps:
-        raise ConfigError(f"--resume {str(run_dir)!r} has no checkpoint to resume from (no {ckpt_dir}/<step>/)")
-    return steps[-1]
+    cfg = launch.train_config(args.config, _overrides(args), run_dir=args.run_dir, resume=args.resume)
+    end = launch.train(
+        cfg,
+        run_dir=args.resume or args.run_dir,
+        resume=bool(args.resume),
+        overwrite=args.overwrite,
+        resume_fallback=args.resume_fallback,
+    )
+    return end.code
 
 
 def cmd_bench(args) -> int:
-    from jaxpong import bench
+    from jaxpong import commands
 
     cfg = config_lib.build(args.config, _overrides(args))
     if args.ranks < 1:
@@ -258,85 +162,129 @@ def cmd_bench(args) -> int:
         raise ConfigError(f"--seconds: {args.seconds} must be positive")
     if args.repeats < 1:
         raise ConfigError(f"--repeats: {args.repeats} must be at least 1")
-    if args.learn:
-        from jaxpong.learnbench import learning_benchmark
-
-        if args.seeds < 1:
-            raise ConfigError(f"--seeds: {args.seeds} must be at least 1")
-        return learning_benchmark(cfg, time_limit_s=cfg.run.time_limit_s, seeds=args.seeds, run_dir=args.run_dir)
-    if args.per_core:
-        return bench.per_core(cfg, args.ranks, seconds=args.seconds, run_dir=args.run_dir, repeats=args.repeats)
-    if args.ranks > 1:
-        return bench.ranks_benchmark(cfg, args.ranks, seconds=args.seconds, run_dir=args.run_dir)
-    setup_jax(cfg.run.xla_threads)
-    return bench.throughput(cfg, seconds=args.seconds, run_dir=args.run_dir, repeats=args.repeats)
+    if args.learn and args.seeds < 1:
+        raise ConfigError(f"--seeds: {args.seeds} must be at least 1")
+    return commands.bench(
+        cfg,
+        seconds=args.seconds,
+        run_dir=args.run_dir,
+        repeats=args.repeats,
+        learn=args.learn,
+        seeds=args.seeds,
+        ranks=args.ranks,
+        per_core=args.per_core,
+    )
 
 
 # -- eval, video, plot, export: watching, measuring and sharing a trained policy ------------------------
 
 _SOURCE_HELP = "a run directory written by `jaxpong train`, or a policy file written by `jaxpong export`"
-_CHECKPOINT_HELP = ("which checkpoint of a run directory: an agent step (see RUN_DIR/checkpoints/), latest, or best "
-                    "(the best greedy evaluation during training, kept with --eval-every N)")
-_SEED_HELP = ("seed of the games (default: the run's seed); eval and video games never repeat training games, "
-              "as the env seeds fold in what they are for")
+_CHECKPOINT_HELP = (
+    "which checkpoint of a run directory: an agent step (see RUN_DIR/checkpoints/), latest, or best "
+    "(the best greedy evaluation during training, kept with --eval-every N)"
+)
+_SEED_HELP = (
+    "seed of the games (default: the run's seed); eval and video games never repeat training games, "
+    "as the env seeds fold in what they are for"
+)
 
 
 def _add_watch_commands(sub) -> None:
     fmt = _HelpFormatter
-    p = sub.add_parser("eval", help="play full games (first to 21) with a saved policy and report their scores",
-                       description="Play full games (first to 21) with a saved policy on fresh envpool envs and print "
-                       "each game's score, then mean, standard deviation, min and max; the last line of standard "
-                       "output is one JSON object.", formatter_class=fmt)
+    p = sub.add_parser(
+        "eval",
+        help="play full games (first to 21) with a saved policy and report their scores",
+        description="Play full games (first to 21) with a saved policy on fresh envpool envs and print "
+        "each game's score, then mean, standard deviation, min and max; the last line of standard "
+        "output is one JSON object.",
+        formatter_class=fmt,
+    )
     p.add_argument("source", metavar="RUN_DIR", help=_SOURCE_HELP)
     p.add_argument("--checkpoint", metavar="STEP", default="latest", help=_CHECKPOINT_HELP)
     p.add_argument("--episodes", metavar="N", type=int, default=10, help="full games to play")
     p.add_argument("--greedy", action="store_true", help="take the most probable action instead of sampling")
     p.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
-    p.add_argument("--num-envs", metavar="N", type=int, default=None,
-                   help="games played at once (default min(episodes, 8)); which games are played depends on it")
+    p.add_argument(
+        "--num-envs",
+        metavar="N",
+        type=int,
+        default=None,
+        help="games played at once (default min(episodes, 8)); which games are played depends on it",
+    )
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("video", help="record a game played by a saved policy (MP4, or GIF)",
-                       description="Record a game played by a saved policy: one colour frame (210x160, the "
-                       "Atari's own resolution, score at the top) per agent step, plus the opening screen.",
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "video",
+        help="record a game played by a saved policy (MP4, or GIF)",
+        description="Record a game played by a saved policy: one colour frame (210x160, the "
+        "Atari's own resolution, score at the top) per agent step, plus the opening screen.",
+        formatter_class=fmt,
+    )
     p.add_argument("source", metavar="RUN_DIR", help=_SOURCE_HELP)
     p.add_argument("--checkpoint", metavar="STEP", default="latest", help=_CHECKPOINT_HELP)
-    p.add_argument("--out", metavar="FILE", default=None,
-                   help="video file, .mp4 or .gif (default RUN_DIR/videos/step_<STEP>.mp4, or FILE.mp4 beside an "
-                   "exported policy FILE)")
-    p.add_argument("--max-steps", metavar="N", type=int, default=None,
-                   help="stop after N agent steps (default: the end of the game)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="video file, .mp4 or .gif (default RUN_DIR/videos/step_<STEP>.mp4, or FILE.mp4 beside an "
+        "exported policy FILE)",
+    )
+    p.add_argument(
+        "--max-steps",
+        metavar="N",
+        type=int,
+        default=None,
+        help="stop after N agent steps (default: the end of the game)",
+    )
     p.add_argument("--greedy", action="store_true", help="take the most probable action instead of sampling")
     p.add_argument("--seed", type=int, default=None, help=_SEED_HELP)
-    p.add_argument("--fps", type=int, default=15, help="frames per second (15 = the console's real speed; a GIF "
-                   "keeps frame times in 1/100 s, so it alternates 70 and 60 ms frames for 15 fps; at most 50)")
+    p.add_argument(
+        "--fps",
+        type=int,
+        default=15,
+        help="frames per second (15 = the console's real speed; a GIF "
+        "keeps frame times in 1/100 s, so it alternates 70 and 60 ms frames for 15 fps; at most 50)",
+    )
     p.set_defaults(func=cmd_video)
 
-    p = sub.add_parser("plot", help="learning curves of one or several runs on one image",
-                       description="Learning curves (full-game return against agent steps and against wall-clock "
-                       "minutes; steps/s) of one or several runs on one image, labelled by run name.",
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "plot",
+        help="learning curves of one or several runs on one image",
+        description="Learning curves (full-game return against agent steps and against wall-clock "
+        "minutes; steps/s) of one or several runs on one image, labelled by run name.",
+        formatter_class=fmt,
+    )
     p.add_argument("runs", metavar="RUN_DIR", nargs="+", help="run directories written by `jaxpong train`")
-    p.add_argument("--out", metavar="FILE", default=None,
-                   help="image file (default RUN_DIR/learning_curve.png for one run, learning_curves.png here for "
-                   "several)")
+    p.add_argument(
+        "--out",
+        metavar="FILE",
+        default=None,
+        help="image file (default RUN_DIR/learning_curve.png for one run, learning_curves.png here for several)",
+    )
     p.add_argument("--title", default=None, help="figure title (default: the run names)")
-    p.add_argument("--at", metavar="SECONDS", default=None,
-                   help="also print each run's state at these wall-clock seconds since its process started "
-                   "(comma-separated, e.g. 300,900): steps, mean of the last 20 full games, and for pg runs the "
-                   "2016 running reward per window; past a run's end, its final state, marked so; the last stdout "
-                   "line is JSON")
+    p.add_argument(
+        "--at",
+        metavar="SECONDS",
+        default=None,
+        help="also print each run's state at these wall-clock seconds since its process started "
+        "(comma-separated, e.g. 300,900): steps, mean of the last 20 full games, and for pg runs the "
+        "2016 running reward per window; past a run's end, its final state, marked so; the last stdout "
+        "line is JSON",
+    )
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("export", help="write a policy as one self-describing file for eval and video",
-                       description="Write a policy as one file: its parameters plus the model, preprocessing and "
-                       "game config (msgpack, no pickle). `eval` and `video` accept it in place of a run directory.",
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "export",
+        help="write a policy as one self-describing file for eval and video",
+        description="Write a policy as one file: its parameters plus the model, preprocessing and "
+        "game config (msgpack, no pickle). `eval` and `video` accept it in place of a run directory.",
+        formatter_class=fmt,
+    )
     p.add_argument("source", metavar="RUN_DIR", help=_SOURCE_HELP)
     p.add_argument("--checkpoint", metavar="STEP", default="latest", help=_CHECKPOINT_HELP)
-    p.add_argument("--out", metavar="FILE", required=True, help="the file to write (required; any name, e.g. "
-                   "pong.msgpack)")
+    p.add_argument(
+        "--out", metavar="FILE", required=True, help="the file to write (required; any name, e.g. pong.msgpack)"
+    )
     p.set_defaults(func=cmd_export)
 
 
@@ -352,209 +300,216 @@ def _check_seed(seed) -> None:
         raise ConfigError(f"--seed: {seed} must be in 0..{2**31 - 1}")
 
 
-def _load_policy(args):
-    from jaxpong import policy as policy_lib
-    from jaxpong.logger import log_line
-
-    policy = policy_lib.load(args.source, args.checkpoint)
-    log_line(f"loaded {policy.describe()}")
-    return policy
-
-
 def cmd_eval(args) -> int:
-    import json
+    from jaxpong import commands
 
     _positive("--episodes", args.episodes, allow_none=False)
     _positive("--num-envs", args.num_envs)
     _check_seed(args.seed)
-    setup_jax()
-    from jaxpong.evaluate import format_report, play_games
-
-    policy = _load_policy(args)
-    seed = policy.cfg.run.seed if args.seed is None else args.seed
-    result = play_games(policy.cfg, policy.params, episodes=args.episodes, seed=seed, greedy=args.greedy,
-                        num_envs=args.num_envs)
-    for line in format_report(result):
-        print(line)
-    summary = {**result.summary(), "source": policy.source, "checkpoint_step": policy.step,
-               "algo": policy.cfg.algo.algo}
-    print(json.dumps(summary), flush=True)
-    return 0
+    return commands.evaluate(
+        args.source, args.checkpoint, episodes=args.episodes, greedy=args.greedy, seed=args.seed, num_envs=args.num_envs
+    )
 
 
 def cmd_video(args) -> int:
-    import json
+    from jaxpong import commands
 
     _positive("--max-steps", args.max_steps)
     _positive("--fps", args.fps, allow_none=False)
     _check_seed(args.seed)
-    from jaxpong.video import output_format
-
-    if args.out is not None:
-        output_format(args.out, args.fps)  # a wrong extension fails before anything is loaded
-    setup_jax()
-    from jaxpong.logger import log_line
-    from jaxpong.video import record
-
-    policy = _load_policy(args)
-    out = args.out
-    if out is None:
-        source = Path(args.source)
-        out = (source / "videos" / f"step_{policy.step}.mp4") if source.is_dir() else source.with_suffix(".mp4")
-    seed = policy.cfg.run.seed if args.seed is None else args.seed
-    info = record(policy.cfg, policy.params, out, seed=seed, greedy=args.greedy, max_steps=args.max_steps,
-                  fps=args.fps)
-    log_line(f"wrote {info['out']}: {info['frames']} frames ({info['agent_steps']} agent steps, "
-             f"{info['frames'] / info['fps']:.1f} s at {info['fps']:g} fps); score agent {info['agent_score']} - "
-             f"{info['opponent_score']} opponent")
-    print(json.dumps({**info, "source": policy.source, "checkpoint_step": policy.step}), flush=True)
-    return 0
+    return commands.video(
+        args.source,
+        args.checkpoint,
+        out=args.out,
+        max_steps=args.max_steps,
+        greedy=args.greedy,
+        seed=args.seed,
+        fps=args.fps,
+    )
 
 
 def cmd_plot(args) -> int:
-    from jaxpong.logger import log_line
-    from jaxpong.plots import plot_runs
+    from jaxpong import commands
 
-    out = args.out or (Path(args.runs[0]) / "learning_curve.png" if len(args.runs) == 1 else Path("learning_curves.png"))
     at = None
     if args.at:
         try:
             at = [float(x) for x in args.at.split(",") if x.strip()]
         except ValueError:
             raise ConfigError(f"--at {args.at!r}: give seconds separated by commas, e.g. --at 300,900") from None
-    written = plot_runs(args.runs, out, title=args.title)
-    log_line(f"wrote {written}")
-    if at is None:
-        print(str(written))
-        return 0
-    import json
-
-    from jaxpong.plots import snapshots
-
-    rows = snapshots(args.runs, at)
-    _print_snapshots(rows)
-    print(json.dumps({"image": str(written), "snapshots": rows}))
-    return 0
-
-
-def _print_snapshots(rows: list[dict]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="runs at wall-clock seconds since process start")
-    # The 2016 running reward is what pg runs reported; for ppo it means nothing, so it shows only for pg.
-    pg = any(r["algo"] == "pg" for r in rows)
-    headers = ["run", "at s", "agent steps", "last 20 games"] + (["2016 running reward/window"] if pg else []) + ["games"]
-    for h in headers:
-        table.add_column(h, justify="right")
-    fmt = lambda x, f: "-" if x is None else format(x, f)
-    for r in rows:
-        at = f"{r['at_s']:g}" + (f" (ended at {r['ended_s']:.0f})" if r["after_end"] else "")
-        cells = [r["run"], at, fmt(r["step"], ","), fmt(r["charts/return_last20"], "+.2f")]
-        if pg:
-            cells.append(fmt(r["charts/window_reward_ema"], "+.2f") if r["algo"] == "pg" else "-")
-        table.add_row(*cells, fmt(r["charts/episodes"], ","))
-    Console().print(table)
-    late = sorted({(r["run"], r["ended_s"]) for r in rows if r["after_end"] and r["step"] is not None})
-    for run, ended in late:
-        print(f"note: {run} ended at {ended:.0f} s; rows after that show its final state")
+    return commands.plot(args.runs, args.out, title=args.title, at=at)
 
 
 def cmd_export(args) -> int:
-    import json
+    from jaxpong import commands
 
-    setup_jax()
-    from jaxpong.export import export_policy
-    from jaxpong.logger import log_line
-
-    policy = _load_policy(args)
-    description = export_policy(policy, args.out)
-    size = Path(args.out).stat().st_size
-    log_line(f"wrote {args.out} ({size / 1e6:.1f} MB, {description['parameters']:,} parameters); use it as "
-             f"`jaxpong eval {args.out}` or `jaxpong video {args.out}`")
-    print(json.dumps({"out": str(args.out), "bytes": size, **description}), flush=True)
-    return 0
+    return commands.export(args.source, args.out, args.checkpoint)
 
 
 # -- report, simulate: late senders in a run, and what a setup would cost at scale ---------------------
 
+
 def _add_scale_commands(sub) -> None:
     fmt = _HelpFormatter
-    p = sub.add_parser("report", help="late senders: a picture of a run's rounds per rank, a Perfetto trace, a table, "
-                       "a finding",
-                       description="Read RUN_DIR/ranks.jsonl and write RUN_DIR/imbalance.png, RUN_DIR/trace.json "
-                       "(each rank's collect, wait and update per round as Chrome trace events, one track per rank: "
-                       "open it in https://ui.perfetto.dev) and RUN_DIR/imbalance.txt (the table of every rank); "
-                       "print the table (above 32 ranks, the 10 ranks most often last) and a plain-language finding "
-                       "that names the persistent late senders and the slow collectors; the last line of standard "
-                       "output is one JSON object. "
-                       "The picture, up to 32 ranks: one row per rank against wall-clock time, above per-rank wait "
-                       "and masked fractions; above 32 ranks: rank x round heatmaps of the wait and masked fractions "
-                       "beside each rank's share of rounds it arrived last (neighbouring ranks or rounds share a "
-                       "cell where there are more than pixels, as the figure says). `train` writes this report "
-                       "itself at the end of a multi-rank run.",
-                       formatter_class=fmt)
+    p = sub.add_parser(
+        "report",
+        help="late senders: a picture of a run's rounds per rank, a Perfetto trace, a table, a finding",
+        description="Read RUN_DIR/ranks.jsonl and write RUN_DIR/imbalance.png, RUN_DIR/trace.json "
+        "(each rank's collect, wait and update per round as Chrome trace events, one track per rank: "
+        "open it in https://ui.perfetto.dev) and RUN_DIR/imbalance.txt (the table of every rank); "
+        "print the table (above 32 ranks, the 10 ranks most often last) and a plain-language finding "
+        "that names the persistent late senders and the slow collectors; the last line of standard "
+        "output is one JSON object. "
+        "The picture, up to 32 ranks: one row per rank against wall-clock time, above per-rank wait "
+        "and masked fractions; above 32 ranks: rank x round heatmaps of the wait and masked fractions "
+        "beside each rank's share of rounds it arrived last (neighbouring ranks or rounds share a "
+        "cell where there are more than pixels, as the figure says). `train` writes this report "
+        "itself at the end of a multi-rank run.",
+        formatter_class=fmt,
+    )
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by `jaxpong train`")
-    p.add_argument("--rounds", metavar="N", type=int, default=20,
-                   help="rounds drawn in the timeline picture: the last N (0 = all); the numbers always use every "
-                   "round after the first")
-    p.add_argument("--picture", choices=("auto", "timeline", "heatmap"), default="auto",
-                   help="auto: the per-rank timeline up to 32 ranks, the rank x round heatmaps above")
-    p.add_argument("--trace-rounds", metavar="N", type=int, default=None,
-                   help="rounds written to RUN_DIR/trace.json: the last N, 0 = all (the first round included). "
-                   "Default: every round up to 2,000,000 events (3 per rank and round, about 100 bytes each: "
-                   "434 rounds at 1,536 ranks), else the last rounds that fit")
+    p.add_argument(
+        "--rounds",
+        metavar="N",
+        type=int,
+        default=20,
+        help="rounds drawn in the timeline picture: the last N (0 = all); the numbers always use every "
+        "round after the first",
+    )
+    p.add_argument(
+        "--picture",
+        choices=("auto", "timeline", "heatmap"),
+        default="auto",
+        help="auto: the per-rank timeline up to 32 ranks, the rank x round heatmaps above",
+    )
+    p.add_argument(
+        "--trace-rounds",
+        metavar="N",
+        type=int,
+        default=None,
+        help="rounds written to RUN_DIR/trace.json: the last N, 0 = all (the first round included). "
+        "Default: every round up to 2,000,000 events (3 per rank and round, about 100 bytes each: "
+        "434 rounds at 1,536 ranks), else the last rounds that fit",
+    )
     p.add_argument("--out", metavar="FILE", default=None, help="image file (default RUN_DIR/imbalance.png)")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("simulate", help="scale: Monte Carlo of update rounds on many ranks in each sync mode",
-                       description="A Monte Carlo model of update rounds across many ranks, driven by measured "
-                       "distributions (shipped defaults, or --from RUN_DIR): parallel efficiency, masked fraction "
-                       "and samples/s per mode and rank count, as a table and a PNG; the last line of standard "
-                       "output is one JSON object. The model is described in jaxpong/simulate.py.",
-                       formatter_class=fmt)
-    p.add_argument("--ranks", default="1,2,4,...,1024,1536,10000",
-                   help="rank counts; '...' continues the ratio of the two values before it")
-    p.add_argument("--modes", default="game,steps,window,deadline",
-                   help="game (sync per full game), steps (--deadline-s 0), window (fixed seconds, no masking), "
-                   "deadline (--deadline-s auto, with masking)")
-    p.add_argument("--from", dest="from_dir", metavar="RUN_DIR", default=None,
-                   help="drive the model with this run's own distributions (step times, gaps, update time, "
-                   "game lengths, setup) instead of the shipped defaults")
+    p = sub.add_parser(
+        "simulate",
+        help="scale: Monte Carlo of update rounds on many ranks in each sync mode",
+        description="A Monte Carlo model of update rounds across many ranks, driven by measured "
+        "distributions (shipped defaults, or --from RUN_DIR): parallel efficiency, masked fraction "
+        "and samples/s per mode and rank count, as a table and a PNG; the last line of standard "
+        "output is one JSON object. The model is described in jaxpong/simulate.py.",
+        formatter_class=fmt,
+    )
+    p.add_argument(
+        "--ranks",
+        default="1,2,4,...,1024,1536,10000",
+        help="rank counts; '...' continues the ratio of the two values before it",
+    )
+    p.add_argument(
+        "--modes",
+        default="game,steps,window,deadline",
+        help="game (sync per full game), steps (--deadline-s 0), window (fixed seconds, no masking), "
+        "deadline (--deadline-s auto, with masking)",
+    )
+    p.add_argument(
+        "--from",
+        dest="from_dir",
+        metavar="RUN_DIR",
+        default=None,
+        help="drive the model with this run's own distributions (step times, gaps, update time, "
+        "game lengths, setup) instead of the shipped defaults",
+    )
     p.add_argument("--rounds", metavar="N", type=int, default=300, help="simulated rounds per mode and rank count")
     p.add_argument("--seed", type=int, default=0, help="Monte Carlo seed (validation: also the runs' seed)")
-    p.add_argument("--window-s", metavar="SECONDS", type=float, default=None,
-                   help="window mode's seconds (default: the setup's; --validate: 0.15)")
-    p.add_argument("--slow-rank", metavar="R", type=int, default=-1,
-                   help="multiply this simulated rank's step times by --slow-factor (-1 = none)")
-    p.add_argument("--slow-factor", metavar="F", type=float, default=1.0,
-                   help="how many times slower --slow-rank steps (--validate: the runs' factor, default 2)")
-    p.add_argument("--masking", choices=["unscored", "none"], default=None,
-                   help="override the setup's masking: unscored = pg --pg-unscored mask (steps after an env's last "
-                   "point in a round get no weight), none = ppo or pg --pg-unscored zero")
-    p.add_argument("--timing-spread", metavar="F", type=float, default=1.0,
-                   help="scale how far the measured timings (step, update, gap) lie from their medians: 1 = as "
-                   "measured, 0 = constant; a what-if for a quieter (or noisier) machine than the measured one")
-    p.add_argument("--latency-us", metavar="US", type=float, default=None, help="override the collectives' latency alpha")
-    p.add_argument("--bandwidth-gbs", metavar="GB_S", type=float, default=None,
-                   help="override the collectives' bandwidth beta (GB/s)")
-    p.add_argument("--measured", metavar="FILE", default=None,
-                   help="a distributions JSON file (default: the shipped jaxpong/data/simulate_defaults.json)")
+    p.add_argument(
+        "--window-s",
+        metavar="SECONDS",
+        type=float,
+        default=None,
+        help="window mode's seconds (default: the setup's; --validate: 0.15)",
+    )
+    p.add_argument(
+        "--slow-rank",
+        metavar="R",
+        type=int,
+        default=-1,
+        help="multiply this simulated rank's step times by --slow-factor (-1 = none)",
+    )
+    p.add_argument(
+        "--slow-factor",
+        metavar="F",
+        type=float,
+        default=1.0,
+        help="how many times slower --slow-rank steps (--validate: the runs' factor, default 2)",
+    )
+    p.add_argument(
+        "--masking",
+        choices=["unscored", "none"],
+        default=None,
+        help="override the setup's masking: unscored = pg --pg-unscored mask (steps after an env's last "
+        "point in a round get no weight), none = ppo or pg --pg-unscored zero",
+    )
+    p.add_argument(
+        "--timing-spread",
+        metavar="F",
+        type=float,
+        default=1.0,
+        help="scale how far the measured timings (step, update, gap) lie from their medians: 1 = as "
+        "measured, 0 = constant; a what-if for a quieter (or noisier) machine than the measured one",
+    )
+    p.add_argument(
+        "--latency-us", metavar="US", type=float, default=None, help="override the collectives' latency alpha"
+    )
+    p.add_argument(
+        "--bandwidth-gbs",
+        metavar="GB_S",
+        type=float,
+        default=None,
+        help="override the collectives' bandwidth beta (GB/s)",
+    )
+    p.add_argument(
+        "--measured",
+        metavar="FILE",
+        default=None,
+        help="a distributions JSON file (default: the shipped jaxpong/data/simulate_defaults.json)",
+    )
     p.add_argument("--collectives", metavar="FILE", default=None, help="collective costs measured by --calibrate")
-    p.add_argument("--save-measured", metavar="FILE", default=None,
-                   help="write the distributions used (e.g. those of --from RUN_DIR) as a JSON file")
+    p.add_argument(
+        "--save-measured",
+        metavar="FILE",
+        default=None,
+        help="write the distributions used (e.g. those of --from RUN_DIR) as a JSON file",
+    )
     p.add_argument("--note", default=None, help="with --save-measured: how the distributions were measured")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help="folder for simulate.png/.txt/.json (default: the --from run, else runs/simulate); "
-                   "--validate: where its runs go (default: a temporary folder)")
-    p.add_argument("--calibrate", metavar="FILE", default=None,
-                   help="under mpirun -n 2: time allreduce and the host gather, fit the alpha-beta model, write FILE")
-    p.add_argument("--validate", action="store_true",
-                   help="launch real train runs (1, 2 and 4 ranks; with and without a slow rank; deadline 0, auto, "
-                   "seconds) and compare their wait fractions with the model's predictions")
-    p.add_argument("--seconds", type=float, default=30.0,
-                   help="--validate: seconds of training per run (start-up adds about 20 s; oversubscribed runs "
-                   "get twice the time)")
+    p.add_argument(
+        "--out",
+        metavar="DIR",
+        default=None,
+        help="folder for simulate.png/.txt/.json (default: the --from run, else runs/simulate); "
+        "--validate: where its runs go (default: a temporary folder)",
+    )
+    p.add_argument(
+        "--calibrate",
+        metavar="FILE",
+        default=None,
+        help="under mpirun -n 2: time allreduce and the host gather, fit the alpha-beta model, write FILE",
+    )
+    p.add_argument(
+        "--validate",
+        action="store_true",
+        help="launch real train runs (1, 2 and 4 ranks; with and without a slow rank; deadline 0, auto, "
+        "seconds) and compare their wait fractions with the model's predictions",
+    )
+    p.add_argument(
+        "--seconds",
+        type=float,
+        default=30.0,
+        help="--validate: seconds of training per run (start-up adds about 20 s; oversubscribed runs "
+        "get twice the time)",
+    )
     p.add_argument("--num-envs", metavar="N", type=int, default=4, help="--validate: envs per rank in the runs")
     p.add_argument("--config", metavar="FILE", default=None, help="--validate: a YAML config under the runs' flags")
     p.set_defaults(func=cmd_simulate)
@@ -567,13 +522,58 @@ def cmd_report(args) -> int:
 
 
 def cmd_simulate(args) -> int:
-    from jaxpong import simulate
-
     if args.rounds < 1:
         raise ConfigError(f"--rounds: {args.rounds} must be >= 1")
     if args.seconds <= 0:
         raise ConfigError(f"--seconds: {args.seconds} must be positive")
-    return simulate.run_cli(args)
+    if args.calibrate:
+        from jaxpong.simulate_calibrate import calibrate
+
+        return calibrate(args.calibrate)
+    if args.validate:
+        from jaxpong import simulate_validate
+
+        return simulate_validate.run(
+            seconds=args.seconds,
+            out_dir=args.out,
+            rounds=max(args.rounds, 1000),
+            window_s=args.window_s or 0.15,
+            slow_factor=args.slow_factor if args.slow_factor > 1 else 2.0,
+            num_envs=args.num_envs,
+            config=args.config,
+            seed=args.seed,
+        )
+    from jaxpong import simulate_results
+
+    return simulate_results.run(
+        args.ranks,
+        args.modes,
+        from_dir=args.from_dir,
+        rounds=args.rounds,
+        seed=args.seed,
+        window_s=args.window_s,
+        slow_rank=args.slow_rank,
+        slow_factor=args.slow_factor,
+        masking=args.masking,
+        timing_spread=args.timing_spread,
+        latency_us=args.latency_us,
+        bandwidth_gbs=args.bandwidth_gbs,
+        measured_file=args.measured,
+        collectives_file=args.collectives,
+        save_measured=args.save_measured,
+        saved_by=_command_line(without="--note"),
+        note=args.note,
+        out=args.out,
+    )
+
+
+def _command_line(without: str) -> str:
+    """This process's command as `python -m jaxpong ...`, leaving out the option `without` and its value."""
+    argv = sys.argv[1:]
+    if without in argv:
+        i = argv.index(without)
+        argv = argv[:i] + argv[i + 2 :]
+    return "python -m jaxpong " + " ".join(argv)
 
 
 def main(argv=None) -> int:
@@ -589,8 +589,11 @@ def main(argv=None) -> int:
         code = int(args.func(args) or 0)
         if code == EXIT_PREEMPTED and os.environ.get("JAXPONG_UNDER_MAKE"):
             # Under `make train` a graceful stop is not a failure: make would print "Error 75".
-            print(f"jaxpong {args.command}: stopped cleanly (status 0 under make train; {EXIT_PREEMPTED} otherwise)",
-                  file=sys.stderr, flush=True)
+            print(
+                f"jaxpong {args.command}: stopped cleanly (status 0 under make train; {EXIT_PREEMPTED} otherwise)",
+                file=sys.stderr,
+                flush=True,
+            )
             return 0
         return code
     except ConfigError as err:

@@ -16,7 +16,7 @@ from typing import Any
 from jaxpong import config as config_lib
 from jaxpong.config import Config, ConfigError
 
-BEST_DIR = "checkpoints_best"  # the best in-training evaluation, kept beside checkpoints/ (see train.py)
+BEST_DIR = "checkpoints_best"  # the best in-training evaluation, kept beside checkpoints/ (see between_rounds.py)
 
 
 @dataclass

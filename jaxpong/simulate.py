@@ -64,13 +64,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -104,8 +97,10 @@ class Collectives:
     def gather_s(self, ranks: int) -> float:
         if ranks <= 1:
             return 0.0
-        return (math.ceil(math.log2(ranks)) * self.gather_latency_s
-                + (ranks - 1) * self.gather_bytes_per_rank / self.bandwidth_bytes_per_s)
+        return (
+            math.ceil(math.log2(ranks)) * self.gather_latency_s
+            + (ranks - 1) * self.gather_bytes_per_rank / self.bandwidth_bytes_per_s
+        )
 
 
 @dataclass
@@ -140,7 +135,7 @@ class Measured:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, doc: dict, origin: str = "distributions") -> "Measured":
+    def from_dict(cls, doc: dict, origin: str = "distributions") -> Measured:
         try:
             doc = dict(doc)
             setup = Setup(**doc.pop("setup", {}))
@@ -223,7 +218,7 @@ def _sampler(samples, rng: np.random.Generator, smooth: bool = True):
     if smooth and pos.size > 1:
         logs = np.log(pos)
         mean, sd = float(logs.mean()), float(logs.std())
-        h = 1.06 * sd * pos.size ** -0.2
+        h = 1.06 * sd * pos.size**-0.2
 
     def draw(shape):
         out = x[rng.integers(0, x.size, size=shape)]
@@ -266,13 +261,27 @@ class Outcome:
     rank_wait_fraction: np.ndarray = field(repr=False, default=None)
 
     def to_json(self) -> dict:
-        return {"mode": self.mode, "ranks": self.ranks, "efficiency": round(self.efficiency, 4),
-                "masked_fraction": round(self.masked_fraction, 5), "samples_per_s": round(self.samples_per_s, 1),
-                "wait_fraction": round(self.wait_fraction, 4), "round_s": round(self.round_s, 5)}
+        return {
+            "mode": self.mode,
+            "ranks": self.ranks,
+            "efficiency": round(self.efficiency, 4),
+            "masked_fraction": round(self.masked_fraction, 5),
+            "samples_per_s": round(self.samples_per_s, 1),
+            "wait_fraction": round(self.wait_fraction, 4),
+            "round_s": round(self.round_s, 5),
+        }
 
 
-def simulate(measured: Measured, mode: str, ranks: int, rounds: int = 300, seed: int = 0,
-             slow_rank: int = -1, slow_factor: float = 1.0, smooth: bool = True) -> Outcome:
+def simulate(
+    measured: Measured,
+    mode: str,
+    ranks: int,
+    rounds: int = 300,
+    seed: int = 0,
+    slow_rank: int = -1,
+    slow_factor: float = 1.0,
+    smooth: bool = True,
+) -> Outcome:
     """Monte Carlo of `rounds` update rounds of `ranks` ranks in `mode` (plus a first round left out).
     `smooth=False` resamples the measured values exactly (a plain bootstrap), as the tests' closed forms need."""
     if mode not in MODES:
@@ -311,7 +320,9 @@ def simulate(measured: Measured, mode: str, ranks: int, rounds: int = 300, seed:
             steps = np.minimum(cap, np.maximum(1.0, np.ceil(setup.window_s / s)))
         elif mode == "deadline":
             room = cap if ranks == 1 else np.ceil(cap * (1.0 + setup.buffer_headroom))
-            steps = np.full(ranks, cap) if deadline is None else np.minimum(room, np.maximum(1.0, np.ceil(deadline / s)))
+            steps = (
+                np.full(ranks, cap) if deadline is None else np.minimum(room, np.maximum(1.0, np.ceil(deadline / s)))
+            )
             if ranks > 1:
                 deadline = lower_median(cap * s) * (1.0 + setup.deadline_margin)
         else:
@@ -344,10 +355,16 @@ def simulate(measured: Measured, mode: str, ranks: int, rounds: int = 300, seed:
         wait_sum += wait
         busy_sum += collect + update + wait
     rank_wait = wait_sum / busy_sum
-    return Outcome(mode=mode, ranks=ranks, efficiency=useful_total / (ranks * wall_total),
-                   masked_fraction=masked_total / (weighted_total + masked_total),
-                   samples_per_s=weighted_total / wall_total, wait_fraction=float(rank_wait.mean()),
-                   round_s=wall_total / rounds, rank_wait_fraction=rank_wait)
+    return Outcome(
+        mode=mode,
+        ranks=ranks,
+        efficiency=useful_total / (ranks * wall_total),
+        masked_fraction=masked_total / (weighted_total + masked_total),
+        samples_per_s=weighted_total / wall_total,
+        wait_fraction=float(rank_wait.mean()),
+        round_s=wall_total / rounds,
+        rank_wait_fraction=rank_wait,
+    )
 
 
 def parse_ranks(text: str) -> list[int]:
@@ -365,8 +382,10 @@ def parse_ranks(text: str) -> list[int]:
             else:
                 out.append(int(p))
     except ValueError:
-        raise ConfigError(f"--ranks {text!r}: give rank counts such as 1,2,4,...,1536,10000 "
-                          "('...' continues the ratio of the two values before it up to the next)") from None
+        raise ConfigError(
+            f"--ranks {text!r}: give rank counts such as 1,2,4,...,1536,10000 "
+            "('...' continues the ratio of the two values before it up to the next)"
+        ) from None
     if not out or any(r < 1 for r in out):
         raise ConfigError(f"--ranks {text!r}: rank counts must be >= 1")
     return sorted(set(out))
@@ -429,8 +448,11 @@ def _games(run_dir: Path) -> tuple[list[float], list[float], str]:
     if path.is_file():
         rows = [g for g in report._read_jsonl(path) if isinstance(g.get("length"), (int, float)) and "return" in g]
         if rows:
-            return ([float(g["length"]) for g in rows], [float(g["length"]) / max(_points(g["return"]), 1.0) for g in rows],
-                    "games.jsonl")
+            return (
+                [float(g["length"]) for g in rows],
+                [float(g["length"]) / max(_points(g["return"]), 1.0) for g in rows],
+                "games.jsonl",
+            )
     metrics = report.read_metrics(run_dir)
     single, means, prev = [], [], 0  # a fresh run starts with no game
     for m in metrics:
@@ -443,8 +465,11 @@ def _games(run_dir: Path) -> tuple[list[float], list[float], str]:
                 single.append(row)
         if episodes is not None:
             prev = episodes
-    chosen, origin = (single, "metrics.jsonl, single-game updates") if len(single) >= 10 else \
-        (means, "metrics.jsonl, per-update means")
+    chosen, origin = (
+        (single, "metrics.jsonl, single-game updates")
+        if len(single) >= 10
+        else (means, "metrics.jsonl, per-update means")
+    )
     return [r[0] for r in chosen], [r[1] for r in chosen], origin
 
 
@@ -469,20 +494,28 @@ def measured_from_run(run_dir, base: Measured | None = None) -> Measured:
     first = min(x["update"] for x in records)
     for r in ranks:
         rows = by_rank[r]
-        s = [x["collect_s"] * envs / (x.get("valid_samples", 0) + x.get("masked_samples", 0))
-             for x in rows if x["update"] > first and x.get("valid_samples", 0) + x.get("masked_samples", 0) > 0]
-        g = [max(0.0, b["start_s"] - (a["start_s"] + a["collect_s"] + a["compute_s"] + a["wait_s"]))
-             for a, b in zip(rows, rows[1:]) if a["update"] > first and b["update"] == a["update"] + 1]
+        s = [
+            x["collect_s"] * envs / (x.get("valid_samples", 0) + x.get("masked_samples", 0))
+            for x in rows
+            if x["update"] > first and x.get("valid_samples", 0) + x.get("masked_samples", 0) > 0
+        ]
+        g = [
+            max(0.0, b["start_s"] - (a["start_s"] + a["collect_s"] + a["compute_s"] + a["wait_s"]))
+            for a, b in zip(rows, rows[1:])
+            if a["update"] > first and b["update"] == a["update"] + 1
+        ]
         if not s:
             raise ConfigError(f"{path}: rank {r} has no round after the first with samples; run longer")
         steps.append(s)
         gaps.append(g or [0.0])
     setup = Setup(
-        num_envs=envs, num_steps=cap,
+        num_envs=envs,
+        num_steps=cap,
         optimizer_steps=cfg.algo.update_epochs * cfg.algo.num_minibatches if cfg.algo.algo == "ppo" else 1,
         message_bytes=message_bytes(cfg),
         masking="unscored" if cfg.algo.algo == "pg" and cfg.algo.pg_unscored == "mask" else "none",
-        deadline_margin=cfg.dist.deadline_margin, buffer_headroom=cfg.dist.buffer_headroom,
+        deadline_margin=cfg.dist.deadline_margin,
+        buffer_headroom=cfg.dist.buffer_headroom,
     )
     slow = cfg.dist.slow_rank if cfg.dist.slow_factor > 1.0 else -1
     typical = [r for r in ranks if r != slow] or ranks
@@ -498,333 +531,28 @@ def measured_from_run(run_dir, base: Measured | None = None) -> Measured:
     own = setup.optimizer_steps * coll.allreduce_s(len(ranks), setup.message_bytes)
     compute = [max(1e-6, float(np.median(v)) - own) for v in per_round.values()]
     lengths, intervals, origin = _games(path)
-    source = {"run_dir": str(path), "ranks": len(ranks), "rounds": len(per_round),
-              "slow_rank": slow, "slow_factor": cfg.dist.slow_factor, "deadline_s": cfg.dist.deadline_s,
-              "games": f"{len(lengths)} from {origin}" if lengths else
-              f"none finished: game lengths from {base.source.get('name', 'the defaults')}",
-              "collectives": f"from {base.source.get('name', 'the defaults')}"}
+    source = {
+        "run_dir": str(path),
+        "ranks": len(ranks),
+        "rounds": len(per_round),
+        "slow_rank": slow,
+        "slow_factor": cfg.dist.slow_factor,
+        "deadline_s": cfg.dist.deadline_s,
+        "games": f"{len(lengths)} from {origin}"
+        if lengths
+        else f"none finished: game lengths from {base.source.get('name', 'the defaults')}",
+        "collectives": f"from {base.source.get('name', 'the defaults')}",
+    }
     if not lengths:
         lengths, intervals = base.game_length_steps, base.point_interval_steps
-    return Measured(step_time_s=steps, gap_s=gaps, compute_s=compute, game_length_steps=lengths,
-                    point_interval_steps=intervals, typical_ranks=typical, setup=setup, collectives=coll,
-                    source=source)
-
-
-# -- measuring the collectives --------------------------------------------------------------------
-def calibrate(out_path) -> int:
-    """Under `mpirun -n 2` (or more): time allreduce over message sizes and the per-round host gather,
-    fit the alpha-beta model, and (rank 0) write the Collectives as JSON."""
-    from jaxpong.comm import launched_size
-
-    if launched_size() < 2:
-        raise ConfigError("--calibrate times collectives between ranks: run it as mpirun -n 2 python -m jaxpong "
-                          "simulate --calibrate FILE")
-    from mpi4py import MPI
-
-    comm = MPI.COMM_WORLD
-    size = comm.Get_size()
-    sizes = [2 ** k for k in range(3, 24, 2)]  # 8 B .. 8 MiB
-    times = []
-    for nbytes in sizes:
-        buf = np.ones(nbytes // 4 or 1, np.float32)
-        out = np.empty_like(buf)
-        reps = int(min(300, max(10, 3e7 / nbytes)))
-        comm.Allreduce(buf, out)
-        best = math.inf
-        for _ in range(3):
-            comm.Barrier()
-            t = time.perf_counter()
-            for _ in range(reps):
-                comm.Allreduce(buf, out)
-            best = min(best, (time.perf_counter() - t) / reps)
-        times.append(comm.allreduce(best, op=MPI.MAX))
-    # T(n) = 2 (N-1) alpha + 2 (N-1)/N n / beta: alpha from the smallest messages (pure latency), beta from the
-    # largest (pure bandwidth); a least-squares line is at the mercy of one noisy size on a shared machine
-    alpha = min(times[:3]) / (2 * (size - 1))
-    beta = 2 * (size - 1) / size * sizes[-1] / max(times[-1] - 2 * (size - 1) * alpha, 1e-9)
-    gather_t, old_t, gather_bytes = _time_exchanges(comm, size)
-    gather_latency = max(1e-7, gather_t - (size - 1) * gather_bytes / beta) / math.ceil(math.log2(size))
-    coll = Collectives(latency_s=alpha, bandwidth_bytes_per_s=beta, gather_latency_s=gather_latency,
-                       gather_bytes_per_rank=float(gather_bytes))
-    if comm.Get_rank() == 0:
-        doc = {"collectives": dataclasses.asdict(coll), "ranks": size, "library": MPI.Get_library_version().split("\n")[0],
-               "allreduce_s": dict(zip(map(str, sizes), times)), "exchange_s": gather_t,
-               "pickled_allgather_s": old_t}
-        Path(out_path).write_text(json.dumps(doc, indent=1) + "\n")
-        print(json.dumps(doc))
-    return 0
-
-
-def _time_exchanges(comm, size: int, reps: int = 200) -> tuple[float, float, int]:
-    """(seconds of train's per-round exchange, seconds of the pickled allgather it replaced, bytes of one
-    rank's gathered row), each the best of 5 x `reps` after a barrier, the slowest rank's. Both include
-    the arrival check. The records are the default config's: 3 moments, 32 envs' game slots."""
-    from mpi4py import MPI
-
-    from jaxpong.comm import MpiComm
-    from jaxpong.exchange import FILL_BINS, agreed_layout, games_per_row, log_layout, record_row
-
-    mpi = MpiComm()
-    record = {"update": 1, "rank": comm.Get_rank(), "start_s": 0.0, "collect_s": 0.1, "compute_s": 0.1, "wait_s": 0.0,
-              "valid_samples": 2048, "masked_samples": 0, "cut_by_deadline": False, "deadline_s": None}
-    games = [(-21.0, 812)]
-    layout, logs = agreed_layout(3), log_layout(games_per_row(32, 80))
-    agreed = layout.pack({"moments": [2048.0, 1.0, 2.0], "fill_counts": np.eye(FILL_BINS)[700], "checksum_max": 1.0,
-                          "checksum_neg_min": -1.0})
-    row = record_row(logs, record, games)
-    # What each rank sent before: its previous record, games, moments and flags, pickled, to every rank.
-    payload = {"records": [record], "fill_s": 0.1, "moments": np.zeros(3), "games": games, "truncated": 0,
-               "filled": 2048, "masked": 0, "window_reward": 0.0, "signal": None, "io_failure": None,
-               "elapsed_s": 1.0, "process_s": 1.0, "checksum": None, "sparse_length": 4096}
-
-    def new():
-        mpi.exchange(agreed, layout, row, timeout_s=600, label="calibration")
-
-    def old():
-        mpi._arrive(600, "calibration")
-        comm.allgather(payload)
-
-    best = {"new": math.inf, "old": math.inf}
-    new(), old()
-    for _ in range(5):  # interleaved, so that a busy spell of the machine hits both
-        for name, once in (("new", new), ("old", old)):
-            comm.Barrier()
-            t = time.perf_counter()
-            for _ in range(reps):
-                once()
-            best[name] = min(best[name], (time.perf_counter() - t) / reps)
-    return comm.allreduce(best["new"], op=MPI.MAX), comm.allreduce(best["old"], op=MPI.MAX), row.nbytes
-
-
-# -- validation against real runs -----------------------------------------------------------------
-STARTUP_S = 20.0
-VALIDATION_RUNS = (  # (ranks, slow rank, deadline)
-    (1, -1, "0"), (1, -1, "auto"),
-    (2, -1, "0"), (2, -1, "auto"),
-    (2, 1, "0"), (2, 1, "auto"), (2, 1, "WINDOW"),
-    (4, 1, "0"), (4, 1, "auto"),
-)
-
-
-def _mpirun() -> list[str]:
-    here = Path(sys.executable).parent / "mpirun"
-    exe = str(here) if here.exists() else shutil.which("mpirun") or shutil.which("mpiexec")
-    if not exe:
-        raise ConfigError("--validate launches real runs with mpirun, which is not on PATH; install mpich (make install)")
-    try:
-        version = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        version = ""
-    return [exe, "--oversubscribe"] if "Open MPI" in version else [exe]  # mpich oversubscribes without a flag
-
-
-def validate(seconds: float, out_dir, rounds: int, window_s: float, slow_factor: float, num_envs: int,
-             config: str | None, seed: int) -> dict:
-    """Real `train` runs (1, 2, 4 ranks; with and without a slow rank; deadline 0, auto, SECONDS), each
-    compared with the simulator driven by that run's own measured distributions."""
-    base = load_measured()
-    out = Path(out_dir) if out_dir else Path(tempfile.mkdtemp(prefix="jaxpong-validate-"))
-    out.mkdir(parents=True, exist_ok=True)
-    launcher = _mpirun()
-    rows = []
-    cores = len(os.sched_getaffinity(0))
-    load_before = os.getloadavg()[0]
-    for ranks, slow, deadline in VALIDATION_RUNS:
-        deadline = f"{window_s:g}" if deadline == "WINDOW" else deadline
-        name = f"n{ranks}_{'slow' if slow >= 0 else 'even'}_d{deadline}"
-        run_dir = out / name
-        oversubscribed = ranks > cores
-        # train's --time-limit-s counts from process start: add start-up (imports, compilation), and give
-        # oversubscribed runs, whose ranks share cores, twice the time
-        limit = (seconds + STARTUP_S) * (2 if oversubscribed else 1)
-        cmd = launcher + ["-n", str(ranks), sys.executable, "-m", "jaxpong", "train", "--run-dir", str(run_dir),
-                          "--overwrite"]
-        if config:
-            cmd += ["--config", config]
-        else:  # the setup the validation was measured with (then the built-in defaults): sync envs
-            cmd += ["--batch-size", "0", "--learning-rate", "5e-4", "--point-episodes", "false"]
-        cmd += ["--network", "mlp", "--obs-mode", "diff64", "--algo", "ppo", "--num-envs", str(num_envs),
-                "--num-threads", "1", "--num-steps", "32", "--update-epochs", "2", "--num-minibatches", "2",
-                "--total-steps", "1000000000", "--time-limit-s", f"{limit:g}", "--checkpoint-every", "1000000",
-                "--progress", "off", "--deadline-s", deadline, "--seed", str(seed)]
-        if slow >= 0:
-            cmd += ["--slow-rank", str(slow), "--slow-factor", f"{slow_factor:g}"]
-        print(f"[validate] {name}: {' '.join(cmd[1:3])} ... {' '.join(cmd[-8:])}", file=sys.stderr, flush=True)
-        with open(out / f"{name}.log", "w") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, timeout=limit + 300).returncode
-        if rc != 0:
-            raise ConfigError(f"validation run {name} failed (exit {rc}); see {out / (name + '.log')}")
-        from jaxpong import report
-
-        stats = report.rank_stats(report.read_ranks(run_dir))
-        measured = measured_from_run(run_dir, base)
-        mode = mode_of(_parse_deadline(deadline))
-        outcome = simulate(measured, mode, ranks, rounds=rounds, seed=seed)
-        for s in stats:
-            predicted = float(outcome.rank_wait_fraction[s.rank])
-            rows.append({"run": name, "ranks": ranks, "slow_rank": slow, "deadline_s": deadline, "mode": mode,
-                         "rank": s.rank, "rounds": s.rounds, "measured": round(s.wait_fraction, 4),
-                         "predicted": round(predicted, 4), "error": round(abs(predicted - s.wait_fraction), 4),
-                         "oversubscribed": oversubscribed})
-    return {"rows": rows, "runs_dir": str(out), "cores": cores, "load": (load_before, os.getloadavg()[0])}
-
-
-def _parse_deadline(text: str):
-    from jaxpong.config import parse_deadline
-
-    return parse_deadline(text)
-
-
-def validation_table(rows: list[dict]) -> str:
-    lines = ["| run | ranks | slow rank | --deadline-s | mode | rank | rounds | measured wait | predicted wait | error |",
-             "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for r in rows:
-        note = " (oversubscribed)" if r["oversubscribed"] else ""
-        lines.append(f"| {r['run']}{note} | {r['ranks']} | {r['slow_rank'] if r['slow_rank'] >= 0 else '-'} | "
-                     f"{r['deadline_s']} | {r['mode']} | {r['rank']} | {r['rounds']} | {r['measured']:.3f} | "
-                     f"{r['predicted']:.3f} | {r['error']:.3f} |")
-    return "\n".join(lines)
-
-
-# -- output ---------------------------------------------------------------------------------------
-def _write(path: Path, text: str, flag: str) -> None:
-    try:
-        path.write_text(text)
-    except OSError as err:
-        raise ConfigError(f"{flag} {str(path)!r} cannot be written ({err.strerror})") from None
-
-
-def results_table(outcomes: list[Outcome]) -> str:
-    head = f"{'mode':<9} {'ranks':>6} {'efficiency':>10} {'masked %':>8} {'wait %':>7} {'samples/s':>12} {'round s':>8}"
-    lines = [head, "-" * len(head)]
-    for o in outcomes:
-        lines.append(f"{o.mode:<9} {o.ranks:>6} {o.efficiency:>10.3f} {100 * o.masked_fraction:>8.2f} "
-                     f"{100 * o.wait_fraction:>7.1f} {o.samples_per_s:>12,.0f} {o.round_s:>8.3f}")
-    return "\n".join(lines)
-
-
-def plot(outcomes: list[Outcome], path: Path, title: str, masking: str = "unscored") -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
-
-    colours = {"game": "#e15759", "steps": "#f28e2b", "window": "#4e79a7", "deadline": "#59a14f"}
-    labels = {"game": "game: sync per full game (2016 original)", "steps": "steps: sync per num_steps",
-              "window": "window: fixed seconds, no masking (2016 fix)",
-              "deadline": "deadline: auto deadline" + (" + masking" if masking == "unscored" else " (nothing to mask)")}
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6), gridspec_kw={"width_ratios": [3, 2]})
-    for mode in MODES:
-        mine = [o for o in outcomes if o.mode == mode]
-        if not mine:
-            continue
-        x = [o.ranks for o in mine]
-        ax.plot(x, [o.efficiency for o in mine], "o-", color=colours[mode], label=labels[mode], ms=4)
-        bx.plot(x, [100 * o.masked_fraction for o in mine], "o-", color=colours[mode], ms=4)
-    for a in (ax, bx):
-        a.set_xscale("log")
-        a.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
-        a.set_xlabel("ranks")
-        a.grid(True, which="both", alpha=0.3)
-    bx.set_ylim(bottom=0)
-    ax.set_ylim(0, 1.05)
-    ax.axhline(0.95, color="grey", lw=0.8, ls="--")
-    ax.set_ylabel("parallel efficiency")
-    ax.set_title("efficiency: useful rank-seconds / (ranks x wall)", fontsize=10)
-    ax.legend(fontsize=8, loc="lower left")
-    bx.set_ylabel("masked samples (%)")
-    bx.set_title("samples played but given no gradient weight", fontsize=10)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def describe(measured: Measured) -> str:
-    s, c = measured.setup, measured.collectives
-    typical = [x for r in measured.typical_ranks for x in measured.step_time_s[r]]
-    where = measured.source.get("name") or f"run {Path(measured.source.get('run_dir', 'custom')).name}"
-    return (f"inputs: {where}; "
-            f"{s.num_envs} env(s) x {s.num_steps} steps per rank, step {1e3 * float(np.median(typical)):.3g} ms "
-            f"(median), update {1e3 * float(np.median(measured.compute_s)):.3g} ms + {s.optimizer_steps} allreduce(s) of "
-            f"{s.message_bytes / 1e6:.3g} MB, game {float(np.median(measured.game_length_steps)):.0f} steps (median of "
-            f"{len(measured.game_length_steps)}), masking {s.masking}, window {s.window_s:g} s, margin {s.deadline_margin:g}; "
-            f"alpha {1e6 * c.latency_s:.3g} us, beta {c.bandwidth_bytes_per_s / 1e9:.3g} GB/s")
-
-
-def run_cli(args) -> int:
-    if args.calibrate:
-        return calibrate(args.calibrate)
-    if args.validate:
-        report = validate(seconds=args.seconds, out_dir=args.out, rounds=max(args.rounds, 1000),
-                          window_s=args.window_s or 0.15, slow_factor=args.slow_factor if args.slow_factor > 1 else 2.0,
-                          num_envs=args.num_envs, config=args.config, seed=args.seed)
-        rows = report["rows"]
-        print(validation_table(rows))
-        fair = [r for r in rows if not r["oversubscribed"]]
-        worst = max((r["error"] for r in fair), default=0.0)
-        worst_all = max((r["error"] for r in rows), default=0.0)
-        print(f"\nlargest error {worst:.3f} with at most {report['cores']} ranks on {report['cores']} cores "
-              f"({'within' if worst <= 0.10 else 'NOT within'} 0.10); {worst_all:.3f} including oversubscribed runs. "
-              f"Load average (1 min) {report['load'][0]:.1f} before, {report['load'][1]:.1f} after: a load above "
-              f"{report['cores']} means other work shared the cores. Runs kept in {report['runs_dir']}")
-        print(json.dumps({"validation": rows, "max_error": worst, "max_error_oversubscribed": worst_all,
-                          "within_0.10": worst <= 0.10}))
-        return 0
-    measured = load_measured(args.measured) if args.measured else load_measured()
-    if args.from_dir:
-        measured = measured_from_run(args.from_dir, measured)
-    if args.collectives:
-        try:
-            doc = json.loads(Path(args.collectives).read_text())
-        except (OSError, json.JSONDecodeError):
-            doc = None
-        if not isinstance(doc, dict) or "collectives" not in doc:
-            raise ConfigError(f"--collectives {args.collectives!r}: give the JSON file --calibrate wrote")
-        measured.collectives = Collectives(**doc["collectives"])
-        measured.source["collectives"] = f"--collectives {args.collectives}"
-    c = measured.collectives
-    if args.latency_us is not None:
-        c.latency_s = args.latency_us * 1e-6
-    if args.bandwidth_gbs is not None:
-        c.bandwidth_bytes_per_s = args.bandwidth_gbs * 1e9
-    if args.window_s:
-        measured.setup.window_s = args.window_s
-    if args.masking:
-        measured.setup.masking = args.masking
-    if args.timing_spread != 1.0:
-        measured = scale_spread(measured, args.timing_spread)
-    if args.save_measured:
-        doc = measured.to_dict()
-        argv = sys.argv[1:]
-        if "--note" in argv:  # the note is stored on its own
-            i = argv.index("--note")
-            argv = argv[:i] + argv[i + 2:]
-        doc["source"]["saved_by"] = "python -m jaxpong " + " ".join(argv)
-        if args.note:
-            doc["source"]["measured_with"] = args.note
-        _write(Path(args.save_measured), json.dumps(doc, indent=1) + "\n", "--save-measured")
-        print(f"distributions written to {args.save_measured}", file=sys.stderr)
-    ranks, modes = parse_ranks(args.ranks), parse_modes(args.modes)
-    if args.slow_factor < 1.0:
-        raise ConfigError("--slow-factor must be >= 1")
-    outcomes = [simulate(measured, mode, n, rounds=args.rounds, seed=args.seed, slow_rank=args.slow_rank,
-                         slow_factor=args.slow_factor) for mode in modes for n in ranks]
-    out = Path(args.out) if args.out else (Path(args.from_dir) if args.from_dir else Path("runs") / "simulate")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"--out {str(out)!r} cannot be created ({err.strerror})") from None
-    text = describe(measured)
-    table_text = results_table(outcomes)
-    print(text)
-    print(table_text)
-    image = plot(outcomes, out / "simulate.png", textwrap.fill(text, 170), masking=measured.setup.masking)
-    result = {"results": [o.to_json() for o in outcomes]}
-    (out / "simulate.txt").write_text(f"{text}\n\n{table_text}\n")
-    (out / "simulate.json").write_text(json.dumps(result, indent=1) + "\n")
-    print(f"table: {out / 'simulate.txt'}  plot: {image}")
-    print(json.dumps(result))
-    return 0
+    return Measured(
+        step_time_s=steps,
+        gap_s=gaps,
+        compute_s=compute,
+        game_length_steps=lengths,
+        point_interval_steps=intervals,
+        typical_ranks=typical,
+        setup=setup,
+        collectives=coll,
+        source=source,
+    )

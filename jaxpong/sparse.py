@@ -17,7 +17,7 @@ the jitted update (`learner.sparse_round`) and lists each minibatch's cells (~3.
 default round). Samples without loss weight (unfilled buffer rows, envpool's reset steps) get no
 cells: their output is not used. Lists are padded (value 0, on the last sample) to a length from a
 coarse geometric ladder (`padded_length`), so a run compiles its update for a few lengths, not one
-per round; ranks agree on one length per round (train.py), so they also compile together.
+per round; ranks agree on one length per round (round.py), so they also compile together.
 """
 
 from __future__ import annotations

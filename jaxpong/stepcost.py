@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                         "config's batch size), e.g. 1,2,4,8,16 to find where the host step stops paying")
     parser.add_argument("--xla-threads", type=int, default=1, help="XLA's CPU threads, as run.xla_threads (default 1)")
     args = parser.parse_args(argv)
-    from jaxpong.cli import setup_jax
+    from jaxpong.jaxsetup import setup_jax
 
     setup_jax(args.xla_threads)  # as `jaxpong train` sets JAX up (before any computation)
     configs = args.config or ["configs/seed_ppg.yaml", "configs/default.yaml"]

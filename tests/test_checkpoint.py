@@ -11,9 +11,9 @@ import pytest
 
 from jaxpong.checkpoint import Checkpoints
 from jaxpong.config import Config, ConfigError
-from jaxpong.learner import make_optimizer
+from jaxpong.learner import init_state, make_optimizer
 from jaxpong.networks import make_network
-from jaxpong.train import Counters, init_state
+from jaxpong.round import Counters
 
 
 def trained_state(seed):

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SMOKE_CONFIG, read_jsonl
-
 from jaxpong.cli import main
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -71,11 +70,11 @@ def pg_run(tmp_path_factory) -> Path:
     The hidden layer is small so that initialising it is quick."""
     import jax
 
-    from jaxpong import config as config_lib, rundir
+    from jaxpong import config as config_lib
+    from jaxpong import rundir
     from jaxpong.checkpoint import Checkpoints
-    from jaxpong.learner import make_optimizer
+    from jaxpong.learner import init_state, make_optimizer
     from jaxpong.networks import make_network
-    from jaxpong.train import init_state
 
     run_dir = tmp_path_factory.mktemp("pg") / "run"
     run_dir.mkdir()

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SMOKE_CONFIG, read_jsonl
-from jaxpong import cli
+from jaxpong import cli, stop
 from jaxpong import config as config_lib
 from jaxpong.logger import eta_seconds, format_eta
 
@@ -170,14 +170,14 @@ def test_resume_command_is_the_one_that_started_the_run(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
     monkeypatch.setattr(sys, "argv", ["/somewhere/jaxpong/__main__.py", "train"])
-    assert cli.resume_command("runs/a b") == ".venv/bin/python -m jaxpong train --resume 'runs/a b'"
-    assert cli.resume_command("runs/x", ranks=4) == "mpirun -n 4 .venv/bin/python -m jaxpong train --resume runs/x"
+    assert stop.resume_command("runs/a b") == ".venv/bin/python -m jaxpong train --resume 'runs/a b'"
+    assert stop.resume_command("runs/x", ranks=4) == "mpirun -n 4 .venv/bin/python -m jaxpong train --resume runs/x"
     monkeypatch.setattr(sys, "executable", "/opt/py/bin/python3")
-    assert cli.resume_command("runs/x") == "/opt/py/bin/python3 -m jaxpong train --resume runs/x"
+    assert stop.resume_command("runs/x") == "/opt/py/bin/python3 -m jaxpong train --resume runs/x"
     monkeypatch.setattr(sys, "argv", [str(tmp_path / ".venv" / "bin" / "jaxpong"), "train"])  # the console script
-    assert cli.resume_command("runs/x") == "jaxpong train --resume runs/x"
+    assert stop.resume_command("runs/x") == "jaxpong train --resume runs/x"
     monkeypatch.setenv("JAXPONG_UNDER_MAKE", "1")  # as `make train` sets it
-    assert cli.resume_command("runs/x") == "make train RESUME=runs/x"
+    assert stop.resume_command("runs/x") == "make train RESUME=runs/x"
 
 
 def _read_until(proc, pattern: str, timeout: float) -> tuple[str, re.Match | None]:
@@ -321,17 +321,12 @@ def test_video_every_records_clips_between_rounds(jaxpong_cli, tmp_path):
 
 
 def test_a_clip_due_widens_the_next_hang_limit_like_an_evaluation():
-    from jaxpong.train import Counters, Trainer
+    from jaxpong.between_rounds import eval_allowance_s
 
-    trainer = object.__new__(Trainer)
-    trainer.cfg = config_lib.build(None, {"run": {"video_every": 3}, "dist": {"hang_timeout_s": 20}})
-    trainer.last_eval_s = 150.0
+    cfg = config_lib.build(None, {"run": {"video_every": 3}, "dist": {"hang_timeout_s": 20}})
     for update, allowance in ((2, 0.0), (3, 450.0), (6, 450.0), (7, 0.0)):
-        trainer.counters = Counters(update=update)
-        assert trainer._eval_allowance_s() == allowance, update
-    trainer.last_eval_s = 1.0
-    trainer.counters = Counters(update=3)
-    assert trainer._eval_allowance_s() == 200.0  # at least 10x the hang timeout
+        assert eval_allowance_s(cfg, update, last_eval_s=150.0) == allowance, update
+    assert eval_allowance_s(cfg, 3, last_eval_s=1.0) == 200.0  # at least 10x the hang timeout
 
 
 # ---- plot --at past a run's end; the 2016 column only for pg ------------------------------------------

@@ -11,10 +11,9 @@ from jaxpong import config as config_lib
 from jaxpong.config import ConfigError
 from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, frame_shape, make_env
 from jaxpong.host_policy import AUTO_MAX_ROWS, HostMLP, HostPolicy, SampleNoise, use_host_policy
-from jaxpong.learner import make_optimizer
+from jaxpong.learner import init_state, make_optimizer
 from jaxpong.networks import make_network
 from jaxpong.rollout import Collector, make_policy_step
-from jaxpong.train import init_state
 
 SEED = "configs/seed_ppg.yaml"
 # The 2016 MLP (karpathy80, no biases, Bernoulli head, no value head) and the default's kind

@@ -348,7 +348,7 @@ def test_a_replacement_interrupted_between_its_renames_is_undone(tmp_path):
 # -- the signal handler -------------------------------------------------------------------------------
 
 def test_signal_handler_only_sets_the_flag_and_the_main_thread_announces_it(monkeypatch):
-    from jaxpong.train import SignalFlag
+    from jaxpong.signals import SignalFlag
 
     flag = SignalFlag()
     written = io.StringIO()

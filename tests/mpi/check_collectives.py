@@ -13,10 +13,9 @@ from jaxpong import config as config_lib
 from jaxpong.algorithms.returns import masked_moments, moments_to_mean_std
 from jaxpong.batch import Batch
 from jaxpong.comm import LocalComm, MpiComm
-from jaxpong.learner import make_optimize, make_optimizer, make_prepare
-from jaxpong.networks import make_network
 from jaxpong.exchange import agreed_layout, log_layout, record_row
-from jaxpong.train import init_state
+from jaxpong.learner import init_state, make_optimize, make_optimizer, make_prepare
+from jaxpong.networks import make_network
 
 comm = MpiComm()
 assert comm.size == 2, "run with mpirun -n 2"
