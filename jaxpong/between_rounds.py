@@ -13,10 +13,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jaxpong.config import Config, ConfigError
 from jaxpong.logger import log_line
 from jaxpong.rundir import WriteFailed
+
+if TYPE_CHECKING:
+    from jaxpong.checkpoint import Checkpoints
 
 
 def eval_due(cfg: Config, update: int) -> bool:
@@ -57,7 +61,7 @@ class Evaluations:
 
     def __init__(self, cfg: Config, run_dir: Path, policy_step):
         self.cfg, self.run_dir, self.policy_step = cfg, Path(run_dir), policy_step
-        self.best_checkpoints = None
+        self.best_checkpoints: Checkpoints | None = None
         self.best_eval_return: float | None = None
 
     def evaluate(self, params, update: int, step: int, save, can_write: bool) -> Evaluation:
@@ -74,7 +78,7 @@ class Evaluations:
         summary = result.summary()
         if self.best_checkpoints is None:
             self.best_checkpoints = Checkpoints(self.run_dir / BEST_DIR, keep=1)
-            self.best_eval_return = self._saved_best_return()
+            self.best_eval_return = saved_best_return(self.best_checkpoints)
         mean = summary["mean_return"]
         improved = mean is not None and (self.best_eval_return is None or mean > self.best_eval_return)
         failure = None
@@ -106,15 +110,16 @@ class Evaluations:
             )
         return Evaluation(metrics, result.seconds, failure)
 
-    def _saved_best_return(self) -> float | None:
-        """The best evaluation kept by an earlier process of this run (after --resume), if any."""
-        steps = self.best_checkpoints.steps()
-        if not steps:
-            return None
-        try:
-            return (self.best_checkpoints.read_meta(steps[-1]).get("eval") or {}).get("mean_return")
-        except ConfigError:
-            return None  # unreadable: the next evaluation replaces it
+
+def saved_best_return(checkpoints: Checkpoints) -> float | None:
+    """The best evaluation kept by an earlier process of this run (after --resume), if any."""
+    steps = checkpoints.steps()
+    if not steps:
+        return None
+    try:
+        return (checkpoints.read_meta(steps[-1]).get("eval") or {}).get("mean_return")
+    except ConfigError:
+        return None  # unreadable: the next evaluation replaces it
 
 
 def clip(cfg: Config, params, run_dir: Path, update: int, step: int, policy_step) -> float:

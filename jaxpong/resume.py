@@ -33,10 +33,11 @@ def starting_state(
     """Every rank: a fresh state, replaced by rank 0's (restored from checkpoint `resume_step` when given;
     `checkpoints` is rank 0's). A refused or failed restore raises ConfigError on every rank."""
     start = Start(init_state(cfg, network, optimizer, jax.random.PRNGKey(cfg.run.seed)), Counters())
-    shared = None
+    shared: tuple[TrainState, Counters] | str | None = None
     if comm.rank == 0:
         try:
             if resume_step is not None:
+                assert checkpoints is not None, "rank 0 restores from its checkpoints"
                 start = restore(checkpoints, resume_step, start.state, cfg, comm.size, fallback)
             shared = (jax.tree.map(np.asarray, start.state), start.counters)
         except ConfigError as err:

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpong import PROCESS_START
+from jaxpong.batch import Batch
 from jaxpong.between_rounds import eval_allowance_s
 from jaxpong.config import Config
 from jaxpong.deadline import Deadline, fill_time_estimate
@@ -36,7 +37,7 @@ from jaxpong.exchange import (
 from jaxpong.keys import sampling_key
 from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_prepare, sparse_round
 from jaxpong.rollout import Collector, make_policy_step
-from jaxpong.sparse import reuse_length
+from jaxpong.sparse import RoundCells, reuse_length
 from jaxpong.stop import EXIT_FAULT, Stop
 from jaxpong.watchdog import Watchdog, hang_limit
 
@@ -77,12 +78,11 @@ class Prepared:
     """This rank's round between collection and the exchange: the batch and the learner's targets for it,
     the moments every rank sums, and (sparse input) the nonzero cells with the order the update draws them in."""
 
-    batch: object
+    batch: Batch
     targets: dict
     moments: np.ndarray
     masked: int
-    cells: object
-    order: object
+    sparse: tuple[RoundCells, np.ndarray] | None
     seconds: float
 
 
@@ -211,18 +211,18 @@ class Round:
 
     def _prepare(self, state: TrainState, batch) -> Prepared:
         start = time.perf_counter()
-        cells = order = None
+        sparse = None
         if self.sparse_input:
             # The nonzero cells of the samples that carry weight, and the order the update will draw
             # its minibatches in from the same key; the lists themselves are made after the exchange.
             T, N = batch.actions.shape
-            cells, order = sparse_round(self.cfg, state.key, batch.features.reshape(T * N, -1), batch.valid.reshape(-1))
+            sparse = sparse_round(self.cfg, state.key, batch.features.reshape(T * N, -1), batch.valid.reshape(-1))
             batch = batch.replace(features=None)
         batch = jax.tree.map(jnp.asarray, batch)
         targets, moments = self.prepare_targets(state.params, batch)
         moments = np.asarray(moments, np.float64)
         masked = int(np.asarray(targets["masked"]).sum())
-        return Prepared(batch, targets, moments, masked, cells, order, time.perf_counter() - start)
+        return Prepared(batch, targets, moments, masked, sparse, time.perf_counter() - start)
 
     def _exchange(
         self,
@@ -261,7 +261,7 @@ class Round:
                 "signal": int(signal.Signals[signal_now]) if signal_now else 0,
                 "io_failure": float(io_failure),
                 "stop_request": float(stop_request),
-                "sparse_length": prepared.cells.length(prepared.order) if prepared.cells is not None else 0,
+                "sparse_length": prepared.sparse[0].length(prepared.sparse[1]) if prepared.sparse is not None else 0,
                 "checksum_max": checksum,
                 "checksum_neg_min": -checksum,
                 "slowest_round_s": pending_record["collect_s"] + pending_record["compute_s"] if pending_record else 0.0,
@@ -299,13 +299,14 @@ class Round:
     ) -> tuple[TrainState, np.ndarray]:
         cfg = self.cfg
         sparse_features, compiles = None, False
-        if prepared.cells is not None:
+        if prepared.sparse is not None:
+            cells, order = prepared.sparse
             # Every rank pads its lists to the round's longest: one shape on all ranks, so when a new
             # length makes the update compile again, all ranks compile in the same round.
             length = reuse_length(int(facts["sparse_length"]), self.sparse_lengths)
             compiles = length not in self.sparse_lengths
             self.sparse_lengths.add(length)
-            sparse_features = jax.tree.map(jnp.asarray, prepared.cells.minibatches(prepared.order, length))
+            sparse_features = jax.tree.map(jnp.asarray, cells.minibatches(order, length))
         lr_frac = lr_fraction(cfg, counters.step)
         # --debug-nan-at-update: poison the loss of these updates, to show that non-finite gradients are skipped.
         nan_from = cfg.run.debug_nan_at_update

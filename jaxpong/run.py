@@ -85,7 +85,9 @@ class Training:
         )
         self.evaluations = Evaluations(cfg, self.run_dir, self.round.policy_step) if self.is_main else None
         self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
-        self.rank_totals = collections.defaultdict(lambda: np.zeros(4))  # wait, busy, valid, masked per rank
+        self.rank_totals: dict[int, np.ndarray] = collections.defaultdict(
+            lambda: np.zeros(4)
+        )  # wait, busy, valid, masked per rank
         self.first_update = self.counters.update  # the counter before this process's first round
         self.io_failure: WriteFailed | None = None  # rank 0: a failed write; every rank stops at the next exchange
         self.target_reached = False  # rank 0: the last-20 mean reached --target-return; everyone stops next round
@@ -227,7 +229,8 @@ class Training:
         ("eval_s", for ranks.jsonl) and reach every rank with the next exchange."""
         if not self.is_main:
             return {}
-        c, metrics = self.counters, {}
+        c = self.counters
+        metrics: dict = {}
         if eval_due(self.cfg, c.update):
             evaluation = self.evaluations.evaluate(
                 self.state.params, c.update, c.step, self.save, can_write=self.io_failure is None
