@@ -8,7 +8,7 @@ two more scalars: jaxpong/noise_scale.py).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -124,8 +124,12 @@ def sparse_round(cfg: Config, key: jax.Array, features: np.ndarray, keep: np.nda
     return RoundCells(features, keep), np.asarray(order)
 
 
-def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTransformation,
-                  allreduce: Callable[[jax.Array], jax.Array]):
+def make_optimize(
+    cfg: Config,
+    apply_fn: Callable,
+    optimizer: optax.GradientTransformation,
+    allreduce: Callable[[jax.Array], jax.Array],
+):
     """The jitted round update: optimize(state, batch, targets, norm, lr_frac, poison, sparse_features=None,
     noise=None) -> (state, metrics, counts), or (state, metrics, counts, noise) when `noise` is given.
 
@@ -150,15 +154,28 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     @jax.jit
-    def optimize(state: TrainState, batch: Batch, targets: dict, norm: jax.Array, lr_frac, poison,
-                 sparse_features=None, noise: noise_scale.NoiseScaleState | None = None):
+    def optimize(
+        state: TrainState,
+        batch: Batch,
+        targets: dict,
+        norm: jax.Array,
+        lr_frac,
+        poison,
+        sparse_features=None,
+        noise: noise_scale.NoiseScaleState | None = None,
+    ):
         measure = noise is not None  # static: None is an empty pytree
         T, N = batch.actions.shape
         size = T * N
-        flat = lambda x: x.reshape((size,) + x.shape[2:])
+
+        def flat(x):
+            return x.reshape((T * N,) + x.shape[2:])
+
         samples = {
-            "actions": flat(batch.actions), "logprobs": flat(batch.logprobs),
-            "values": flat(batch.values), **{k: flat(v) for k, v in targets.items() if k != "masked"},
+            "actions": flat(batch.actions),
+            "logprobs": flat(batch.logprobs),
+            "values": flat(batch.values),
+            **{k: flat(v) for k, v in targets.items() if k != "masked"},
         }
         if sparse_features is None:
             samples["features"] = flat(batch.features)
@@ -185,8 +202,9 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
             if measure:
                 epoch_sum = jax.tree.map(lambda e, g: jnp.where(start, g, e + g), epoch_sum, grads)
                 # [|S|^2 of the global minibatch, sum over ranks of |s_k|^2, sum of n_k^2, |epoch's sum so far|^2]
-                measured = jnp.stack([noise_scale.squared_norm(grads), ranks_sq[0], ranks_sq[1],
-                                      noise_scale.squared_norm(epoch_sum)])
+                measured = jnp.stack(
+                    [noise_scale.squared_norm(grads), ranks_sq[0], ranks_sq[1], noise_scale.squared_norm(epoch_sum)]
+                )
             grads = jax.tree.map(lambda g: g / jnp.maximum(count, 1.0), grads)
             updates, new_opt_state = optimizer.update(grads, opt_state, params)
             # No valid sample on any rank: leave parameters and optimizer state as they are.
@@ -197,25 +215,39 @@ def make_optimize(cfg: Config, apply_fn: Callable, optimizer: optax.GradientTran
 
         epoch_sum = jax.tree.map(jnp.zeros_like, state.params) if measure else None
         (params, opt_state, _), (counts, metrics, measured) = jax.lax.scan(
-            step, (state.params, state.opt_state, epoch_sum), (order, sparse_features, starts))
+            step, (state.params, state.opt_state, epoch_sum), (order, sparse_features, starts)
+        )
         total = jnp.maximum(counts.sum(), 1.0)
         out = TrainState(params=params, opt_state=opt_state, key=key), metrics.sum(0) / total, counts
-        if not measure:
+        if noise is None:
             return out
         return out + (round_noise(noise, measured, counts, epochs, minibatches, cfg.run.noise_scale_decay),)
 
     return optimize
 
 
-def round_noise(noise: noise_scale.NoiseScaleState, measured: jax.Array, counts: jax.Array, epochs: int,
-                minibatches: int, decay: float) -> noise_scale.NoiseScaleState:
+def round_noise(
+    noise: noise_scale.NoiseScaleState,
+    measured: jax.Array,
+    counts: jax.Array,
+    epochs: int,
+    minibatches: int,
+    decay: float,
+) -> noise_scale.NoiseScaleState:
     """The noise-scale state after a round whose optimizer steps measured `measured` [steps, 4] (see
     make_optimize's step) with global valid counts `counts` [steps]."""
     big_sq, ranks_sq, ranks_count_sq, epoch_sq = measured.T
     # Across ranks: every step, each rank's minibatch against the global minibatch.
     across_ranks = noise_scale.group_sums(big_sq, ranks_sq, counts, ranks_count_sq)
+
     # Across minibatches: every epoch, each step's global minibatch against their sum over the epoch.
-    per_epoch = lambda x: x.reshape(epochs, minibatches)
-    across_minibatches = noise_scale.group_sums(per_epoch(epoch_sq)[:, -1], per_epoch(big_sq).sum(1),
-                                                per_epoch(counts).sum(1), per_epoch(counts * counts).sum(1))
+    def per_epoch(x):
+        return x.reshape(epochs, minibatches)
+
+    across_minibatches = noise_scale.group_sums(
+        per_epoch(epoch_sq)[:, -1],
+        per_epoch(big_sq).sum(1),
+        per_epoch(counts).sum(1),
+        per_epoch(counts * counts).sum(1),
+    )
     return noise_scale.update(noise, across_ranks, across_minibatches, counts.sum(), counts.size, decay)

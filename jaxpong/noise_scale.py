@@ -57,7 +57,7 @@ from flax import struct
 
 def squared_norm(tree) -> jax.Array:
     """|x|^2 of a pytree of arrays, all leaves together."""
-    return sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree))
+    return jnp.sum(jnp.stack([jnp.sum(jnp.square(x)) for x in jax.tree.leaves(tree)]))
 
 
 def paper_estimates(small_sq, big_sq, b_small, b_big):
@@ -80,7 +80,7 @@ class NoiseSums:
     noise_weight: jax.Array  # sum of 1 / B_small - 1 / B_big
 
     @classmethod
-    def zeros(cls) -> "NoiseSums":
+    def zeros(cls) -> NoiseSums:
         return cls(*(jnp.zeros((), jnp.float32) for _ in range(4)))
 
 
@@ -89,8 +89,9 @@ def group_sums(big_sq, small_sq, count, count_sq) -> NoiseSums:
     element). Per set, from gradient SUMS: big_sq = |S|^2 of the big batch, small_sq = A = sum_k |s_k|^2,
     count = N = sum_k n_k, count_sq = Q = sum_k n_k^2. B_big = N, B_small = Q / N, |g_big|^2 = |S|^2 / N^2,
     |g_small|^2 = A / Q. A set with fewer than two groups holding samples (N^2 = Q) adds nothing."""
-    big_sq, small_sq, count, count_sq = jnp.broadcast_arrays(*(jnp.asarray(x, jnp.float32)
-                                                              for x in (big_sq, small_sq, count, count_sq)))
+    big_sq, small_sq, count, count_sq = jnp.broadcast_arrays(
+        *(jnp.asarray(x, jnp.float32) for x in (big_sq, small_sq, count, count_sq))
+    )
     has = (count > 0) & (count * count > count_sq)
     n, q = jnp.where(has, count, 1.0), jnp.where(has, count_sq, 1.0)
     pieces = ((big_sq - small_sq) / n, n - q / n, small_sq / q - big_sq / (n * n), n / q - 1.0 / n)
@@ -99,9 +100,11 @@ def group_sums(big_sq, small_sq, count, count_sq) -> NoiseSums:
 
 def estimates(sums: NoiseSums):
     """(|G|^2, tr(Sigma)) from pooled sums; nan where nothing was pooled."""
-    g2 = jnp.where(sums.signal_weight > 0, sums.signal / jnp.where(sums.signal_weight > 0, sums.signal_weight, 1.0), jnp.nan)
-    trace = jnp.where(sums.noise_weight > 0, sums.noise / jnp.where(sums.noise_weight > 0, sums.noise_weight, 1.0), jnp.nan)
-    return g2, trace
+
+    def ratio(num, den):
+        return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), jnp.nan)
+
+    return ratio(sums.signal, sums.signal_weight), ratio(sums.noise, sums.noise_weight)
 
 
 def simple_noise_scale(g2, trace):
@@ -121,18 +124,20 @@ class NoiseScaleState:
     steps: jax.Array  # ... and optimizer steps, weighted alike: their ratio is the batch of one step
 
     @classmethod
-    def zeros(cls) -> "NoiseScaleState":
+    def zeros(cls) -> NoiseScaleState:
         zero = jnp.zeros((), jnp.float32)
         return cls(NoiseSums.zeros(), NoiseSums.zeros(), zero, zero)
 
 
-def update(state: NoiseScaleState, across_ranks: NoiseSums, across_minibatches: NoiseSums, samples, steps,
-           decay: float) -> NoiseScaleState:
+def update(
+    state: NoiseScaleState, across_ranks: NoiseSums, across_minibatches: NoiseSums, samples, steps, decay: float
+) -> NoiseScaleState:
     """Decay the running sums by `decay` (per round) and add this round's. Ratios of sums weighted alike
     need no bias correction. A round with a non-finite piece (an update skipped for a non-finite
     gradient) leaves the state as it was."""
-    fresh = NoiseScaleState(across_ranks, across_minibatches, jnp.asarray(samples, jnp.float32),
-                            jnp.asarray(steps, jnp.float32))
+    fresh = NoiseScaleState(
+        across_ranks, across_minibatches, jnp.asarray(samples, jnp.float32), jnp.asarray(steps, jnp.float32)
+    )
     finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(fresh)]))
     return jax.tree.map(lambda old, new: jnp.where(finite, decay * old + new, old), state, fresh)
 
@@ -145,13 +150,22 @@ def current(state: NoiseScaleState) -> dict:
     sums = jax.tree.map(lambda a, b: jnp.where(use_ranks, a, b), state.across_ranks, state.across_minibatches)
     g2, trace = estimates(sums)
     batch = jnp.where(state.steps > 0, state.samples / jnp.where(state.steps > 0, state.steps, 1.0), jnp.nan)
-    return {"grad_norm_sq": g2, "grad_noise_trace": trace, "noise_scale": simple_noise_scale(g2, trace),
-            "batch": batch, "across_ranks": use_ranks.astype(jnp.float32)}
+    return {
+        "grad_norm_sq": g2,
+        "grad_noise_trace": trace,
+        "noise_scale": simple_noise_scale(g2, trace),
+        "batch": batch,
+        "across_ranks": use_ranks.astype(jnp.float32),
+    }
 
 
 def log_metrics(state: NoiseScaleState) -> dict[str, float]:
     """The metrics-line entries (host floats). Undefined ones are nan, which the logger leaves out."""
     now = {k: float(np.asarray(v)) for k, v in current(state).items()}
-    return {"charts/noise_scale": now["noise_scale"], "charts/grad_norm_sq": now["grad_norm_sq"],
-            "charts/grad_noise_trace": now["grad_noise_trace"], "charts/optimizer_batch": now["batch"],
-            "charts/noise_scale_across_ranks": now["across_ranks"]}
+    return {
+        "charts/noise_scale": now["noise_scale"],
+        "charts/grad_norm_sq": now["grad_norm_sq"],
+        "charts/grad_noise_trace": now["grad_noise_trace"],
+        "charts/optimizer_batch": now["batch"],
+        "charts/noise_scale_across_ranks": now["across_ranks"],
+    }

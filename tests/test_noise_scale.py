@@ -3,6 +3,7 @@ covariance, the unequal-count weighting, the running state, and the update that 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +28,12 @@ ROOT = Path(__file__).resolve().parent.parent
 def sums_of(groups):
     """group_sums' inputs from a list of (gradient sum, count) groups: (|S|^2, A, N, Q)."""
     total = sum(np.asarray(s, np.float64) for s, _ in groups)
-    return (float(total @ total), float(sum(np.dot(s, s) for s, _ in groups)), float(sum(n for _, n in groups)),
-            float(sum(n * n for _, n in groups)))
+    return (
+        float(total @ total),
+        float(sum(np.dot(s, s) for s, _ in groups)),
+        float(sum(n for _, n in groups)),
+        float(sum(n * n for _, n in groups)),
+    )
 
 
 @pytest.mark.parametrize("jit", [False, True])
@@ -94,8 +99,12 @@ def masked_rounds(rng, counts, rounds, seed=0):
 
 def pooled(sums, counts):
     big = sums.sum(1)
-    return ns.group_sums(jnp.asarray((big * big).sum(-1), jnp.float32), jnp.asarray((sums * sums).sum((1, 2)), jnp.float32),
-                         jnp.float32(counts.sum()), jnp.float32((counts * counts).sum()))
+    return ns.group_sums(
+        jnp.asarray((big * big).sum(-1), jnp.float32),
+        jnp.asarray((sums * sums).sum((1, 2)), jnp.float32),
+        jnp.float32(counts.sum()),
+        jnp.float32((counts * counts).sum()),
+    )
 
 
 @pytest.mark.parametrize("counts", [[8, 8, 8, 8], [1, 7, 0, 20], [2, 30]])
@@ -127,7 +136,7 @@ def test_running_state_smooths_numerator_and_denominator_and_skips_bad_rounds():
     state = ns.NoiseScaleState.zeros()
     step = jax.jit(ns.update, static_argnums=5)
     for k in range(0, 3000, 10):  # a round of 10 optimizer steps
-        state = step(state, pooled(sums[k:k + 10], n), ns.NoiseSums.zeros(), 10 * n.sum(), 10, 0.99)
+        state = step(state, pooled(sums[k : k + 10], n), ns.NoiseSums.zeros(), 10 * n.sum(), 10, 0.99)
     now = {k: float(v) for k, v in ns.current(state).items()}
     assert now["across_ranks"] == 1.0
     assert now["noise_scale"] == pytest.approx(6.0, rel=0.2)
@@ -142,8 +151,13 @@ def test_running_state_smooths_numerator_and_denominator_and_skips_bad_rounds():
     assert float(ns.current(one_rank)["across_ranks"]) == 0.0
     assert np.isfinite(float(ns.current(one_rank)["noise_scale"]))
     line = ns.log_metrics(state)
-    assert set(line) == {"charts/noise_scale", "charts/grad_norm_sq", "charts/grad_noise_trace",
-                         "charts/optimizer_batch", "charts/noise_scale_across_ranks"}
+    assert set(line) == {
+        "charts/noise_scale",
+        "charts/grad_norm_sq",
+        "charts/grad_noise_trace",
+        "charts/optimizer_batch",
+        "charts/noise_scale_across_ranks",
+    }
     assert all(isinstance(v, float) for v in line.values())
     assert np.isnan(ns.log_metrics(ns.NoiseScaleState.zeros())["charts/noise_scale"])  # nothing measured yet
 
@@ -164,12 +178,19 @@ def small_setup(epochs=1, minibatches=1, seed=0):
         features=rng.integers(-1, 2, size=(T, N, H, W)).astype(np.int8),
         actions=rng.integers(0, 2, size=(T, N)).astype(np.int32),
         logprobs=np.log(rng.uniform(0.3, 0.7, size=(T, N))).astype(np.float32),
-        values=rng.normal(size=(T, N)).astype(np.float32), rewards=np.zeros((T, N), np.float32),
-        dones=np.zeros((T, N), bool), filled=valid.copy(), valid=valid,
+        values=rng.normal(size=(T, N)).astype(np.float32),
+        rewards=np.zeros((T, N), np.float32),
+        dones=np.zeros((T, N), bool),
+        filled=valid.copy(),
+        valid=valid,
         bootstrap_features=np.zeros((N, H, W), np.int8),
     )
-    targets = {"advantages": rng.normal(size=(T, N)).astype(np.float32),
-               "returns": rng.normal(size=(T, N)).astype(np.float32), "valid": valid, "masked": np.zeros((T, N), bool)}
+    targets = {
+        "advantages": rng.normal(size=(T, N)).astype(np.float32),
+        "returns": rng.normal(size=(T, N)).astype(np.float32),
+        "valid": valid,
+        "masked": np.zeros((T, N), bool),
+    }
     norm = masked_moments(jnp.asarray(targets["advantages"]), jnp.asarray(valid))
     optimizer = optax.adam(1e-2)
     state = TrainState(params=params, opt_state=optimizer.init(params), key=jax.random.PRNGKey(7))
@@ -190,8 +211,13 @@ def test_measuring_changes_nothing_else(epochs, minibatches):
 
 def minibatch_grad_sums(cfg, apply_fn, state, batch, targets, norm, epochs, minibatches):
     """Each optimizer step's (gradient sum, count) at the starting parameters, in the update's order."""
-    samples = {"features": batch.features, "actions": batch.actions, "logprobs": batch.logprobs,
-               "values": batch.values, **{k: v for k, v in targets.items() if k != "masked"}}
+    samples = {
+        "features": batch.features,
+        "actions": batch.actions,
+        "logprobs": batch.logprobs,
+        "values": batch.values,
+        **{k: v for k, v in targets.items() if k != "masked"},
+    }
     samples = {k: np.asarray(v).reshape((T * N,) + np.shape(v)[2:]) for k, v in samples.items()}
     _, order = minibatch_order(state.key, T * N, epochs, minibatches)
     grad = jax.jit(jax.grad(lambda p, s: ppo.loss_sums(apply_fn, p, s, norm, cfg), has_aux=True))
@@ -209,7 +235,7 @@ def test_one_rank_measures_minibatches_against_their_epoch():
     optimize = make_optimize(cfg, apply_fn, optimizer, lambda x: x)
     *_, noise = optimize(state, batch, targets, norm, 0.0, 1.0, noise=ns.NoiseScaleState.zeros())
     steps = minibatch_grad_sums(cfg, apply_fn, state, batch, targets, norm, epochs, minibatches)
-    per_epoch = np.array([sums_of(steps[e * minibatches:(e + 1) * minibatches]) for e in range(epochs)])
+    per_epoch = np.array([sums_of(steps[e * minibatches : (e + 1) * minibatches]) for e in range(epochs)])
     want = ns.group_sums(*(jnp.asarray(per_epoch[:, i], jnp.float32) for i in range(4)))
     for a, b in zip(jax.tree.leaves(noise.across_minibatches), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(float(a), float(b), rtol=1e-4, atol=1e-6)
@@ -227,7 +253,7 @@ def test_the_extra_scalars_travel_in_the_fused_allreduce():
     [(g, n)] = minibatch_grad_sums(cfg, apply_fn, state, batch, targets, norm, 1, 1)
     now = ns.current(noise)
     assert float(now["across_ranks"]) == 1.0
-    assert float(now["grad_norm_sq"]) == pytest.approx(float(g @ g) / n ** 2, rel=1e-4)
+    assert float(now["grad_norm_sq"]) == pytest.approx(float(g @ g) / n**2, rel=1e-4)
     assert abs(float(now["grad_noise_trace"])) < 1e-4 * float(g @ g) / n
     assert float(now["batch"]) == 2 * n
 
@@ -235,9 +261,20 @@ def test_the_extra_scalars_travel_in_the_fused_allreduce():
 def test_two_real_ranks_measure_across_ranks():
     """mpirun -n 2: the state equals the estimate from both ranks' own gradient sums, on both ranks."""
     env_cache = {"JAXPONG_COMPILE_CACHE": str(Path("/tmp") / "jaxpong-test-cache")}
-    proc = subprocess.run([str(Path(sys.executable).parent / "mpirun"), "-n", "2", sys.executable,
-                           str(ROOT / "tests" / "mpi" / "check_noise_scale.py")], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300, env={**__import__("os").environ, **env_cache})
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "mpirun"),
+            "-n",
+            "2",
+            sys.executable,
+            str(ROOT / "tests" / "mpi" / "check_noise_scale.py"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env_cache},
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "OK noise_scale_across_two_ranks" in proc.stdout
 
@@ -248,12 +285,16 @@ def test_useful_ranks_from_the_critical_batch():
 
     assert useful_ranks(3000.0, 500.0) == pytest.approx(6.0)  # B_crit ~ B_simple samples, 500 a rank per step
     assert np.isnan(useful_ranks(float("nan"), 500.0)) and np.isnan(useful_ranks(-4.0, 500.0))
-    assert useful_ranks_line(3000.0, 1000.0, 2) == ("critical batch about 3,000 samples per optimizer step (gradient "
-                                                    "noise scale); one rank gives 500: up to about 6.0 ranks are useful "
-                                                    "(this run: 2).")
+    assert useful_ranks_line(3000.0, 1000.0, 2) == (
+        "critical batch about 3,000 samples per optimizer step (gradient "
+        "noise scale); one rank gives 500: up to about 6.0 ranks are useful "
+        "(this run: 2)."
+    )
     assert "already past it" in useful_ranks_line(90.0, 512.0, 1)
     assert useful_ranks_line(float("nan"), 512.0, 1) is None
-    metrics = [{"charts/noise_scale": 1024.0, "charts/optimizer_batch": 512.0, "comm/world_size": 1},
-               {"update": 7}]  # the last line without a measurement (nothing measured yet, or dropped as nan)
+    metrics = [
+        {"charts/noise_scale": 1024.0, "charts/optimizer_batch": 512.0, "comm/world_size": 1},
+        {"update": 7},
+    ]  # the last line without a measurement (nothing measured yet, or dropped as nan)
     assert "up to about 2.0 ranks" in noise_scale_line(metrics)
     assert noise_scale_line([{"update": 1}]) is None
