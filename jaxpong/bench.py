@@ -96,22 +96,22 @@ def trainer_sps(run_dir: Path, paused: list[tuple[float, float]] = (), warmup: i
 
 
 def _train_command(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int = 1) -> list[str]:
-    """`jaxpong train` in fresh processes (under mpirun for several ranks), as a user would run it."""
+    """`jaxpong train` in a fresh process, as a user would run it; several ranks through `train --ranks N`
+    (mpirun, each rank bound to its share of the cores: a rank that waits leaves its cores idle instead
+    of lending them to the others, as on a cluster node)."""
     import yaml
 
     cfg_file = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg_dict))
     cmd = [sys.executable, "-m", "jaxpong", "train", "--config", str(cfg_file), "--run-dir", str(run_dir),
            "--overwrite", "--progress", "off", *extra]
-    if ranks > 1:
-        # Pin each rank to its own cores, as on a cluster node: a rank that waits then leaves its cores
-        # idle instead of lending them to the others (hydra's -bind-to; mpich's own launcher).
-        cmd = [str(Path(sys.executable).parent / "mpirun"), "-bind-to", "core", "-n", str(ranks), *cmd]
-    return cmd
+    return cmd + ["--ranks", str(ranks)] if ranks > 1 else cmd
 
 
-def _train_subprocess(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int = 1, timeout: float = 900) -> None:
-    proc = subprocess.run(_train_command(cfg_dict, run_dir, extra, ranks), capture_output=True, text=True, timeout=timeout)
+def _train_subprocess(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int = 1, timeout: float = 900,
+                      prefix: list[str] | None = None) -> None:
+    cmd = [*(prefix or []), *_train_command(cfg_dict, run_dir, extra, ranks)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"training run failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}")
 
@@ -133,9 +133,9 @@ RAW_SLICE_S = 1.0  # ... and is stopped (SIGSTOP) while raw envpool runs this lo
 
 
 def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start_timeout_s: float = 600, *,
-                       ranks: int = 1, pin_core: int | None = None, trainer_slice_s: float = TRAINER_SLICE_S,
+                       ranks: int = 1, pin_cores: list[int] | None = None, trainer_slice_s: float = TRAINER_SLICE_S,
                        raw_slice_s: float = RAW_SLICE_S, warmup: int = WARMUP_UPDATES) -> dict:
-    """One repeat: a real `jaxpong train` (under mpirun for several ranks; pinned to `pin_core` if given),
+    """One repeat: a real `jaxpong train` (under mpirun for several ranks; pinned to `pin_cores` if given),
     stopped every `trainer_slice_s` for a `raw_slice_s` slice of raw envpool (`raw.run`) on the same cores,
     until the trainer has run `seconds` after its warm-up rounds.
 
@@ -153,7 +153,7 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
     cmd = _train_command(cfg_dict, run_dir, ["--time-limit-s", str(10 * seconds + start_timeout_s)], ranks)
     log = open(run_dir.parent / f"{run_dir.name}.log", "w")
-    pin = (lambda: os.sched_setaffinity(0, {pin_core})) if pin_core is not None else None
+    pin = (lambda: os.sched_setaffinity(0, set(pin_cores))) if pin_cores else None
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=pin)
     pids = [proc.pid]  # the trainer's processes: with mpirun, its proxy and ranks (found after the warm-up)
 
@@ -393,7 +393,7 @@ def per_core(cfg: Config, ranks: int, seconds: float, run_dir: str | None = None
             f"{', host policy step' if _uses_host_policy(cfg) else ''}",
             f"raw envpool, {cfg.env.num_envs} game(s) per core", repeats, run_dir,
             lambda path: interleaved_repeat(cfg_dict, raw, seconds, path, ranks=ranks,
-                                            pin_core=cores[0] if ranks == 1 else None,
+                                            pin_cores=cores,  # so `--ranks N` binds one core each
                                             trainer_slice_s=PER_CORE_TRAINER_SLICE_S,
                                             raw_slice_s=PER_CORE_RAW_SLICE_S, warmup=PER_CORE_WARMUP_UPDATES),
             {"mode": "per_core", "ranks": ranks, "cores": cores, "algo": cfg.algo.algo,
@@ -431,34 +431,64 @@ def rank_stats(run_dir: Path, skip_updates: int = WARMUP_UPDATES) -> dict:
             "rounds": len(recs) // len(ranks)}
 
 
+def _raw_ceiling(cfg: Config, games: int, seconds: float) -> float:
+    """Raw envpool's steps/s with `games` games on every core this process may use: what the trainer's
+    ranks together could reach at best."""
+    raw_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, num_envs=games, num_threads=0))
+    raw = RawEnv(raw_cfg)
+    try:
+        raw.run(min(1.0, seconds))  # warm-up slice
+        steps, took, _ = raw.run(seconds)
+        return steps / took
+    finally:
+        raw.close()
+
+
 def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None = None) -> int:
-    """`jaxpong bench --ranks N [--slow-rank R --slow-factor F]`: sync (--deadline-s 0) against auto deadline masking."""
+    """`jaxpong bench --ranks N`: weak scaling. One rank bound to its share of the cores (cores / N),
+    then N ranks (`train --ranks N`, each bound to its share) with the config's deadline, and raw envpool
+    with N x the games on all the cores as the ceiling. Efficiency = N ranks' valid steps/s over N times
+    the one rank's. With a slow rank (--slow-rank R --slow-factor F) the N ranks also run sync
+    (--deadline-s 0), to show what deadline masking saves."""
+    from jaxpong import placement
+
+    cores = len(os.sched_getaffinity(0))
+    plan = placement.plan_ranks(str(ranks), cores, oversubscribe=False)
     base = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="jaxpong-bench-ranks-"))
     base.mkdir(parents=True, exist_ok=True)
     cfg_dict = _bench_config(cfg)
-    share = max(1, (os.cpu_count() or 1) // ranks)
-    if not cfg.env.num_threads:
-        # Each rank gets its share of the cores, for envpool and for XLA: oversubscription would blur the picture.
-        cfg_dict["env"]["num_threads"] = share
-    if not cfg.run.xla_threads:
-        cfg_dict["run"]["xla_threads"] = share
-    results = {}
-    for mode, deadline in (("sync", "0"), ("deadline", "auto")):
-        path = base / mode
-        _train_subprocess(cfg_dict, path, ["--deadline-s", deadline, "--time-limit-s", str(seconds + 15)], ranks=ranks)
-        results[mode] = rank_stats(path)
-    speedup = results["deadline"]["sps"] / max(results["sync"]["sps"], 1e-9)
-    rows = []
-    for mode in ("sync", "deadline"):
+    run_for = ["--time-limit-s", str(seconds + 15)]
+    share = sorted(os.sched_getaffinity(0))[: plan.cores_per_rank]
+    one = base / "one_rank"
+    _train_subprocess(cfg_dict, one, run_for, prefix=["taskset", "-c", ",".join(map(str, share))])
+    modes = [("deadline", [])] + ([("sync", ["--deadline-s", "0"])] if cfg.dist.slow_rank >= 0 else [])
+    results = {"one_rank": {**trainer_sps(one), "ranks": 1}}
+    for mode, extra in modes:
+        path = base / f"{ranks}_ranks_{mode}"
+        _train_subprocess(cfg_dict, path, [*run_for, *extra, "--ranks", str(ranks)])
+        results[mode] = {**trainer_sps(path), **rank_stats(path), "ranks": ranks}
+    ceiling = _raw_ceiling(cfg, cfg.env.num_envs * ranks, seconds=min(seconds, 10.0))
+    one_sps = results["one_rank"]["sps"]
+    rows = [[f"1 rank on {plan.cores_per_rank} core(s)", one_sps, "1.000", f"{one_sps / ceiling:.3f}", "-", "-"]]
+    out: dict = {"ranks": ranks, "cores": cores, "cores_per_rank": plan.cores_per_rank,
+                 "one_rank_sps": round(one_sps, 1), "raw_envpool_sps": round(ceiling, 1)}
+    for mode, _ in modes:
         r = results[mode]
-        rows.append([mode, r["sps"], " ".join(f"{w:.3f}" for w in r["wait_fraction"]),
-                     " ".join(map(str, r["valid_per_rank"])), f"{r['masked_fraction']:.3f}", r["rounds"]])
+        eff = r["sps"] / (ranks * one_sps)
+        rows.append([f"{ranks} ranks, {mode}", r["sps"], f"{eff:.3f}", f"{r['sps'] / ceiling:.3f}",
+                     " ".join(f"{w:.3f}" for w in r["wait_fraction"]), " ".join(map(str, r["valid_per_rank"]))])
+        out[mode] = {"sps": round(r["sps"], 1), "efficiency": round(eff, 3), "of_raw": round(r["sps"] / ceiling, 3),
+                     "wait_fraction": r["wait_fraction"], "valid_per_rank": r["valid_per_rank"]}
+    rows.append([f"raw envpool, {cfg.env.num_envs * ranks} games, {cores} cores", ceiling, "-", "1.000", "-", "-"])
     slow = f", rank {cfg.dist.slow_rank} slowed {cfg.dist.slow_factor:g}x" if cfg.dist.slow_rank >= 0 else ""
-    _table(f"jaxpong bench --ranks {ranks}{slow}: {cfg.algo.algo}, {cfg.env.num_envs} envs/rank, runs in {base}",
-           ["mode", "valid steps/s", "wait fraction per rank", "valid samples per rank", "masked", "rounds"], rows)
-    print(f"speedup of deadline masking over sync: {speedup:.2f}x")
-    out = {m: {"sps": round(results[m]["sps"], 1), "wait_fraction": results[m]["wait_fraction"],
-               "valid_per_rank": results[m]["valid_per_rank"]} for m in results}
-    out["speedup"] = round(speedup, 3)
+    _table(f"jaxpong bench --ranks {ranks}{slow}: {cfg.algo.algo}, {cfg.env.num_envs} games a rank, {cores} cores, "
+           f"runs in {base}",
+           ["run", "valid steps/s", "weak-scaling efficiency", "of raw envpool", "wait fraction per rank",
+            "valid samples per rank"], rows)
+    print(f"weak-scaling efficiency at {ranks} ranks: {out['deadline']['efficiency']:.3f} (valid steps/s of "
+          f"{ranks} ranks over {ranks} x one rank on its {plan.cores_per_rank} core(s))")
+    if "sync" in out:
+        out["speedup"] = round(out["deadline"]["sps"] / max(out["sync"]["sps"], 1e-9), 3)
+        print(f"speedup of deadline masking over sync: {out['speedup']:.2f}x")
     print(json.dumps(out))
     return 0

@@ -17,6 +17,7 @@ import sys
 
 import jaxpong
 from jaxpong import config as config_lib
+from jaxpong import placement
 from jaxpong.config import ConfigError
 from jaxpong.rundir import WriteFailed
 from jaxpong.stop import EXIT_IO_ERROR, EXIT_PREEMPTED, EXIT_USAGE
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with --resume: if the latest checkpoint is unusable, resume from the newest good one",
     )
+    _add_launch_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = _config_parser(sub, "bench", "throughput: raw envpool steps/s against the trainer's steps/s")
@@ -115,10 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="with --learn: seeds run one after another")
     p.add_argument(
         "--ranks",
-        type=int,
-        default=1,
-        metavar="N",
-        help="launch N ranks with mpirun and compare sync (--deadline-s 0) with auto deadline masking",
+        default=None,
+        metavar="N|auto",
+        help="throughput: weak scaling of N ranks (each bound to cores / N) against one rank on its share, "
+        "with raw envpool on all the cores as the ceiling; --learn: each seed trains on N ranks",
     )
     p.add_argument(
         "--per-core",
@@ -134,6 +136,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_launch_flags(p) -> None:
+    p.add_argument(
+        "--ranks",
+        default=None,
+        metavar="N|auto",
+        help="start N ranks on this host with mpirun, each bound to its share of the cores (auto: one per "
+        f"{placement.AUTO_CORES_PER_RANK} cores); under mpirun or srun already, N must match their count",
+    )
+    p.add_argument("--mpirun", metavar="PATH", default=None,
+                   help="the MPI launcher --ranks uses (default: the mpich wheel's, else mpirun on PATH)")
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="with --ranks: allow more ranks than cores (they share cores: slower, for tests)")
+
+
+def launch_ranks(args, command: str) -> None:
+    """`--ranks N` outside a launcher: replace this process with mpirun starting N ranks of the same command
+    (returns when there is nothing to launch). Ctrl-C and SIGTERM then reach mpirun, which passes them on."""
+    if args.ranks is None:
+        return
+    cores = len(os.sched_getaffinity(0))
+    if placement.under_launcher():
+        size = placement.launcher_size()
+        if args.ranks != "auto" and size is not None and str(size) != str(args.ranks):
+            raise ConfigError(f"--ranks {args.ranks}, but the launcher started {size} rank(s); leave --ranks out "
+                              "under mpirun or srun, or give their count")
+        return
+    plan = placement.plan_ranks(args.ranks, cores, args.oversubscribe)
+    if plan.ranks == 1 and not args.mpirun:
+        return  # one rank needs no launcher
+    mpirun = placement.find_mpirun(args.mpirun)
+    argv = placement.strip_launch_flags(args.argv)
+    cmd = placement.mpirun_command(mpirun, placement.mpi_flavour(mpirun), plan, argv, args.oversubscribe)
+    print(f"jaxpong {command}: {cores} cores: starting {plan.ranks} ranks x {plan.cores_per_rank} core(s): "
+          + " ".join(cmd), file=sys.stderr, flush=True)
+    os.execv(cmd[0], cmd)
+
+
 def _overrides(args) -> dict:
     return config_lib.flags_to_overrides(args)
 
@@ -142,6 +181,7 @@ def cmd_train(args) -> int:
     from jaxpong import launch
 
     cfg = launch.train_config(args.config, _overrides(args), run_dir=args.run_dir, resume=args.resume)
+    launch_ranks(args, "train")  # after the config is checked: a bad flag fails here, once, not on N ranks
     end = launch.train(
         cfg,
         run_dir=args.resume or args.run_dir,
@@ -156,8 +196,8 @@ def cmd_bench(args) -> int:
     from jaxpong import commands
 
     cfg = config_lib.build(args.config, _overrides(args))
-    if args.ranks < 1:
-        raise ConfigError(f"--ranks: {args.ranks} must be at least 1")
+    ranks = placement.plan_ranks(args.ranks, len(os.sched_getaffinity(0)), oversubscribe=args.per_core).ranks \
+        if args.ranks is not None else 1
     if args.seconds <= 0:
         raise ConfigError(f"--seconds: {args.seconds} must be positive")
     if args.repeats < 1:
@@ -171,7 +211,7 @@ def cmd_bench(args) -> int:
         repeats=args.repeats,
         learn=args.learn,
         seeds=args.seeds,
-        ranks=args.ranks,
+        ranks=ranks,
         per_core=args.per_core,
     )
 
@@ -579,6 +619,7 @@ def _command_line(without: str) -> str:
 def main(argv=None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --ranks starts again on every rank
     if extra:
         command = getattr(args, "command", None)
         (parser.commands[command] if command else parser).unknown_options(extra)

@@ -8,6 +8,9 @@
                      the whole job, naming it.
   gather_to_root(obj)  every rank's small Python object, on rank 0 only (None elsewhere); start-up only
   bcast(obj)         rank 0's object on every rank (initial parameters and optimizer state)
+  host_first(thunk, timeout_s, label)
+                     thunk() on this host's first rank, then on the host's other ranks: one rank compiles
+                     into the shared persistent cache, the others then load what it wrote
   barrier(), abort(code)
 """
 
@@ -37,6 +40,7 @@ class LocalComm:
     rank = 0
     size = 1
     library = "none (one rank)"
+    same_program = True
 
     def allreduce_sum(self, x):
         return x
@@ -49,6 +53,9 @@ class LocalComm:
 
     def bcast(self, obj):
         return obj
+
+    def host_first(self, thunk, timeout_s: float = 300.0, label: str = ""):
+        return thunk()
 
     def barrier(self):
         pass
@@ -66,10 +73,38 @@ class MpiComm:
 
         self._MPI, self._mpi4jax = MPI, mpi4jax
         self.world = MPI.COMM_WORLD
-        self.jax_comm = self.world.Clone()
+        self.jax_comm, self.same_program = self._clone_with_one_handle()
         self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
         self.library = " ".join(MPI.Get_library_version().split()[:3]).rstrip(",")
         self._reductions: dict = {}
+        self._host = None  # this host's ranks (MPI_COMM_TYPE_SHARED), made at the first host_first
+
+    def _clone_with_one_handle(self, attempts: int = 8):
+        """(mpi4jax's communicator, whether its handle is the same number on every rank).
+
+        mpi4jax writes the communicator's handle into the compiled program, so ranks whose handles differ
+        compile different programs, and none can load another's from the persistent cache. MPICH's
+        handles are slots of a per-process pool, and rank 0 holds one more slot than the others from
+        start-up (a communicator of node leaders), so a plain clone differs. Cloning again, with the
+        ranks that are behind taking up slots with local communicators first, lines them up within a
+        few tries. Open MPI's handles are addresses: no luck there, and nothing lost but the tries."""
+        MPI = self._MPI
+        self._pads = []  # held for the life of the process: their slots must stay taken
+
+        def handle(comm):
+            return comm.handle & 0xFFFFFFFF
+
+        for _ in range(attempts):
+            # Take slots with local communicators until every rank's last one is the same number.
+            self._pads.append(MPI.COMM_SELF.Dup())
+            target = self.world.allreduce(handle(self._pads[-1]), op=MPI.MAX)
+            while handle(self._pads[-1]) < target:
+                self._pads.append(MPI.COMM_SELF.Dup())
+            comm = self.world.Clone()
+            if self.world.allreduce(handle(comm), op=MPI.MIN) == self.world.allreduce(handle(comm), op=MPI.MAX):
+                return comm, True
+            self._pads.append(comm)  # (the first allreduce can itself take a slot on some ranks: once more)
+        return self.world.Clone(), False
 
     def allreduce_sum(self, x):
         return self._mpi4jax.allreduce(x, op=self._MPI.SUM, comm=self.jax_comm)
@@ -106,6 +141,33 @@ class MpiComm:
                 req.wait()
         else:
             note.wait()
+
+    def _wait(self, request, comm, timeout_s: float, label: str) -> None:
+        """Poll a non-blocking collective with short sleeps (a blocking one would spin on a core that a
+        compiling peer needs); after timeout_s abort the job."""
+        start, pause = time.monotonic(), 1e-4
+        while not request.Test():
+            if time.monotonic() - start > timeout_s:
+                print(f"jaxpong: rank {self.rank}: a rank on this host did not arrive within {timeout_s:.0f} s at "
+                      f"{label}; a rank died or hung. Aborting the MPI job.", file=sys.stderr, flush=True)
+                self.abort(1)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.05)
+
+    def host_first(self, thunk, timeout_s: float = 300.0, label: str = "a first compile"):
+        """thunk() on this host's first rank, then on the others.
+
+        For compiles: N ranks of one host compiling the same program at once share its cores N ways, and
+        each one then writes the same persistent-cache entry. Here one compiles with the cores to itself
+        while the others sleep, and they then load its entry (a fraction of a second) in parallel."""
+        if self._host is None:
+            self._host = self.world.Split_type(self._MPI.COMM_TYPE_SHARED)
+        if self._host.Get_size() == 1:
+            return thunk()
+        first = self._host.Get_rank() == 0
+        out = thunk() if first else None
+        self._wait(self._host.Ibarrier(), self._host, timeout_s, label)
+        return out if first else thunk()
 
     def _reduction(self, layout):
         """An MPI datatype of one whole record and the op that combines two records field by field.

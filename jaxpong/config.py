@@ -40,7 +40,8 @@ class EnvConfig:
         "half",
         "games the policy acts on per step: half = num_envs / 2 (async: the policy acts on one half while envpool "
         "steps the other; sync when num_envs is odd), 0 = num_envs (sync), or N dividing num_envs (async)")
-    num_threads: int = _f(0, "envpool worker threads; 0 = one per core", min=0)
+    num_threads: int = _f(0, "envpool worker threads; 0 = one per core this rank is bound to (an equal share of "
+                             "the host when ranks are not bound)", min=0)
     frame_skip: int = _f(4, "emulator frames per agent step (max-pooled over the last two)", min=1)
     repeat_action_probability: float = _f(0.0, "sticky-action probability (0.25 is the 'sticky' benchmark setting)", min=0.0, max=1.0)
     noop_max: int = _f(30, "random no-op steps at the start of each game", min=0)
@@ -177,7 +178,12 @@ class RunConfig:
     progress: str = _f("auto", "progress display: auto (bar on a terminal, log lines otherwise), bar, log, off", choices=["auto", "bar", "log", "off"])
     progress_every_s: float = _f(10.0, "seconds between plain progress lines", min=0.0, min_exclusive=True)
     max_bad_updates: int = _f(10, "stop with an error after this many consecutive non-finite updates", min=1)
-    xla_threads: int = _f(0, "CPU threads for XLA's intra-op work (0 = XLA's default)", min=0)
+    xla_threads: int = _f(
+        0, "CPU threads for XLA's intra-op work (0 = one per core this rank is bound to, or XLA's default "
+        "when it has the whole host)", min=0)
+    jax_platform: str = _f(
+        "auto", "where JAX runs the policy and the update: auto (the CPU for the mlp network, a GPU for the "
+        "CNNs where there is one), cpu, gpu", choices=["auto", "cpu", "gpu"])
     debug_nan_at_update: int = _f(-1, "testing: make the loss NaN from this update on (-1 = never)", min=-1,
                                   hidden=True)
     debug_nan_count: int = _f(1, "testing: for how many consecutive updates the loss is NaN", min=1, hidden=True)

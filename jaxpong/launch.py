@@ -37,17 +37,21 @@ def train(cfg: Config, run_dir=None, resume: bool = False, overwrite: bool = Fal
     """Train with `cfg` on the ranks this process was launched with (one, or mpirun/srun's), in `run_dir`
     (default runs/<env>__<algo>__<seed>__<unix time>); with `resume`, continue `run_dir` from its latest
     checkpoint. Returns how it ended (jaxpong.run.RunEnd: exit status, reason, run directory, counters)."""
+    from jaxpong import placement
     from jaxpong.jaxsetup import setup_jax
 
-    setup_jax(cfg.run.xla_threads)
+    platform, why = placement.jax_platform(cfg.run.jax_platform, cfg.model.network, placement.gpu_visible())
+    setup_jax(cfg.run.xla_threads, platform)
     from jaxpong.comm import make_comm
 
     return run_training(
-        cfg, make_comm(), run_dir=run_dir, resume=resume, overwrite=overwrite, resume_fallback=resume_fallback
+        cfg, make_comm(), run_dir=run_dir, resume=resume, overwrite=overwrite, resume_fallback=resume_fallback,
+        platform_line=f"JAX on {platform} ({why})",
     )
 
 
-def run_training(cfg: Config, comm, run_dir, resume: bool, overwrite: bool = False, resume_fallback: bool = False):
+def run_training(cfg: Config, comm, run_dir, resume: bool, overwrite: bool = False, resume_fallback: bool = False,
+                 platform_line: str = ""):
     """Check the run directory on rank 0, then train on every rank (-> jaxpong.run.RunEnd)."""
     from jaxpong import rundir
 
@@ -74,20 +78,26 @@ def run_training(cfg: Config, comm, run_dir, resume: bool, overwrite: bool = Fal
     path = Path(decision["run_dir"])
 
     try:
-        return _train_in(path, cfg, comm, decision["resume_step"], resume, resume_fallback)
+        return _train_in(path, cfg, comm, decision["resume_step"], resume, resume_fallback, platform_line)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_fallback: bool):
-    from jaxpong import rundir
+def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_fallback: bool,
+              platform_line: str = ""):
+    from jaxpong import placement, rundir
     from jaxpong.logger import log_line
     from jaxpong.run import Training
 
     training = Training(cfg, comm, path, resume_step=resume_step, resume_fallback=resume_fallback)
     where = comm.gather_to_root(f"{comm.rank}=pid {os.getpid()}@{os.uname().nodename}")
+    affinity = len(os.sched_getaffinity(0))
+    seat = comm.gather_to_root((os.uname().nodename, placement.this_rank_cores(), affinity < (os.cpu_count() or 1)))
     if comm.rank == 0:
+        hosts = len({host for host, _, _ in seat})
+        log_line(placement.describe(comm.size, hosts, os.cpu_count() or affinity, seat[0][1], cfg.env.num_envs,
+                                    bound=all(b for _, _, b in seat)) + (f"  |  {platform_line}" if platform_line else ""))
         if comm.size > 1:
             log_line("ranks: " + ", ".join(where) + " (a launcher's message about a PID names the rank here)")
         try:

@@ -169,6 +169,7 @@ class Collector:
         self.env = env
         self.io = EnvIO(env)
         self.num_envs = cfg.env.num_envs
+        self.batch_size = cfg.env_batch_size
         self.num_steps = num_steps
         self.actions = np.asarray(cfg.model.actions, np.int32)
         self.policy_step = policy_step
@@ -192,6 +193,15 @@ class Collector:
             received += len(ids)
         self.pending_terminal = np.zeros(self.num_envs, bool)
         self._buffers = None
+
+    def compile_steps(self, params, key) -> None:
+        """Compile, without running, the policy steps a round calls: the packed step on every env (the
+        round's first action) and on one envpool batch, and the bootstrap step. Run first on one rank of
+        a host (comm.host_first), the others then load them from the persistent compilation cache."""
+        if self.host is None:
+            for rows in sorted({self.num_envs, self.batch_size}):
+                self.packed_step.lower(params, self.pending[:rows], key).compile()
+        self.policy_step.lower(params, self.pending, key).compile()
 
     def _allocate(self, row_bytes: int):
         T, N = self.num_steps, self.num_envs

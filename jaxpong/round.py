@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import PROCESS_START
+from jaxpong import PROCESS_START, noise_scale
 from jaxpong.batch import Batch
 from jaxpong.between_rounds import eval_allowance_s
 from jaxpong.config import Config
@@ -124,6 +124,7 @@ class Round:
         self.policy_step = make_policy_step(apply_fn, cfg.model.obs_mode)
         self.prepare_targets = make_prepare(cfg, apply_fn)
         self.optimize = make_optimize(cfg, apply_fn, optimizer, comm.allreduce_sum)
+        self.noise = noise_scale.NoiseScaleState.zeros()  # the gradient noise scale's running sums, round to round
         self.sparse_input = sparse_update(cfg)[1]
         self.sparse_lengths: set[int] = set()  # list lengths the update has been compiled for
         # Each rank draws its own actions, from a stream apart from the update's (jaxpong/keys.py).
@@ -168,6 +169,9 @@ class Round:
         flags for every rank (a failed write; --target-return reached). Advances `counters`."""
         round_start = time.perf_counter()
         deadline_s = self.deadline.seconds()
+        if self.rounds_here == 0:  # one rank per host compiles the policy steps, the others load them
+            self.comm.host_first(lambda: self.collector.compile_steps(state.params, self.sample_key),
+                                 self.hang_limit(counters.update, compiles=True), "the policy step's first compile")
 
         # COLLECT: play until the deadline or a full buffer.
         batch, info, self.sample_key = self.collector.collect(
@@ -219,6 +223,9 @@ class Round:
             sparse = sparse_round(self.cfg, state.key, batch.features.reshape(T * N, -1), batch.valid.reshape(-1))
             batch = batch.replace(features=None)
         batch = jax.tree.map(jnp.asarray, batch)
+        if self.rounds_here == 0:
+            self.comm.host_first(lambda: self.prepare_targets.lower(state.params, batch).compile(),
+                                 self.hang_limit(0, compiles=True), "the targets' first compile")
         targets, moments = self.prepare_targets(state.params, batch)
         moments = np.asarray(moments, np.float64)
         masked = int(np.asarray(targets["masked"]).sum())
@@ -311,18 +318,16 @@ class Round:
         # --debug-nan-at-update: poison the loss of these updates, to show that non-finite gradients are skipped.
         nan_from = cfg.run.debug_nan_at_update
         poison = float("nan") if 0 <= nan_from <= counters.update < nan_from + cfg.run.debug_nan_count else 1.0
+        args = (state, prepared.batch, prepared.targets, jnp.asarray(facts["moments"], jnp.float32), lr_frac, poison,
+                sparse_features)
+        if (self.rounds_here == 0 or compiles) and self.comm.same_program:
+            # Lowering and compiling runs no collective, so one rank of each host can go first.
+            self.comm.host_first(lambda: self.optimize.lower(*args, noise=self.noise).compile(),
+                                 self.hang_limit(counters.update, compiles=True), "the update's compile")
         self.watchdog.arm(
             f"the update after round {counters.update + 1} (its allreduces)", self.hang_limit(counters.update, compiles)
         )
-        state, metrics, _counts = self.optimize(
-            state,
-            prepared.batch,
-            prepared.targets,
-            jnp.asarray(facts["moments"], jnp.float32),
-            lr_frac,
-            poison,
-            sparse_features,
-        )
+        state, metrics, _counts, self.noise = self.optimize(*args, noise=self.noise)
         metrics = np.asarray(metrics)
         self.watchdog.disarm()
         return state, metrics

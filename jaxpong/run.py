@@ -17,7 +17,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxpong import PROCESS_START
+from jaxpong import PROCESS_START, batch_rule, noise_scale
 from jaxpong.algorithms import ALGORITHMS
 from jaxpong.between_rounds import Evaluations, clip, eval_due, fmt_return, video_due
 from jaxpong.checkpoint import Checkpoints
@@ -27,6 +27,7 @@ from jaxpong.exchange import agreed_layout, read_rows, record_row
 from jaxpong.learner import lr_fraction, make_optimizer
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
+from jaxpong.report import useful_ranks_line
 from jaxpong.resume import starting_state
 from jaxpong.round import Counters, Round, RoundOutcome, param_checksum, sparse_update
 from jaxpong.rundir import WriteFailed
@@ -72,7 +73,11 @@ class Training:
         )
         start = starting_state(cfg, comm, network, optimizer, self.checkpoints, resume_step, resume_fallback)
         self.state, self.counters, self.resumed_from = start.state, start.counters, start.resumed_from
-        self.round = Round(cfg, comm, network, optimizer, self.counters, self.signals)
+        # The update follows the global batch (jaxpong/batch_rule.py); the saved config keeps the user's values.
+        round_cfg, rule_line = batch_rule.apply(cfg, comm.size)
+        if self.is_main and rule_line:
+            log_line(rule_line)
+        self.round = Round(round_cfg, comm, network, optimizer, self.counters, self.signals)
         self.logger = (
             RunLogger(
                 self.run_dir,
@@ -208,6 +213,9 @@ class Training:
                 f"stopped: {reason} (update {c.update}, step {c.step:,}, {c.episodes} games, "
                 f"return(last {RECENT_GAMES}) {fmt_return(self.recent_mean())})"
             )
+            now = noise_scale.log_metrics(self.round.noise)
+            if batch_line := useful_ranks_line(now["charts/noise_scale"], now["charts/optimizer_batch"], comm.size):
+                log_line(batch_line)
             if code != EXIT_IO_ERROR:
                 if comm.size > 1:
                     write_imbalance_report(self.run_dir)
@@ -218,6 +226,7 @@ class Training:
                     self.round.policy_step,
                     final_clip=code != EXIT_FAULT and not reason.startswith("signal"),
                 )
+            self.logger.finish_tracking()  # W&B gets the media now, not at process exit
         self.round.env.close()
         if code == EXIT_OK and reason.startswith("signal"):
             code = EXIT_PREEMPTED
@@ -334,6 +343,7 @@ class Training:
             line["comm/wait_fraction_mean"] = float(np.mean(waits))
         if out.records:
             line["comm/allreduce_ms"] = 1000.0 * min(r["wait_s"] for r in out.records)
+        line.update(noise_scale.log_metrics(self.round.noise))
         line.update(extra or {})
         self.logger.log(line)
 
