@@ -178,18 +178,18 @@ def _overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from jaxpong import launch
+    from jaxpong import api, launch
 
     cfg = launch.train_config(args.config, _overrides(args), run_dir=args.run_dir, resume=args.resume)
     launch_ranks(args, "train")  # after the config is checked: a bad flag fails here, once, not on N ranks
-    end = launch.train(
+    result = api.train(  # the Python API's jaxpong.train
         cfg,
         run_dir=args.resume or args.run_dir,
         resume=bool(args.resume),
         overwrite=args.overwrite,
         resume_fallback=args.resume_fallback,
     )
-    return end.code
+    return result.exit_status
 
 
 def cmd_bench(args) -> int:
@@ -329,15 +329,18 @@ def _add_watch_commands(sub) -> None:
 
 
 def _positive(name: str, value, allow_none: bool = True) -> None:
+    from jaxpong.policy import check_count  # the Python API's check, in the same words
+
     if value is None and allow_none:
         return
-    if value is None or value < 1:
-        raise ConfigError(f"{name}: {value} must be >= 1")
+    check_count(name.lstrip("-").replace("-", "_"), value)
 
 
 def _check_seed(seed) -> None:
-    if seed is not None and not 0 <= seed < 2**31:
-        raise ConfigError(f"--seed: {seed} must be in 0..{2**31 - 1}")
+    from jaxpong.policy import check_seed
+
+    if seed is not None:
+        check_seed(seed)
 
 
 def cmd_eval(args) -> int:
@@ -550,6 +553,17 @@ def _add_scale_commands(sub) -> None:
         help="--validate: seconds of training per run (start-up adds about 20 s; oversubscribed runs "
         "get twice the time)",
     )
+    p.add_argument(
+        "--predict",
+        metavar="STUDY_DIR",
+        default=None,
+        help="with --from RUN_DIR (a run of the studied config): predicted wall-clock to a mean of 0, +18 and +20 "
+        "per rank count, from the batch study in STUDY_DIR (python -m jaxpong.batchstudy) and the simulated steps/s",
+    )
+    p.add_argument("--b-crit", type=float, default=None,
+                   help="--predict: the critical batch in samples (default: the --from run's charts/noise_scale)")
+    p.add_argument("--startup-s", type=float, default=None,
+                   help="--predict: seconds from process start to the first update (default: the --from run's)")
     p.add_argument("--num-envs", metavar="N", type=int, default=4, help="--validate: envs per rank in the runs")
     p.add_argument("--config", metavar="FILE", default=None, help="--validate: a YAML config under the runs' flags")
     p.set_defaults(func=cmd_simulate)
@@ -570,6 +584,14 @@ def cmd_simulate(args) -> int:
         from jaxpong.simulate_calibrate import calibrate
 
         return calibrate(args.calibrate)
+    if args.predict:
+        from jaxpong import predict
+
+        if not args.from_dir:
+            raise ConfigError("--predict needs --from RUN_DIR: a run of the studied config (its timings and noise scale)")
+        return predict.run(args.predict, args.from_dir, args.ranks, b_crit=args.b_crit, startup_s=args.startup_s,
+                           rounds=min(args.rounds, 200), seed=args.seed, collectives_file=args.collectives,
+                           out=args.out)
     if args.validate:
         from jaxpong import simulate_validate
 

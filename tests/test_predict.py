@@ -1,0 +1,33 @@
+"""The time-to-win prediction's pure parts (jaxpong/predict.py): steps between and beyond the batch study's
+scales, and what limits a rank count."""
+
+from __future__ import annotations
+
+import pytest
+
+from jaxpong.predict import StepsModel, limit
+
+
+def _model():
+    steps = {"0": [400_000, 400_000, 800_000], "18": [800_000, 1_000_000, None], "20": [None, None, None]}
+    return StepsModel(scales=[1, 2, 4], steps=steps, minibatch=[512, 512, 1024], b_crit=1024.0)
+
+
+def test_measured_scales_are_read_back_and_interpolated_in_log_log():
+    m = _model()
+    assert m.at("0", 1, 512) == pytest.approx(400_000)
+    assert m.at("0", 4, 1024) == pytest.approx(800_000)
+    assert m.at("0", 2.8284271, 512) == pytest.approx(565_685, rel=1e-4)  # halfway in log: the geometric mean
+    assert m.at("20", 1, 512) is None
+
+
+def test_beyond_the_study_samples_grow_with_the_batch_past_the_critical_batch():
+    # 18 was reached up to scale 2 (B = 512): E_min = 1.0M / (1 + 512/1024) = 666,667; at B = 8192: x (1 + 8) = 6.0M
+    assert _model().at("18", 16, 8192) == pytest.approx(6_000_000)
+
+
+def test_what_limits_a_rank_count():
+    assert limit(0.99, 0.0, 1.0) == "-"
+    assert limit(0.80, 0.15, 1.0) == "late senders"  # 0.15 of the 0.20 lost is waiting
+    assert limit(0.80, 0.02, 1.0) == "collectives"
+    assert limit(0.80, 0.15, 3.0) == "critical batch"  # 3x the samples outweighs 1.25x the time
