@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test test-scale lint wheel-check bench bench-learn bench-ranks bench-sim bench-2016 bench-2016-speed clean
+.PHONY: install train test test-scale lint wheel-check bench bench-learn bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
 
 install: $(STAMP)
 
@@ -75,6 +75,22 @@ bench-learn: install
 
 bench-ranks: install
 	$(PY) -m jaxpong bench --ranks 2 --slow-rank 1 --slow-factor 2 --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
+
+# Weak scaling: N ranks (each on cores / N) against one rank on its share, and raw envpool on all cores.
+RANKS ?= 2
+bench-scaling: install
+	$(PY) -m jaxpong bench --ranks $(RANKS) --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
+
+# Launch to first update at 1, 4 and 16 ranks (oversubscribed on small hosts), cold and warm compilation cache,
+# one rank per host compiling first against every rank compiling.
+bench-startup: install
+	$(PY) -m jaxpong bench --startup --ranks 1,4,16 --config configs/smoke.yaml $(ARGS)
+
+# Agent steps to 0, +18 and +20 with 1x..16x the default's games in one process (what N ranks do), under the
+# batch rule; resumable (results.jsonl), then simulate --predict turns it into wall-clock per rank count.
+bench-batch: install
+	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 1,2,4,8,16 --seeds 1,2 --out runs/batch_study $(ARGS)
+	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 3 --out runs/batch_study $(ARGS)
 
 # The 2016 setup (configs/seed_ppg.yaml) at small scale, one core per rank as on ARCHER: 1 rank (two runs
 # side by side, pinned to cores 0 and 1), then 2 ranks, each with the 2016 fixed 2-s windows (unscored

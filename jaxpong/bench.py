@@ -492,3 +492,43 @@ def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None
         print(f"speedup of deadline masking over sync: {out['speedup']:.2f}x")
     print(json.dumps(out))
     return 0
+
+
+def startup(cfg: Config, rank_counts: list[int], run_dir: str | None = None, repeats: int = 1) -> int:
+    """`jaxpong bench --startup --ranks 1,4,16`: seconds from launch to the first update at each rank count
+    (oversubscribed where there are more ranks than cores), with an empty compilation cache (cold) and
+    then with the one that run filled (warm), with and without one rank per host compiling first (the
+    others load its programs from the cache). The first update is a run's first metrics line; its
+    process_s counts from the process's start, so imports, MPI start-up and compiles are all in it."""
+    base = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="jaxpong-bench-startup-"))
+    base.mkdir(parents=True, exist_ok=True)
+    cfg_dict = _bench_config(cfg)
+    cfg_dict["run"].update(total_steps=1, tensorboard=False)  # one round, then stop
+    rows, out = [], []
+    for ranks in rank_counts:
+        for shared in (True, False):
+            cache = base / f"cache_{ranks}_{'shared' if shared else 'each'}"
+            for state in ("cold", "warm"):
+                if state == "cold" and cache.exists():
+                    import shutil
+
+                    shutil.rmtree(cache)
+                path = base / f"{ranks}_ranks_{'shared' if shared else 'each'}_{state}"
+                env = dict(os.environ, JAXPONG_COMPILE_CACHE=str(cache), JAXPONG_SHARED_COMPILE="1" if shared else "0")
+                cmd = _train_command(cfg_dict, path, ["--oversubscribe"] if ranks > 1 else [], ranks)
+                start = time.time()
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+                if proc.returncode != 0:
+                    raise RuntimeError(f"{ranks} ranks: training failed ({proc.returncode}): "
+                                       f"{proc.stderr.strip().splitlines()[-1:]}")
+                first = _metrics(path)[0]
+                row = {"ranks": ranks, "compile": "one per host, others load" if shared else "every rank",
+                       "cache": state, "first_update_s": round(first["process_s"], 1),
+                       "launch_to_end_s": round(time.time() - start, 1)}
+                out.append(row)
+                rows.append([str(ranks), row["compile"], state, row["first_update_s"], row["launch_to_end_s"]])
+    _table(f"jaxpong bench --startup: {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, "
+           f"{cfg.env.num_envs} games a rank, {len(os.sched_getaffinity(0))} cores, runs in {base}",
+           ["ranks", "compiles", "cache", "process start to first update (s)", "launch to exit (s)"], rows)
+    print(json.dumps({"startup": out}))
+    return 0
