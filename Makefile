@@ -42,8 +42,10 @@ endif
 # of 75, so make reports no error, and the stop line gives `make train RESUME=...` as the command to continue.
 # exec: make waits for jaxpong itself (a shell in between would die at Ctrl-C while jaxpong still saves).
 RESUME ?=
+# RANKS=N (or auto): N ranks on this host through `train --ranks` (mpirun, each rank bound to its cores).
+RANKS ?=
 train: install
-	JAXPONG_UNDER_MAKE=1 exec $(PY) -m jaxpong train $(if $(RESUME),--resume $(RESUME),--config $(CONFIG)) $(ARGS)
+	JAXPONG_UNDER_MAKE=1 exec $(PY) -m jaxpong train $(if $(RESUME),--resume $(RESUME),--config $(CONFIG)) $(if $(RANKS),--ranks $(RANKS)) $(ARGS)
 
 # make test leaves out the tests marked `scale` (16 ranks oversubscribed on 2 cores); make test-scale runs only those.
 test: install
@@ -77,9 +79,8 @@ bench-ranks: install
 	$(PY) -m jaxpong bench --ranks 2 --slow-rank 1 --slow-factor 2 --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
 
 # Weak scaling: N ranks (each on cores / N) against one rank on its share, and raw envpool on all cores.
-RANKS ?= 2
 bench-scaling: install
-	$(PY) -m jaxpong bench --ranks $(RANKS) --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
+	$(PY) -m jaxpong bench --ranks $(or $(RANKS),2) --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
 
 # Launch to first update at 1, 4 and 16 ranks (oversubscribed on small hosts), cold and warm compilation cache,
 # one rank per host compiling first against every rank compiling.

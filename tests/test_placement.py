@@ -96,3 +96,28 @@ def test_the_plan_line():
     assert placement.describe(8, 1, 16, 2, 32, bound=True) == "16 cores: 8 ranks x 2 cores, 32 games each, 256 games in all"
     assert placement.describe(1, 1, 2, 2, 32, bound=False) == "2 cores: 1 rank x 2 cores, 32 games each, 32 games in all"
     assert placement.describe(32, 2, 16, 1, 8, bound=False).endswith("bind with mpirun -bind-to core:K)")
+
+
+def test_train_ranks_2_starts_the_job_itself(tmp_path):
+    """`train --ranks 2` with no launcher: mpirun starts 2 ranks bound to a core each, the plan line says
+    so, and both ranks train (every round of ranks.jsonl has rank 0 and rank 1)."""
+    import json
+
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxpong", "train", "--config", "configs/smoke.yaml", "--ranks", "2", "--run-dir",
+         str(run), "--total-steps", "1024", "--num-envs", "4", "--progress", "off", "--checkpoint-every", "1000"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    share = cores // 2
+    assert f"starting 2 ranks x {share} core(s): " in proc.stderr and f" -bind-to core:{share} " in proc.stderr
+    plural = "core" if share == 1 else "cores"
+    assert f"{os.cpu_count()} cores: 2 ranks x {share} {plural}, 4 games each, 8 games in all" in proc.stderr
+    rows = [json.loads(line) for line in (run / "ranks.jsonl").read_text().splitlines() if line.strip()]
+    by_update: dict = {}
+    for r in rows:
+        by_update.setdefault(r["update"], set()).add(r["rank"])
+    assert by_update and all(ranks == {0, 1} for ranks in by_update.values())
