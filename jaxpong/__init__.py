@@ -27,3 +27,8 @@ def _version() -> str:
 
 
 __version__ = _version()
+
+# The Python API (jaxpong/api.py): what `jaxpong train` and `jaxpong eval` run, callable with typed values.
+from jaxpong.api import Config, ConfigError, Policy, RunResult, load_policy, train  # noqa: E402
+
+__all__ = ["PROCESS_START", "Config", "ConfigError", "Policy", "RunResult", "__version__", "load_policy", "train"]

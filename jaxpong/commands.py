@@ -67,20 +67,14 @@ def evaluate(
 ) -> int:
     """`jaxpong eval`: play full games with a saved policy; print each score, the summary and one JSON line."""
     setup_jax()
-    from jaxpong.evaluate import format_report, play_games
+    from jaxpong.evaluate import format_report
 
     policy = load_policy(source, checkpoint)
-    seed = policy.cfg.run.seed if seed is None else seed
-    result = play_games(policy.cfg, policy.params, episodes=episodes, seed=seed, greedy=greedy, num_envs=num_envs)
+    # The games and the report of the Python API's Policy.play.
+    result = policy.play_games(episodes, seed=seed, greedy=greedy, num_envs=num_envs)
     for line in format_report(result):
         print(line)
-    summary = {
-        **result.summary(),
-        "source": policy.source,
-        "checkpoint_step": policy.step,
-        "algo": policy.cfg.algo.algo,
-    }
-    print(json.dumps(summary), flush=True)
+    print(json.dumps(policy.report(result)), flush=True)
     return 0
 
 

@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 import difflib
 import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -210,6 +212,36 @@ class Config:
     def deadline(self) -> float | str:
         """'auto', 'game', or seconds (0.0 = none)."""
         return parse_deadline(self.dist.deadline_s)
+
+    # -- built from Python (jaxpong.Config): the command line's rules and messages -------------------------
+    # Overrides are keyword arguments: field names as the flags spell them (num_envs=8 for --num-envs 8)
+    # and/or whole sections (env={"num_envs": 8}). Bad values raise ConfigError with the command line's message.
+
+    @classmethod
+    def default(cls, **overrides: Any) -> Config:
+        """The built-in defaults (configs/default.yaml's values) < `overrides`; validated."""
+        return build(None, keyword_overrides(overrides), origin=KEYWORDS)
+
+    @classmethod
+    def from_yaml(cls, path: str | os.PathLike[str], **overrides: Any) -> Config:
+        """Defaults < the YAML file `path` (as `train --config`) < `overrides`; validated."""
+        return build(os.fspath(path), keyword_overrides(overrides), origin=KEYWORDS)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], **overrides: Any) -> Config:
+        """Defaults < `data`, nested by section as in a YAML file ({"env": {"num_envs": 8}}) < `overrides`."""
+        return build(None, keyword_overrides(overrides), mapping=data, origin=KEYWORDS)
+
+    @classmethod
+    def from_run(cls, run_dir: str | os.PathLike[str], **overrides: Any) -> Config:
+        """The saved config of the run in `run_dir` < `overrides` (what `train --resume RUN_DIR` flags do)."""
+        from jaxpong.rundir import read_config
+
+        return build(None, keyword_overrides(overrides), base=read_config(Path(run_dir)), origin=KEYWORDS)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The config nested by section, as config.yaml holds it (Config.from_dict takes it back)."""
+        return to_dict(self)
 
     @property
     def preset_name(self) -> str:
@@ -480,15 +512,48 @@ def flags_to_overrides(args: argparse.Namespace) -> dict:
     return out
 
 
-def build(config_path: str | None, overrides: dict, base: dict | None = None) -> Config:
-    """defaults < base (a saved run's config, for --resume) < YAML file < flags; then validated."""
+KEYWORDS = "keyword argument"  # where Python's overrides come from, in messages (the command line's say "command line")
+
+
+def keyword_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Python's overrides as the sections `build` takes: `num_envs=8` -> {"env": {"num_envs": 8}}, the
+    flags' names without dashes; a section's name takes a mapping of its fields (`env={"num_envs": 8}`)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        if key in _SECTION_TYPES:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key}={value!r} ({KEYWORDS}): a section takes a mapping of field: value, "
+                                  f"e.g. {key}={{{next(iter(_fields_of(key)))!r}: ...}}")
+            out.setdefault(key, {}).update(value)
+            continue
+        section = _section_of(key)
+        if section is None:
+            names = [f.name for _, f, _ in all_fields()] + list(_SECTION_TYPES)
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "the names are the flags' (num_envs for --num-envs)"
+            raise ConfigError(f"unknown config field {key!r} ({KEYWORDS}); {hint}")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _fields_of(section: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(_SECTION_TYPES[section])]
+
+
+def build(config_path: str | None, overrides: dict, base: dict | None = None, *,
+          mapping: Mapping[str, Any] | None = None, origin: str = "command line") -> Config:
+    """defaults < base (a saved run's config, for --resume) < YAML file (or `mapping`, a YAML file's content
+    given from Python) < flags (or keyword arguments: `origin` names them in messages); then validated."""
     cfg = Config()
     if base:
         cfg = from_dict(base, "the saved run config", cfg)
-    file_data = load_yaml(config_path) if config_path else {}
+    file_data: Any = load_yaml(config_path) if config_path else {}
     if config_path:
         cfg = from_dict(file_data, f"config file {config_path!r}", cfg)
-    cfg = from_dict(overrides, "command line", cfg)
+    elif mapping is not None:
+        file_data = dict(mapping) if isinstance(mapping, Mapping) else mapping
+        cfg = from_dict(file_data, "config mapping", cfg)
+    cfg = from_dict(overrides, origin, cfg)
     validate(cfg)
     if cfg.run.track and (_sets_track(file_data) or _sets_track(overrides)):
         # Asked for now, so wandb must be here. A saved run's tracking (--resume, eval) does not ask: where wandb

@@ -72,6 +72,10 @@ def run_training(cfg: Config, comm, run_dir, resume: bool, overwrite: bool = Fal
             decision = {"run_dir": str(path), "resume_step": resume_step}
         except ConfigError as err:
             decision = {"error": str(err)}
+        finally:
+            if lock is not None and (decision is None or "error" in decision):
+                lock.release()  # not training there after all; this process may go on (the Python API)
+                lock = None
     decision = comm.bcast(decision)
     if "error" in decision:
         raise ConfigError(decision["error"])
@@ -116,7 +120,9 @@ def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_f
             )
     # After a resume --time-limit-s counts only this process; --total-steps counts the whole run.
     try:
-        return training.run()
+        end = training.run()
+        end.counters.recent_returns = list(training.recent)  # also where no final checkpoint took them along
+        return end
     except Exception:
         if comm.size == 1:
             raise

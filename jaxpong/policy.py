@@ -2,7 +2,9 @@
 
 `eval`, `video` and `export` all start here: `load(source, checkpoint)` gives the validated config
 and the network parameters, whatever wrote them (ppo or pg, one rank or many: parameters are
-replicated, and only rank 0 checkpoints).
+replicated, and only rank 0 checkpoints). The Python API (`jaxpong.load_policy`) hands out the same
+`Policy`: games configured as in training (`make_env`), actions for their observations (`act`), and
+the `eval` command's games and report (`play`).
 """
 
 from __future__ import annotations
@@ -11,26 +13,127 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jaxpong import config as config_lib
 from jaxpong.config import Config, ConfigError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+    from jaxpong.evaluate import EvalResult
 
 BEST_DIR = "checkpoints_best"  # the best in-training evaluation, kept beside checkpoints/ (see between_rounds.py)
 
 
 @dataclass
 class Policy:
+    """A saved policy: its config (`cfg`, the one it was trained under), its network parameters, where it
+    came from and the agent step of its checkpoint."""
+
     cfg: Config
     params: Any  # the network's parameter tree (numpy arrays)
     source: str  # where it came from, for messages and for the export's description
     step: int | None = None  # the agent step of the checkpoint, when known
     meta: dict = field(default_factory=dict)
+    # The jitted policy step and act()'s sampling key, made at the first use.
+    _policy_step: Any = field(default=None, init=False, repr=False, compare=False)
+    _key: Any = field(default=None, init=False, repr=False, compare=False)
 
     def describe(self) -> str:
         m = self.cfg.model
         at = f" at agent step {self.step:,}" if self.step is not None else ""
         return f"{self.cfg.algo.algo} policy ({m.network} on {m.obs_mode}) from {self.source}{at}"
+
+    @property
+    def actions(self) -> list[int]:
+        """The envpool action ids this policy chooses from (2 = up, 3 = down, 0 = no-op)."""
+        return list(self.cfg.model.actions)
+
+    @property
+    def observation_shape(self) -> tuple[int, int, int]:
+        """One observation as `make_env`'s games deliver it: (stacked frames, height, width), uint8."""
+        from jaxpong.envs import frame_shape
+
+        return frame_shape(self.cfg.model)
+
+    def make_env(self, num_envs: int = 1, *, seed: int | None = None) -> Any:
+        """`num_envs` envpool Pong games (gymnasium API: reset(), step(actions)), configured as in training
+        (the run's preset and frames), stepped together. Their seeds fold in `seed` (default: the run's) and
+        the evaluation purpose, so with the same seed and count they are the games `play` and `eval` play."""
+        from jaxpong.envs import PURPOSE_EVAL, default_threads, env_seeds, make_env
+
+        check_count("num_envs", num_envs)
+        seed = check_seed(self.cfg.run.seed if seed is None else seed)
+        return make_env(self.cfg, seeds=env_seeds(seed, 0, 0, PURPOSE_EVAL, num_envs), num_envs=num_envs,
+                        batch_size=num_envs, num_threads=default_threads(num_envs))
+
+    def act(self, observations: npt.ArrayLike, *, greedy: bool = False) -> np.ndarray:
+        """envpool actions (int32, one per game) for a batch of observations from `make_env`'s games,
+        [games, stacked frames, height, width] uint8. Sampled from the policy (its own key stream, started
+        from the run's seed), or with `greedy` the most probable action."""
+        import numpy as np
+
+        frames = np.asarray(observations)
+        want = self.observation_shape
+        if frames.ndim != 4 or tuple(frames.shape[1:]) != want or frames.shape[0] < 1:
+            raise ConfigError(f"observations of shape {frames.shape} are not a batch of this policy's frames; give "
+                              f"[games, {', '.join(map(str, want))}] uint8, as the games of make_env() deliver them")
+        if frames.dtype != np.uint8:
+            raise ConfigError(f"observations of dtype {frames.dtype} are not frames; give uint8, as the games of "
+                              "make_env() deliver them")
+        step = self.policy_step()
+        if self._key is None:
+            from jaxpong.keys import STREAM_EVAL, stream_root
+
+            self._key = stream_root(self.cfg.run.seed, STREAM_EVAL)
+        _, index, _, _, self._key = step(self.params, frames, self._key, bool(greedy))
+        return np.asarray(self.cfg.model.actions, np.int32)[np.asarray(index)]
+
+    def play(self, episodes: int = 10, *, seed: int | None = None, greedy: bool = False,
+             num_envs: int | None = None) -> dict[str, Any]:
+        """Play `episodes` full games (first to 21) on fresh games, as `jaxpong eval` does, and return its
+        report (the JSON object of its last line): mean_return, std_return, min_return, max_return, episodes,
+        returns, lengths, truncated, seed, greedy, num_envs, checkpoint_step, source, algo..."""
+        return self.report(self.play_games(episodes, seed=seed, greedy=greedy, num_envs=num_envs))
+
+    def play_games(self, episodes: int, *, seed: int | None = None, greedy: bool = False,
+                   num_envs: int | None = None) -> EvalResult:
+        """The games of `play`, game by game (jaxpong.evaluate.EvalResult)."""
+        from jaxpong.evaluate import play_games
+
+        check_count("episodes", episodes)
+        if num_envs is not None:
+            check_count("num_envs", num_envs)
+        seed = check_seed(self.cfg.run.seed if seed is None else seed)
+        return play_games(self.cfg, self.params, episodes=episodes, seed=seed, greedy=greedy, num_envs=num_envs,
+                          policy_step=self.policy_step())
+
+    def report(self, result: EvalResult) -> dict[str, Any]:
+        """`eval`'s report of `result`: its summary, with where the policy came from."""
+        return {**result.summary(), "source": self.source, "checkpoint_step": self.step, "algo": self.cfg.algo.algo}
+
+    def policy_step(self) -> Any:
+        """The jitted step (params, frames, key, greedy) -> (features, action index, log-prob, value, key)."""
+        if self._policy_step is None:
+            from jaxpong.evaluate import make_policy_step_for
+
+            self._policy_step = make_policy_step_for(self.cfg)
+        return self._policy_step
+
+
+def check_count(name: str, value: Any) -> None:
+    """A count such as episodes or num_envs must be >= 1 (the command line's check and words)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"--{name.replace('_', '-')}: {value} must be >= 1")
+
+
+def check_seed(seed: Any) -> int:
+    """A game seed must be in 0..2**31 - 1 (the command line's check and words)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**31:
+        raise ConfigError(f"--seed: {seed} must be in 0..{2**31 - 1}")
+    return seed
 
 
 def load(source: str | Path, checkpoint: str | None = None) -> Policy:
