@@ -66,8 +66,13 @@ class Policy:
 
         check_count("num_envs", num_envs)
         seed = check_seed(self.cfg.run.seed if seed is None else seed)
-        return make_env(self.cfg, seeds=env_seeds(seed, 0, 0, PURPOSE_EVAL, num_envs), num_envs=num_envs,
-                        batch_size=num_envs, num_threads=default_threads(num_envs))
+        return make_env(
+            self.cfg,
+            seeds=env_seeds(seed, 0, 0, PURPOSE_EVAL, num_envs),
+            num_envs=num_envs,
+            batch_size=num_envs,
+            num_threads=default_threads(num_envs),
+        )
 
     def act(self, observations: npt.ArrayLike, *, greedy: bool = False) -> np.ndarray:
         """envpool actions (int32, one per game) for a batch of observations from `make_env`'s games,
@@ -78,11 +83,15 @@ class Policy:
         frames = np.asarray(observations)
         want = self.observation_shape
         if frames.ndim != 4 or tuple(frames.shape[1:]) != want or frames.shape[0] < 1:
-            raise ConfigError(f"observations of shape {frames.shape} are not a batch of this policy's frames; give "
-                              f"[games, {', '.join(map(str, want))}] uint8, as the games of make_env() deliver them")
+            raise ConfigError(
+                f"observations of shape {frames.shape} are not a batch of this policy's frames; give "
+                f"[games, {', '.join(map(str, want))}] uint8, as the games of make_env() deliver them"
+            )
         if frames.dtype != np.uint8:
-            raise ConfigError(f"observations of dtype {frames.dtype} are not frames; give uint8, as the games of "
-                              "make_env() deliver them")
+            raise ConfigError(
+                f"observations of dtype {frames.dtype} are not frames; give uint8, as the games of "
+                "make_env() deliver them"
+            )
         step = self.policy_step()
         if self._key is None:
             from jaxpong.keys import STREAM_EVAL, stream_root
@@ -91,15 +100,17 @@ class Policy:
         _, index, _, _, self._key = step(self.params, frames, self._key, bool(greedy))
         return np.asarray(self.cfg.model.actions, np.int32)[np.asarray(index)]
 
-    def play(self, episodes: int = 10, *, seed: int | None = None, greedy: bool = False,
-             num_envs: int | None = None) -> dict[str, Any]:
+    def play(
+        self, episodes: int = 10, *, seed: int | None = None, greedy: bool = False, num_envs: int | None = None
+    ) -> dict[str, Any]:
         """Play `episodes` full games (first to 21) on fresh games, as `jaxpong eval` does, and return its
         report (the JSON object of its last line): mean_return, std_return, min_return, max_return, episodes,
         returns, lengths, truncated, seed, greedy, num_envs, checkpoint_step, source, algo..."""
         return self.report(self.play_games(episodes, seed=seed, greedy=greedy, num_envs=num_envs))
 
-    def play_games(self, episodes: int, *, seed: int | None = None, greedy: bool = False,
-                   num_envs: int | None = None) -> EvalResult:
+    def play_games(
+        self, episodes: int, *, seed: int | None = None, greedy: bool = False, num_envs: int | None = None
+    ) -> EvalResult:
         """The games of `play`, game by game (jaxpong.evaluate.EvalResult)."""
         from jaxpong.evaluate import play_games
 
@@ -107,8 +118,15 @@ class Policy:
         if num_envs is not None:
             check_count("num_envs", num_envs)
         seed = check_seed(self.cfg.run.seed if seed is None else seed)
-        return play_games(self.cfg, self.params, episodes=episodes, seed=seed, greedy=greedy, num_envs=num_envs,
-                          policy_step=self.policy_step())
+        return play_games(
+            self.cfg,
+            self.params,
+            episodes=episodes,
+            seed=seed,
+            greedy=greedy,
+            num_envs=num_envs,
+            policy_step=self.policy_step(),
+        )
 
     def report(self, result: EvalResult) -> dict[str, Any]:
         """`eval`'s report of `result`: its summary, with where the policy came from."""
@@ -140,14 +158,18 @@ def load(source: str | Path, checkpoint: str | None = None) -> Policy:
     """From a run directory (checkpoint: an agent step, 'latest' (default) or 'best') or an exported file."""
     path = Path(source)
     if not path.exists():
-        raise ConfigError(f"{str(path)!r} does not exist; give a run directory (with config.yaml and checkpoints/) "
-                          "or a file written by `jaxpong export`")
+        raise ConfigError(
+            f"{str(path)!r} does not exist; give a run directory (with config.yaml and checkpoints/) "
+            "or a file written by `jaxpong export`"
+        )
     if path.is_dir():
         with _quiet_orbax():
             return _from_run_dir(path, checkpoint)
     if checkpoint not in (None, "latest"):
-        raise ConfigError(f"--checkpoint applies to run directories; {str(path)!r} is an exported policy file, "
-                          "which holds one set of parameters")
+        raise ConfigError(
+            f"--checkpoint applies to run directories; {str(path)!r} is an exported policy file, "
+            "which holds one set of parameters"
+        )
     return _from_file(path)
 
 
@@ -181,21 +203,26 @@ def _choose_step(run_dir: Path, checkpoint: str | None) -> tuple[Path, int]:
         directory = run_dir / BEST_DIR
         steps = checkpoint_steps(directory)
         if not steps:
-            raise ConfigError(f"{str(run_dir)!r} has no best checkpoint (no {BEST_DIR}/<step>/); it is written by "
-                              "training with --eval-every N; use --checkpoint latest or a step")
+            raise ConfigError(
+                f"{str(run_dir)!r} has no best checkpoint (no {BEST_DIR}/<step>/); it is written by "
+                "training with --eval-every N; use --checkpoint latest or a step"
+            )
         return directory, steps[-1]
     directory = run_dir / "checkpoints"
     steps = checkpoint_steps(directory)
     if not steps:
-        raise ConfigError(f"{str(run_dir)!r} has no checkpoint (no checkpoints/<step>/); train it first, or give "
-                          "another run directory")
+        raise ConfigError(
+            f"{str(run_dir)!r} has no checkpoint (no checkpoints/<step>/); train it first, or give "
+            "another run directory"
+        )
     if choice == "latest":
         return directory, steps[-1]
     try:
         step = int(choice.replace(",", "").replace("_", ""))
     except ValueError:
-        raise ConfigError(f"--checkpoint {checkpoint!r} is not accepted; give an agent step ({_listing(steps)}), "
-                          "latest or best") from None
+        raise ConfigError(
+            f"--checkpoint {checkpoint!r} is not accepted; give an agent step ({_listing(steps)}), latest or best"
+        ) from None
     if step not in steps:
         raise ConfigError(f"--checkpoint {step} is not among the checkpoints of {str(run_dir)!r}: {_listing(steps)}")
     return directory, step
@@ -254,12 +281,15 @@ def _from_file(path: Path) -> Policy:
     template = _network_template(cfg).params
     want = jax.tree_util.tree_structure(template)
     got = jax.tree_util.tree_structure(params)
-    if want != got:
-        raise ConfigError(f"policy file {str(path)!r} holds parameters of another network than its config describes; "
-                          "export it again")
+    if want != got:  # type: ignore[operator]  # PyTreeDef compares by value; its stub says otherwise
+        raise ConfigError(
+            f"policy file {str(path)!r} holds parameters of another network than its config describes; export it again"
+        )
     for have, need in zip(jax.tree.leaves(params), jax.tree.leaves(template)):
         if np.shape(have) != np.shape(need):
-            raise ConfigError(f"policy file {str(path)!r} holds a parameter of shape {np.shape(have)} where its "
-                              f"config needs {np.shape(need)}; export it again")
+            raise ConfigError(
+                f"policy file {str(path)!r} holds a parameter of shape {np.shape(have)} where its "
+                f"config needs {np.shape(need)}; export it again"
+            )
     params = jax.tree.map(lambda p, t: np.asarray(p, dtype=np.asarray(t).dtype), params, template)
     return Policy(cfg=cfg, params=params, source=str(path), step=description.get("agent_step"), meta=description)
