@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
         "those cores, interleaved as the throughput bench; with configs/seed_ppg.yaml, the 2016 "
         "setup of one game per core (make bench-2016-speed)",
     )
+    p.add_argument(
+        "--startup",
+        action="store_true",
+        help="start-up: seconds from launch to the first update for each of --ranks (a list, e.g. 1,4,16; "
+        "oversubscribed past the cores), cold and warm compilation cache, with one rank per host compiling "
+        "first and with every rank compiling",
+    )
     p.set_defaults(func=cmd_bench)
     _add_watch_commands(sub)
     _add_scale_commands(sub)
@@ -196,6 +203,12 @@ def cmd_bench(args) -> int:
     from jaxpong import commands
 
     cfg = config_lib.build(args.config, _overrides(args))
+    if args.startup:
+        from jaxpong import bench as bench_lib
+
+        counts = [placement.plan_ranks(r, len(os.sched_getaffinity(0)), oversubscribe=True).ranks
+                  for r in (args.ranks or "1").split(",")]
+        return bench_lib.startup(cfg, counts, run_dir=args.run_dir)
     ranks = placement.plan_ranks(args.ranks, len(os.sched_getaffinity(0)), oversubscribe=args.per_core).ranks \
         if args.ranks is not None else 1
     if args.seconds <= 0:
