@@ -17,8 +17,9 @@ import dataclasses
 from jaxpong.config import Config
 
 
-def scaled_minibatches(num_minibatches: int, global_games: int, reference_games: int, rank_samples: int,
-                       min_rank_minibatch: int) -> int:
+def scaled_minibatches(
+    num_minibatches: int, global_games: int, reference_games: int, rank_samples: int, min_rank_minibatch: int
+) -> int:
     """Minibatches per epoch for `global_games` games: num_minibatches times the whole multiples of
     reference_games, but never so many that a rank's share of one (of its `rank_samples`) falls below
     min_rank_minibatch samples; never fewer than num_minibatches."""
@@ -34,13 +35,14 @@ def apply(cfg: Config, world_size: int) -> tuple[Config, str | None]:
         return cfg, None
     games = cfg.env.num_envs * world_size
     rank_samples = algo.num_steps * cfg.env.num_envs
-    mbs = scaled_minibatches(algo.num_minibatches, games, algo.reference_games, rank_samples,
-                             algo.min_rank_minibatch)
+    mbs = scaled_minibatches(algo.num_minibatches, games, algo.reference_games, rank_samples, algo.min_rank_minibatch)
     if mbs == algo.num_minibatches:
         return cfg, None
     global_mb = algo.num_steps * games // mbs
-    line = (f"batch rule minibatch: {games} games in all ({games / algo.reference_games:g}x reference_games "
-            f"{algo.reference_games}): {mbs} minibatches per epoch instead of {algo.num_minibatches}, "
-            f"{global_mb} samples each ({rank_samples // mbs} from each rank); --batch-rule none keeps "
-            f"{algo.num_minibatches}")
+    line = (
+        f"batch rule minibatch: {games} games in all ({games / algo.reference_games:g}x reference_games "
+        f"{algo.reference_games}): {mbs} minibatches per epoch instead of {algo.num_minibatches}, "
+        f"{global_mb} samples each ({rank_samples // mbs} from each rank); --batch-rule none keeps "
+        f"{algo.num_minibatches}"
+    )
     return dataclasses.replace(cfg, algo=dataclasses.replace(algo, num_minibatches=mbs)), line

@@ -31,8 +31,9 @@ def run_args(rule: str, scale: int, cfg) -> list[str]:
     games = cfg.env.num_envs * scale
     mbs = cfg.algo.num_minibatches
     if rule == "minibatch":
-        mbs = batch_rule.scaled_minibatches(mbs, games, cfg.algo.reference_games, cfg.algo.num_steps * games,
-                                            cfg.algo.min_rank_minibatch * scale)
+        mbs = batch_rule.scaled_minibatches(
+            mbs, games, cfg.algo.reference_games, cfg.algo.num_steps * games, cfg.algo.min_rank_minibatch * scale
+        )
     return ["--num-envs", str(games), "--num-minibatches", str(mbs), "--batch-rule", "none"]
 
 
@@ -61,13 +62,17 @@ def table(rows: list[dict]) -> str:
         return "-" if v is None else f"{v / 1e3:,.0f}k"
 
     ref = {r["rule"]: r for r in rows if r["scale"] == 1}
-    lines = ["| rule | games (x default) | seeds | steps to 0 | steps to +18 | steps to +20 | +18 against 1x |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| rule | games (x default) | seeds | steps to 0 | steps to +18 | steps to +20 | +18 against 1x |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         base = ref.get(r["rule"]) or ref.get("minibatch") or {}
-        ratio = (f"{r['steps_18'] / base['steps_18']:.2f}x" if r["steps_18"] and base.get("steps_18") else "-")
-        lines.append(f"| {r['rule']} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
-                     f"({r['reached_18']}/{r['seeds']}) | {fmt(r['steps_20'])} ({r['reached_20']}/{r['seeds']}) | {ratio} |")
+        ratio = f"{r['steps_18'] / base['steps_18']:.2f}x" if r["steps_18"] and base.get("steps_18") else "-"
+        lines.append(
+            f"| {r['rule']} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
+            f"({r['reached_18']}/{r['seeds']}) | {fmt(r['steps_20'])} ({r['reached_20']}/{r['seeds']}) | {ratio} |"
+        )
     return "\n".join(lines)
 
 
@@ -99,8 +104,16 @@ def plot(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
-def batch_study(config_file: str, *, scales: list[int], seeds: list[int], rules: list[str], max_steps: int,
-                out_dir: str, extra_args: list[str] | None = None) -> int:
+def batch_study(
+    config_file: str,
+    *,
+    scales: list[int],
+    seeds: list[int],
+    rules: list[str],
+    max_steps: int,
+    out_dir: str,
+    extra_args: list[str] | None = None,
+) -> int:
     cfg = build(config_file, {})
     base_games = cfg.env.num_envs
     out = Path(out_dir)
@@ -113,10 +126,29 @@ def batch_study(config_file: str, *, scales: list[int], seeds: list[int], rules:
         if (rule, scale, seed) in done:
             continue
         run_dir = out / f"{rule}_x{scale}_seed{seed}"
-        cmd = [sys.executable, "-m", "jaxpong", "train", "--config", config_file, "--run-dir", str(run_dir),
-               "--overwrite", "--seed", str(seed), "--total-steps", str(max_steps), "--target-return", "20",
-               "--progress", "off", "--checkpoint-every", "1000000000", *run_args(rule, scale, cfg),
-               *(extra_args or [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jaxpong",
+            "train",
+            "--config",
+            config_file,
+            "--run-dir",
+            str(run_dir),
+            "--overwrite",
+            "--seed",
+            str(seed),
+            "--total-steps",
+            str(max_steps),
+            "--target-return",
+            "20",
+            "--progress",
+            "off",
+            "--checkpoint-every",
+            "1000000000",
+            *run_args(rule, scale, cfg),
+            *(extra_args or []),
+        ]
         print(f"{rule} x{scale} seed {seed}: {' '.join(cmd[3:])}", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode not in (0,):
@@ -125,14 +157,23 @@ def batch_study(config_file: str, *, scales: list[int], seeds: list[int], rules:
         games = read_results(run_dir / "games.jsonl")
         metrics = read_results(run_dir / "metrics.jsonl")
         reached = milestones_from_games(games)
-        row = {"rule": rule, "scale": scale, "seed": seed, "games": base_games * scale,
-               "milestones": {m: reached[m] for m in map(str, MILESTONES)},
-               "steps": metrics[-1]["step"] if metrics else 0,
-               "time_s": metrics[-1]["time_s"] if metrics else 0.0, "max_steps": max_steps}
+        row = {
+            "rule": rule,
+            "scale": scale,
+            "seed": seed,
+            "games": base_games * scale,
+            "milestones": {m: reached[m] for m in map(str, MILESTONES)},
+            "steps": metrics[-1]["step"] if metrics else 0,
+            "time_s": metrics[-1]["time_s"] if metrics else 0.0,
+            "max_steps": max_steps,
+        }
         with results_file.open("a") as f:
             f.write(json.dumps(row) + "\n")
-        print("  " + "  ".join(f"{m}: " + (f"{r['step'] / 1e3:.0f}k" if (r := reached[m]) else "-")
-                               for m in STUDY_MILESTONES), flush=True)
+        print(
+            "  "
+            + "  ".join(f"{m}: " + (f"{r['step'] / 1e3:.0f}k" if (r := reached[m]) else "-") for m in STUDY_MILESTONES),
+            flush=True,
+        )
     results = read_results(results_file)
     text = table(summarise(results))
     (out / "table.md").write_text(text + "\n")
@@ -153,6 +194,14 @@ if __name__ == "__main__":  # a study can run before it has a place in the comma
     p.add_argument("--max-steps", type=int, default=3_000_000)
     p.add_argument("--out", default="runs/batch_study")
     a, extra = p.parse_known_args()
-    sys.exit(batch_study(a.config, scales=[int(x) for x in a.scales.split(",")],
-                         seeds=[int(x) for x in a.seeds.split(",")], rules=a.rules.split(","),
-                         max_steps=a.max_steps, out_dir=a.out, extra_args=extra))
+    sys.exit(
+        batch_study(
+            a.config,
+            scales=[int(x) for x in a.scales.split(",")],
+            seeds=[int(x) for x in a.seeds.split(",")],
+            rules=a.rules.split(","),
+            max_steps=a.max_steps,
+            out_dir=a.out,
+            extra_args=extra,
+        )
+    )

@@ -91,8 +91,12 @@ def trainer_sps(run_dir: Path, paused: list[tuple[float, float]] = (), warmup: i
     a, b = lines[warmup - 1], lines[-1]
     stopped = sum(max(0.0, min(end, b["wall_time"]) - max(begin, a["wall_time"])) for begin, end in paused)
     dt = b["time_s"] - a["time_s"] - stopped
-    return {"sps": (b["step"] - a["step"]) / dt, "env_sps": (b["charts/env_steps"] - a["charts/env_steps"]) / dt,
-            "updates": len(lines), "seconds": dt}
+    return {
+        "sps": (b["step"] - a["step"]) / dt,
+        "env_sps": (b["charts/env_steps"] - a["charts/env_steps"]) / dt,
+        "updates": len(lines),
+        "seconds": dt,
+    }
 
 
 def _train_command(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int = 1) -> list[str]:
@@ -103,13 +107,31 @@ def _train_command(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int =
 
     cfg_file = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg_dict))
-    cmd = [sys.executable, "-m", "jaxpong", "train", "--config", str(cfg_file), "--run-dir", str(run_dir),
-           "--overwrite", "--progress", "off", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxpong",
+        "train",
+        "--config",
+        str(cfg_file),
+        "--run-dir",
+        str(run_dir),
+        "--overwrite",
+        "--progress",
+        "off",
+        *extra,
+    ]
     return cmd + ["--ranks", str(ranks)] if ranks > 1 else cmd
 
 
-def _train_subprocess(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int = 1, timeout: float = 900,
-                      prefix: list[str] | None = None) -> None:
+def _train_subprocess(
+    cfg_dict: dict,
+    run_dir: Path,
+    extra: list[str],
+    ranks: int = 1,
+    timeout: float = 900,
+    prefix: list[str] | None = None,
+) -> None:
     cmd = [*(prefix or []), *_train_command(cfg_dict, run_dir, extra, ranks)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
@@ -132,9 +154,19 @@ TRAINER_SLICE_S = 2.0  # the trainer runs this long between raw slices ...
 RAW_SLICE_S = 1.0  # ... and is stopped (SIGSTOP) while raw envpool runs this long
 
 
-def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start_timeout_s: float = 600, *,
-                       ranks: int = 1, pin_cores: list[int] | None = None, trainer_slice_s: float = TRAINER_SLICE_S,
-                       raw_slice_s: float = RAW_SLICE_S, warmup: int = WARMUP_UPDATES) -> dict:
+def interleaved_repeat(
+    cfg_dict: dict,
+    raw,
+    seconds: float,
+    run_dir: Path,
+    start_timeout_s: float = 600,
+    *,
+    ranks: int = 1,
+    pin_cores: list[int] | None = None,
+    trainer_slice_s: float = TRAINER_SLICE_S,
+    raw_slice_s: float = RAW_SLICE_S,
+    warmup: int = WARMUP_UPDATES,
+) -> dict:
     """One repeat: a real `jaxpong train` (under mpirun for several ranks; pinned to `pin_cores` if given),
     stopped every `trainer_slice_s` for a `raw_slice_s` slice of raw envpool (`raw.run`) on the same cores,
     until the trainer has run `seconds` after its warm-up rounds.
@@ -186,7 +218,9 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
             if proc.poll() is not None:
                 raise RuntimeError(f"the trainer exited ({proc.returncode}) before its warm-up; see {log.name}")
             if time.time() > deadline:
-                raise RuntimeError(f"the trainer did not finish {warmup} rounds in {start_timeout_s:.0f} s; see {log.name}")
+                raise RuntimeError(
+                    f"the trainer did not finish {warmup} rounds in {start_timeout_s:.0f} s; see {log.name}"
+                )
             time.sleep(0.05)
         trained_from = time.time()
         pids = _process_tree(proc.pid)  # every rank has started by now
@@ -205,7 +239,9 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
             os.kill(pid, signal.SIGTERM)
         # (mpirun reports its ranks' ending in its own way; the ranks' metrics are what is read)
         if proc.wait(timeout=300) != EXIT_PREEMPTED and ranks == 1:
-            raise RuntimeError(f"the trainer exited {proc.returncode} after SIGTERM, not {EXIT_PREEMPTED}; see {log.name}")
+            raise RuntimeError(
+                f"the trainer exited {proc.returncode} after SIGTERM, not {EXIT_PREEMPTED}; see {log.name}"
+            )
     finally:
         if proc.poll() is None:
             pids = _process_tree(proc.pid)
@@ -214,9 +250,14 @@ def interleaved_repeat(cfg_dict: dict, raw, seconds: float, run_dir: Path, start
         log.close()
     trainer = trainer_sps(run_dir, paused, warmup)
     env_sps = raw_steps / raw_s
-    out = {"env_sps": round(env_sps, 1), "trainer_sps": round(trainer["sps"], 1),
-           "ratio": round(trainer["sps"] / env_sps, 4), "trainer_updates": trainer["updates"],
-           "raw_slices": len(paused), "trainer_seconds": round(trainer["seconds"], 1)}
+    out = {
+        "env_sps": round(env_sps, 1),
+        "trainer_sps": round(trainer["sps"], 1),
+        "ratio": round(trainer["sps"] / env_sps, 4),
+        "trainer_updates": trainer["updates"],
+        "raw_slices": len(paused),
+        "trainer_seconds": round(trainer["seconds"], 1),
+    }
     out.update(_cpu_per_step(_metrics(run_dir), cpu_at, warmup, raw_cpu / max(raw_steps, 1)))
     return out
 
@@ -234,8 +275,11 @@ def _cpu_per_step(lines: list[dict], cpu_at: dict, warmup: int, raw_cpu_per_step
         return {}
     a, b = seen[0], seen[-1]
     trainer = (cpu_at[b] - cpu_at[a]) / max(lines[b - 1]["step"] - lines[a - 1]["step"], 1)
-    return {"trainer_cpu_us_per_step": round(trainer * 1e6, 1), "raw_cpu_us_per_step": round(raw_cpu_per_step * 1e6, 1),
-            "cpu_ratio": round(raw_cpu_per_step / trainer, 4)}
+    return {
+        "trainer_cpu_us_per_step": round(trainer * 1e6, 1),
+        "raw_cpu_us_per_step": round(raw_cpu_per_step * 1e6, 1),
+        "cpu_ratio": round(raw_cpu_per_step / trainer, 4),
+    }
 
 
 def _process_tree(root: int, leaves: bool = False) -> list[int]:
@@ -249,7 +293,7 @@ def _process_tree(root: int, leaves: bool = False) -> list[int]:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            children.setdefault(int(stat[stat.rindex(")") + 2:].split()[1]), []).append(int(entry))
+            children.setdefault(int(stat[stat.rindex(")") + 2 :].split()[1]), []).append(int(entry))
     tree, queue = [], [root]
     while queue:
         pid = queue.pop()
@@ -266,7 +310,7 @@ def _cpu_s(pids: list[int]) -> float:
             fields = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        rest = fields[fields.rindex(")") + 2:].split()
+        rest = fields[fields.rindex(")") + 2 :].split()
         total += int(rest[11]) + int(rest[12])
     return total / os.sysconf("SC_CLK_TCK")
 
@@ -286,16 +330,33 @@ def _repeats(title: str, raw_label: str, repeats: int, run_dir: str | None, one_
             result = one_repeat(path)
             ratios.append(result["ratio"])
             results.append(result)
-            rows.append([str(k + 1), result["env_sps"], result["trainer_sps"], f"{result['ratio']:.3f}",
-                         f"{result['cpu_ratio']:.3f}" if "cpu_ratio" in result else "-",
-                         f"{result['trainer_seconds']:.0f} s, {result['raw_slices']} raw slices"])
+            rows.append(
+                [
+                    str(k + 1),
+                    result["env_sps"],
+                    result["trainer_sps"],
+                    f"{result['ratio']:.3f}",
+                    f"{result['cpu_ratio']:.3f}" if "cpu_ratio" in result else "-",
+                    f"{result['trainer_seconds']:.0f} s, {result['raw_slices']} raw slices",
+                ]
+            )
     # The repeat with the median ratio (the lower middle one for an even count) speaks for the run:
     # its raw and trainer steps/s are the ones that ratio was measured from.
     mid = sorted(range(repeats), key=lambda k: ratios[k])[(repeats - 1) // 2]
     if repeats > 1:
         rows.append([f"median: repeat {mid + 1}", *rows[mid][1:]])
-    _table(title, ["repeat", raw_label, "trainer (valid steps, incl. updates)", "ratio trainer / raw",
-                   "ratio by CPU time per step", "timed"], rows)
+    _table(
+        title,
+        [
+            "repeat",
+            raw_label,
+            "trainer (valid steps, incl. updates)",
+            "ratio trainer / raw",
+            "ratio by CPU time per step",
+            "timed",
+        ],
+        rows,
+    )
     print(json.dumps({**results[mid], "median_repeat": mid + 1, "per_repeat": results, **extra}))
     return 0
 
@@ -312,9 +373,12 @@ def throughput(cfg: Config, seconds: float, run_dir: str | None = None, repeats:
         return _repeats(
             f"jaxpong bench: {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, "
             f"{cfg.env.num_envs} envs ({'async' if cfg.is_async else 'sync'}), {os.cpu_count()} cores",
-            "raw envpool (random actions)", repeats, run_dir,
+            "raw envpool (random actions)",
+            repeats,
+            run_dir,
             lambda path: interleaved_repeat(cfg_dict, raw, seconds, path),
-            {"algo": cfg.algo.algo, "num_envs": cfg.env.num_envs, "async": cfg.is_async, "seconds": seconds})
+            {"algo": cfg.algo.algo, "num_envs": cfg.env.num_envs, "async": cfg.is_async, "seconds": seconds},
+        )
     finally:
         raw.close()
 
@@ -391,13 +455,30 @@ def per_core(cfg: Config, ranks: int, seconds: float, run_dir: str | None = None
             f"jaxpong bench --per-core: {ranks} rank(s) on cores {','.join(map(str, cores))}, {cfg.env.num_envs} "
             f"game(s) per rank, {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}"
             f"{', host policy step' if _uses_host_policy(cfg) else ''}",
-            f"raw envpool, {cfg.env.num_envs} game(s) per core", repeats, run_dir,
-            lambda path: interleaved_repeat(cfg_dict, raw, seconds, path, ranks=ranks,
-                                            pin_cores=cores,  # so `--ranks N` binds one core each
-                                            trainer_slice_s=PER_CORE_TRAINER_SLICE_S,
-                                            raw_slice_s=PER_CORE_RAW_SLICE_S, warmup=PER_CORE_WARMUP_UPDATES),
-            {"mode": "per_core", "ranks": ranks, "cores": cores, "algo": cfg.algo.algo,
-             "num_envs_per_rank": cfg.env.num_envs, "host_policy": _uses_host_policy(cfg), "seconds": seconds})
+            f"raw envpool, {cfg.env.num_envs} game(s) per core",
+            repeats,
+            run_dir,
+            lambda path: interleaved_repeat(
+                cfg_dict,
+                raw,
+                seconds,
+                path,
+                ranks=ranks,
+                pin_cores=cores,  # so `--ranks N` binds one core each
+                trainer_slice_s=PER_CORE_TRAINER_SLICE_S,
+                raw_slice_s=PER_CORE_RAW_SLICE_S,
+                warmup=PER_CORE_WARMUP_UPDATES,
+            ),
+            {
+                "mode": "per_core",
+                "ranks": ranks,
+                "cores": cores,
+                "algo": cfg.algo.algo,
+                "num_envs_per_rank": cfg.env.num_envs,
+                "host_policy": _uses_host_policy(cfg),
+                "seconds": seconds,
+            },
+        )
     finally:
         raw.close()
 
@@ -426,9 +507,13 @@ def rank_stats(run_dir: Path, skip_updates: int = WARMUP_UPDATES) -> dict:
     valid = sum(r["valid_samples"] for r in recs)
     masked = sum(r["masked_samples"] for r in recs)
     per_rank_valid = [sum(r["valid_samples"] for r in recs if r["rank"] == k) for k in ranks]
-    return {"sps": valid / max(end - start, 1e-9), "wait_fraction": [round(w, 4) for w in wait],
-            "valid_per_rank": per_rank_valid, "masked_fraction": masked / max(valid + masked, 1),
-            "rounds": len(recs) // len(ranks)}
+    return {
+        "sps": valid / max(end - start, 1e-9),
+        "wait_fraction": [round(w, 4) for w in wait],
+        "valid_per_rank": per_rank_valid,
+        "masked_fraction": masked / max(valid + masked, 1),
+        "rounds": len(recs) // len(ranks),
+    }
 
 
 def _raw_ceiling(cfg: Config, games: int, seconds: float) -> float:
@@ -470,23 +555,52 @@ def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None
     ceiling = _raw_ceiling(cfg, cfg.env.num_envs * ranks, seconds=min(seconds, 10.0))
     one_sps = results["one_rank"]["sps"]
     rows = [[f"1 rank on {plan.cores_per_rank} core(s)", one_sps, "1.000", f"{one_sps / ceiling:.3f}", "-", "-"]]
-    out: dict = {"ranks": ranks, "cores": cores, "cores_per_rank": plan.cores_per_rank,
-                 "one_rank_sps": round(one_sps, 1), "raw_envpool_sps": round(ceiling, 1)}
+    out: dict = {
+        "ranks": ranks,
+        "cores": cores,
+        "cores_per_rank": plan.cores_per_rank,
+        "one_rank_sps": round(one_sps, 1),
+        "raw_envpool_sps": round(ceiling, 1),
+    }
     for mode, _ in modes:
         r = results[mode]
         eff = r["sps"] / (ranks * one_sps)
-        rows.append([f"{ranks} ranks, {mode}", r["sps"], f"{eff:.3f}", f"{r['sps'] / ceiling:.3f}",
-                     " ".join(f"{w:.3f}" for w in r["wait_fraction"]), " ".join(map(str, r["valid_per_rank"]))])
-        out[mode] = {"sps": round(r["sps"], 1), "efficiency": round(eff, 3), "of_raw": round(r["sps"] / ceiling, 3),
-                     "wait_fraction": r["wait_fraction"], "valid_per_rank": r["valid_per_rank"]}
+        rows.append(
+            [
+                f"{ranks} ranks, {mode}",
+                r["sps"],
+                f"{eff:.3f}",
+                f"{r['sps'] / ceiling:.3f}",
+                " ".join(f"{w:.3f}" for w in r["wait_fraction"]),
+                " ".join(map(str, r["valid_per_rank"])),
+            ]
+        )
+        out[mode] = {
+            "sps": round(r["sps"], 1),
+            "efficiency": round(eff, 3),
+            "of_raw": round(r["sps"] / ceiling, 3),
+            "wait_fraction": r["wait_fraction"],
+            "valid_per_rank": r["valid_per_rank"],
+        }
     rows.append([f"raw envpool, {cfg.env.num_envs * ranks} games, {cores} cores", ceiling, "-", "1.000", "-", "-"])
     slow = f", rank {cfg.dist.slow_rank} slowed {cfg.dist.slow_factor:g}x" if cfg.dist.slow_rank >= 0 else ""
-    _table(f"jaxpong bench --ranks {ranks}{slow}: {cfg.algo.algo}, {cfg.env.num_envs} games a rank, {cores} cores, "
-           f"runs in {base}",
-           ["run", "valid steps/s", "weak-scaling efficiency", "of raw envpool", "wait fraction per rank",
-            "valid samples per rank"], rows)
-    print(f"weak-scaling efficiency at {ranks} ranks: {out['deadline']['efficiency']:.3f} (valid steps/s of "
-          f"{ranks} ranks over {ranks} x one rank on its {plan.cores_per_rank} core(s))")
+    _table(
+        f"jaxpong bench --ranks {ranks}{slow}: {cfg.algo.algo}, {cfg.env.num_envs} games a rank, {cores} cores, "
+        f"runs in {base}",
+        [
+            "run",
+            "valid steps/s",
+            "weak-scaling efficiency",
+            "of raw envpool",
+            "wait fraction per rank",
+            "valid samples per rank",
+        ],
+        rows,
+    )
+    print(
+        f"weak-scaling efficiency at {ranks} ranks: {out['deadline']['efficiency']:.3f} (valid steps/s of "
+        f"{ranks} ranks over {ranks} x one rank on its {plan.cores_per_rank} core(s))"
+    )
     if "sync" in out:
         out["speedup"] = round(out["deadline"]["sps"] / max(out["sync"]["sps"], 1e-9), 3)
         print(f"speedup of deadline masking over sync: {out['speedup']:.2f}x")
@@ -519,16 +633,24 @@ def startup(cfg: Config, rank_counts: list[int], run_dir: str | None = None, rep
                 start = time.time()
                 proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
                 if proc.returncode != 0:
-                    raise RuntimeError(f"{ranks} ranks: training failed ({proc.returncode}): "
-                                       f"{proc.stderr.strip().splitlines()[-1:]}")
+                    raise RuntimeError(
+                        f"{ranks} ranks: training failed ({proc.returncode}): {proc.stderr.strip().splitlines()[-1:]}"
+                    )
                 first = _metrics(path)[0]
-                row = {"ranks": ranks, "compile": "one per host, others load" if shared else "every rank",
-                       "cache": state, "first_update_s": round(first["process_s"], 1),
-                       "launch_to_end_s": round(time.time() - start, 1)}
+                row = {
+                    "ranks": ranks,
+                    "compile": "one per host, others load" if shared else "every rank",
+                    "cache": state,
+                    "first_update_s": round(first["process_s"], 1),
+                    "launch_to_end_s": round(time.time() - start, 1),
+                }
                 out.append(row)
                 rows.append([str(ranks), row["compile"], state, row["first_update_s"], row["launch_to_end_s"]])
-    _table(f"jaxpong bench --startup: {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, "
-           f"{cfg.env.num_envs} games a rank, {len(os.sched_getaffinity(0))} cores, runs in {base}",
-           ["ranks", "compiles", "cache", "process start to first update (s)", "launch to exit (s)"], rows)
+    _table(
+        f"jaxpong bench --startup: {cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, "
+        f"{cfg.env.num_envs} games a rank, {len(os.sched_getaffinity(0))} cores, runs in {base}",
+        ["ranks", "compiles", "cache", "process start to first update (s)", "launch to exit (s)"],
+        rows,
+    )
     print(json.dumps({"startup": out}))
     return 0

@@ -62,8 +62,15 @@ def _ocp():
 # limits, the total-steps target, logging, evaluation, the deadline, ranks and envs, learning rate...),
 # and the changes are logged; changing one of these is refused.
 DEFINING_FIELDS = (
-    ("algo", "algo"), ("algo", "optimizer"), ("env", "env_id"), ("model", "network"), ("model", "obs_mode"),
-    ("model", "actions"), ("model", "hidden_size"), ("model", "use_bias"), ("model", "value_head"),
+    ("algo", "algo"),
+    ("algo", "optimizer"),
+    ("env", "env_id"),
+    ("model", "network"),
+    ("model", "obs_mode"),
+    ("model", "actions"),
+    ("model", "hidden_size"),
+    ("model", "use_bias"),
+    ("model", "value_head"),
     ("model", "bernoulli_head"),
 )
 
@@ -96,7 +103,8 @@ def resume_changes(saved: dict, cfg, checkpoint: Path) -> list[str]:
                 raise ResumeRefused(
                     f"--resume: checkpoint {checkpoint} was trained with {section}.{name} = {before!r}, and this run "
                     f"asks for {value!r}; a resumed run keeps what defines its model and optimizer state. Drop that "
-                    f"change, or train it as a new run (--run-dir)")
+                    f"change, or train it as a new run (--run-dir)"
+                )
             changed.append(f"{section}.{name} {before!r} -> {value!r}")
     return changed
 
@@ -113,7 +121,8 @@ class Checkpoints:
 
     def _options(self, keep: int):
         return _ocp().CheckpointManagerOptions(
-            max_to_keep=keep, create=not self._read_only, enable_async_checkpointing=False, read_only=self._read_only)
+            max_to_keep=keep, create=not self._read_only, enable_async_checkpointing=False, read_only=self._read_only
+        )
 
     @property
     def manager(self):
@@ -204,16 +213,19 @@ class Checkpoints:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as err:  # orbax raises many kinds; the user needs the file and what to do
-            raise ConfigError(f"checkpoint {self.directory / str(step)} cannot be read ({type(err).__name__}); "
-                              "it may be truncated or from another version") from None
+            raise ConfigError(
+                f"checkpoint {self.directory / str(step)} cannot be read ({type(err).__name__}); "
+                "it may be truncated or from another version"
+            ) from None
 
     def restore(self, step: int, template) -> tuple:
         """(state shaped like `template`, meta). A mismatch (other model or algorithm) is a ConfigError."""
         ocp = _ocp()
         abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
         try:
-            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
-                                                                    meta=ocp.args.JsonRestore()))
+            out = self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+            )
         except Exception as err:
             raise ConfigError(
                 f"checkpoint {self.directory / str(step)} cannot be restored into this model "
@@ -223,8 +235,10 @@ class Checkpoints:
         state = out["state"]
         for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):
             if np.shape(got) != np.shape(want):
-                raise ConfigError(f"checkpoint {self.directory / str(step)} holds another model shape "
-                                  f"({np.shape(got)} where this config needs {np.shape(want)})")
+                raise ConfigError(
+                    f"checkpoint {self.directory / str(step)} holds another model shape "
+                    f"({np.shape(got)} where this config needs {np.shape(want)})"
+                )
         return jax.tree.map(lambda t, s: np.asarray(s, dtype=np.asarray(t).dtype), template, state), out["meta"]
 
     def close(self):

@@ -151,10 +151,17 @@ def _add_launch_flags(p) -> None:
         help="start N ranks on this host with mpirun, each bound to its share of the cores (auto: one per "
         f"{placement.AUTO_CORES_PER_RANK} cores); under mpirun or srun already, N must match their count",
     )
-    p.add_argument("--mpirun", metavar="PATH", default=None,
-                   help="the MPI launcher --ranks uses (default: the mpich wheel's, else mpirun on PATH)")
-    p.add_argument("--oversubscribe", action="store_true",
-                   help="with --ranks: allow more ranks than cores (they share cores: slower, for tests)")
+    p.add_argument(
+        "--mpirun",
+        metavar="PATH",
+        default=None,
+        help="the MPI launcher --ranks uses (default: the mpich wheel's, else mpirun on PATH)",
+    )
+    p.add_argument(
+        "--oversubscribe",
+        action="store_true",
+        help="with --ranks: allow more ranks than cores (they share cores: slower, for tests)",
+    )
 
 
 def launch_ranks(args, command: str) -> None:
@@ -166,8 +173,10 @@ def launch_ranks(args, command: str) -> None:
     if placement.under_launcher():
         size = placement.launcher_size()
         if args.ranks != "auto" and size is not None and str(size) != str(args.ranks):
-            raise ConfigError(f"--ranks {args.ranks}, but the launcher started {size} rank(s); leave --ranks out "
-                              "under mpirun or srun, or give their count")
+            raise ConfigError(
+                f"--ranks {args.ranks}, but the launcher started {size} rank(s); leave --ranks out "
+                "under mpirun or srun, or give their count"
+            )
         return
     plan = placement.plan_ranks(args.ranks, cores, args.oversubscribe)
     if plan.ranks == 1 and not args.mpirun:
@@ -175,8 +184,12 @@ def launch_ranks(args, command: str) -> None:
     mpirun = placement.find_mpirun(args.mpirun)
     argv = placement.strip_launch_flags(args.argv)
     cmd = placement.mpirun_command(mpirun, placement.mpi_flavour(mpirun), plan, argv, args.oversubscribe)
-    print(f"jaxpong {command}: {cores} cores: starting {plan.ranks} ranks x {plan.cores_per_rank} core(s): "
-          + " ".join(cmd), file=sys.stderr, flush=True)
+    print(
+        f"jaxpong {command}: {cores} cores: starting {plan.ranks} ranks x {plan.cores_per_rank} core(s): "
+        + " ".join(cmd),
+        file=sys.stderr,
+        flush=True,
+    )
     os.execv(cmd[0], cmd)
 
 
@@ -206,11 +219,16 @@ def cmd_bench(args) -> int:
     if args.startup:
         from jaxpong import bench as bench_lib
 
-        counts = [placement.plan_ranks(r, len(os.sched_getaffinity(0)), oversubscribe=True).ranks
-                  for r in (args.ranks or "1").split(",")]
+        counts = [
+            placement.plan_ranks(r, len(os.sched_getaffinity(0)), oversubscribe=True).ranks
+            for r in (args.ranks or "1").split(",")
+        ]
         return bench_lib.startup(cfg, counts, run_dir=args.run_dir)
-    ranks = placement.plan_ranks(args.ranks, len(os.sched_getaffinity(0)), oversubscribe=args.per_core).ranks \
-        if args.ranks is not None else 1
+    ranks = (
+        placement.plan_ranks(args.ranks, len(os.sched_getaffinity(0)), oversubscribe=args.per_core).ranks
+        if args.ranks is not None
+        else 1
+    )
     if args.seconds <= 0:
         raise ConfigError(f"--seconds: {args.seconds} must be positive")
     if args.repeats < 1:
@@ -573,10 +591,18 @@ def _add_scale_commands(sub) -> None:
         help="with --from RUN_DIR (a run of the studied config): predicted wall-clock to a mean of 0, +18 and +20 "
         "per rank count, from the batch study in STUDY_DIR (python -m jaxpong.batchstudy) and the simulated steps/s",
     )
-    p.add_argument("--b-crit", type=float, default=None,
-                   help="--predict: the critical batch in samples (default: the --from run's charts/noise_scale)")
-    p.add_argument("--startup-s", type=float, default=None,
-                   help="--predict: seconds from process start to the first update (default: the --from run's)")
+    p.add_argument(
+        "--b-crit",
+        type=float,
+        default=None,
+        help="--predict: the critical batch in samples (default: the --from run's charts/noise_scale)",
+    )
+    p.add_argument(
+        "--startup-s",
+        type=float,
+        default=None,
+        help="--predict: seconds from process start to the first update (default: the --from run's)",
+    )
     p.add_argument("--num-envs", metavar="N", type=int, default=4, help="--validate: envs per rank in the runs")
     p.add_argument("--config", metavar="FILE", default=None, help="--validate: a YAML config under the runs' flags")
     p.set_defaults(func=cmd_simulate)
@@ -601,10 +627,20 @@ def cmd_simulate(args) -> int:
         from jaxpong import predict
 
         if not args.from_dir:
-            raise ConfigError("--predict needs --from RUN_DIR: a run of the studied config (its timings and noise scale)")
-        return predict.run(args.predict, args.from_dir, args.ranks, b_crit=args.b_crit, startup_s=args.startup_s,
-                           rounds=min(args.rounds, 200), seed=args.seed, collectives_file=args.collectives,
-                           out=args.out)
+            raise ConfigError(
+                "--predict needs --from RUN_DIR: a run of the studied config (its timings and noise scale)"
+            )
+        return predict.run(
+            args.predict,
+            args.from_dir,
+            args.ranks,
+            b_crit=args.b_crit,
+            startup_s=args.startup_s,
+            rounds=min(args.rounds, 200),
+            seed=args.seed,
+            collectives_file=args.collectives,
+            out=args.out,
+        )
     if args.validate:
         from jaxpong import simulate_validate
 

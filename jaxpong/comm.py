@@ -1,17 +1,17 @@
 """Communication between ranks behind one small interface: one rank (no MPI at all) or MPI.
 
-  allreduce_sum(x)   sum of an array over ranks; called inside jit (mpi4jax on its own communicator)
-  exchange(agreed, layout, row, timeout_s, label)
-                     the per-round host exchange (jaxpong/exchange.py): the fixed-size `agreed` record
-                     reduced over ranks (sums and maxima, one Allreduce), and every rank's fixed-width
-                     `row` gathered to rank 0 only. A rank that does not arrive within timeout_s aborts
-                     the whole job, naming it.
-  gather_to_root(obj)  every rank's small Python object, on rank 0 only (None elsewhere); start-up only
-  bcast(obj)         rank 0's object on every rank (initial parameters and optimizer state)
-  host_first(thunk, timeout_s, label)
-                     thunk() on this host's first rank, then on the host's other ranks: one rank compiles
-                     into the shared persistent cache, the others then load what it wrote
-  barrier(), abort(code)
+allreduce_sum(x)   sum of an array over ranks; called inside jit (mpi4jax on its own communicator)
+exchange(agreed, layout, row, timeout_s, label)
+                   the per-round host exchange (jaxpong/exchange.py): the fixed-size `agreed` record
+                   reduced over ranks (sums and maxima, one Allreduce), and every rank's fixed-width
+                   `row` gathered to rank 0 only. A rank that does not arrive within timeout_s aborts
+                   the whole job, naming it.
+gather_to_root(obj)  every rank's small Python object, on rank 0 only (None elsewhere); start-up only
+bcast(obj)         rank 0's object on every rank (initial parameters and optimizer state)
+host_first(thunk, timeout_s, label)
+                   thunk() on this host's first rank, then on the host's other ranks: one rank compiles
+                   into the shared persistent cache, the others then load what it wrote
+barrier(), abort(code)
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class MpiComm:
     """Many ranks over MPI. mpi4jax gets a communicator of its own (a clone), as mpi4jax requires."""
 
     def __init__(self):
-        from mpi4py import MPI
         import mpi4jax
+        from mpi4py import MPI
 
         self._MPI, self._mpi4jax = MPI, mpi4jax
         self.world = MPI.COMM_WORLD
@@ -131,8 +131,12 @@ class MpiComm:
                     who = f"rank(s) {missing} did not arrive" if missing else "a rank did not arrive"
                 else:
                     who = "a peer (rank 0 names it, unless it is rank 0) did not arrive"
-                print(f"jaxpong: rank {self.rank}: {who} within {timeout_s:.0f} s at {label}; a rank died or hung. "
-                      "Aborting the MPI job.", file=sys.stderr, flush=True)
+                print(
+                    f"jaxpong: rank {self.rank}: {who} within {timeout_s:.0f} s at {label}; a rank died or hung. "
+                    "Aborting the MPI job.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.abort(1)
             time.sleep(pause)
             pause = min(pause * 2, 2e-3)
@@ -148,8 +152,12 @@ class MpiComm:
         start, pause = time.monotonic(), 1e-4
         while not request.Test():
             if time.monotonic() - start > timeout_s:
-                print(f"jaxpong: rank {self.rank}: a rank on this host did not arrive within {timeout_s:.0f} s at "
-                      f"{label}; a rank died or hung. Aborting the MPI job.", file=sys.stderr, flush=True)
+                print(
+                    f"jaxpong: rank {self.rank}: a rank on this host did not arrive within {timeout_s:.0f} s at "
+                    f"{label}; a rank died or hung. Aborting the MPI job.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.abort(1)
             time.sleep(pause)
             pause = min(pause * 2, 0.05)

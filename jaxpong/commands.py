@@ -33,8 +33,13 @@ def bench(
     if learn:
         from jaxpong.learnbench import learning_benchmark
 
-        return learning_benchmark(cfg, time_limit_s=cfg.run.time_limit_s, seeds=seeds, run_dir=run_dir,
-                                  extra_args=["--ranks", str(ranks)] if ranks > 1 else None)
+        return learning_benchmark(
+            cfg,
+            time_limit_s=cfg.run.time_limit_s,
+            seeds=seeds,
+            run_dir=run_dir,
+            extra_args=["--ranks", str(ranks)] if ranks > 1 else None,
+        )
     if per_core:
         return bench_lib.per_core(cfg, ranks, seconds=seconds, run_dir=run_dir, repeats=repeats)
     if ranks > 1:

@@ -41,11 +41,18 @@ class EnvConfig:
     batch_size: str = _f(
         "half",
         "games the policy acts on per step: half = num_envs / 2 (async: the policy acts on one half while envpool "
-        "steps the other; sync when num_envs is odd), 0 = num_envs (sync), or N dividing num_envs (async)")
-    num_threads: int = _f(0, "envpool worker threads; 0 = one per core this rank is bound to (an equal share of "
-                             "the host when ranks are not bound)", min=0)
+        "steps the other; sync when num_envs is odd), 0 = num_envs (sync), or N dividing num_envs (async)",
+    )
+    num_threads: int = _f(
+        0,
+        "envpool worker threads; 0 = one per core this rank is bound to (an equal share of "
+        "the host when ranks are not bound)",
+        min=0,
+    )
     frame_skip: int = _f(4, "emulator frames per agent step (max-pooled over the last two)", min=1)
-    repeat_action_probability: float = _f(0.0, "sticky-action probability (0.25 is the 'sticky' benchmark setting)", min=0.0, max=1.0)
+    repeat_action_probability: float = _f(
+        0.0, "sticky-action probability (0.25 is the 'sticky' benchmark setting)", min=0.0, max=1.0
+    )
     noop_max: int = _f(30, "random no-op steps at the start of each game", min=0)
     episodic_life: bool = _f(False, "end a learning episode at each lost life (Pong has none; kept for the record)")
     reward_clip: bool = _f(False, "clip rewards to {-1,0,1} for learning (Pong's rewards already are)")
@@ -88,7 +95,9 @@ class ModelConfig:
 @dataclass
 class AlgoConfig:
     algo: str = _f("ppo", "learning algorithm", choices=["ppo", "pg"])
-    num_steps: int = _f(64, "buffer length per env per round (steps collected before each update, unless cut by the deadline)", min=1)
+    num_steps: int = _f(
+        64, "buffer length per env per round (steps collected before each update, unless cut by the deadline)", min=1
+    )
     gamma: float = _f(0.99, "discount factor", min=0.0, max=1.0)
     learning_rate: float = _f(1e-3, "optimizer learning rate", min=0.0, min_exclusive=True)
     optimizer: str = _f("adam", "optax optimizer", choices=["adam", "rmsprop"])
@@ -96,8 +105,11 @@ class AlgoConfig:
     rmsprop_decay: float = _f(0.99, "decay of rmsprop's squared-gradient average", min=0.0, max=1.0)
     rmsprop_eps: float = _f(1e-5, "epsilon of rmsprop", min=0.0, min_exclusive=True)
     anneal_lr: bool = _f(True, "anneal the learning rate linearly (to --anneal-floor x lr over --anneal-steps)")
-    anneal_steps: int = _f(0, "valid agent steps over which the learning rate anneals (0 = --total-steps); "
-                              "after them it stays at the floor", min=0)
+    anneal_steps: int = _f(
+        0,
+        "valid agent steps over which the learning rate anneals (0 = --total-steps); after them it stays at the floor",
+        min=0,
+    )
     anneal_floor: float = _f(0.0, "fraction of the learning rate left at the end of the anneal", min=0.0, max=1.0)
     max_grad_norm: float = _f(0.5, "clip the global gradient norm to this (0 = no clipping)", min=0.0)
     gae_lambda: float = _f(0.95, "ppo: GAE lambda", min=0.0, max=1.0)
@@ -108,20 +120,27 @@ class AlgoConfig:
         "ppo: how the update follows a global batch (num_envs x ranks) of k x reference_games games: minibatch = "
         "k x num_minibatches per epoch, so the minibatch size and the optimizer steps per sample stay as at "
         "reference_games (until a rank's share of a minibatch would fall below min_rank_minibatch); none = the "
-        "same num_minibatches, larger minibatches", choices=["minibatch", "none"])
+        "same num_minibatches, larger minibatches",
+        choices=["minibatch", "none"],
+    )
     reference_games: int = _f(32, "ppo: the global game count at which num_minibatches applies as given", min=1)
-    min_rank_minibatch: int = _f(64, "ppo: batch_rule minibatch keeps each rank's share of a minibatch at least "
-                                     "this many samples", min=1)
+    min_rank_minibatch: int = _f(
+        64, "ppo: batch_rule minibatch keeps each rank's share of a minibatch at least this many samples", min=1
+    )
     clip_coef: float = _f(0.1, "ppo: surrogate clipping coefficient", min=0.0)
     clip_vloss: bool = _f(True, "ppo: clip the value loss like the policy")
     ent_coef: float = _f(0.01, "ppo: entropy bonus coefficient", min=0.0)
     vf_coef: float = _f(0.5, "ppo: value loss coefficient", min=0.0)
     point_episodes: bool = _f(
-        True, "ppo: end GAE and value targets at every point scored, as the 2016 returns did; rewards and games "
-        "are unchanged (a Pong point is independent of the ones before it)")
+        True,
+        "ppo: end GAE and value targets at every point scored, as the 2016 returns did; rewards and games "
+        "are unchanged (a Pong point is independent of the ones before it)",
+    )
     mirror_augment: bool = _f(
-        False, "also learn from every sample mirrored top to bottom with up and down swapped (Pong's "
-        "playfield is vertically symmetric); doubles the update's work")
+        False,
+        "also learn from every sample mirrored top to bottom with up and down swapped (Pong's "
+        "playfield is vertically symmetric); doubles the update's work",
+    )
     norm_adv: bool = _f(True, "ppo: normalise advantages over the round's valid samples (all ranks)")
     pg_unscored: str = _f(
         "mask",
@@ -141,53 +160,88 @@ class DistConfig:
     )
     deadline_margin: float = _f(0.02, "auto deadline = lower-median fill time x (1 + this)", min=0.0)
     buffer_headroom: float = _f(
-        0.25, "with a deadline (auto or SECONDS), each env's buffer holds num_steps x (1 + this), so ranks faster "
-        "than the typical one keep collecting until the deadline instead of idling", min=0.0)
+        0.25,
+        "with a deadline (auto or SECONDS), each env's buffer holds num_steps x (1 + this), so ranks faster "
+        "than the typical one keep collecting until the deadline instead of idling",
+        min=0.0,
+    )
     slow_rank: int = _f(-1, "fault injection: this rank steps its envs slower by sleeping (-1 = none)", min=-1)
-    slow_factor: float = _f(1.0, "fault injection: the slow rank collects this many times slower (it drains its "
-                               "envs every 20 ms and stalls for the rest), with sync and async envs", min=1.0)
+    slow_factor: float = _f(
+        1.0,
+        "fault injection: the slow rank collects this many times slower (it drains its "
+        "envs every 20 ms and stalls for the rest), with sync and async envs",
+        min=1.0,
+    )
     hang_timeout_s: float = _f(
-        30.0, "abort the job when a rank waits longer than this (or 3x the slowest recent round) for its peers "
-        "in one collective; the first round, which compiles, gets 10x", min=1.0)
-    replication_check_every: int = _f(50, "compare a parameter checksum across ranks every N updates (0 = never)", min=0)
+        30.0,
+        "abort the job when a rank waits longer than this (or 3x the slowest recent round) for its peers "
+        "in one collective; the first round, which compiles, gets 10x",
+        min=1.0,
+    )
+    replication_check_every: int = _f(
+        50, "compare a parameter checksum across ranks every N updates (0 = never)", min=0
+    )
 
 
 @dataclass
 class RunConfig:
     seed: int = _f(1, "run seed: parameters, env seeds (with rank folded in) and sampling", min=0)
     total_steps: int = _f(10_000_000, "stop after this many valid agent steps (all ranks, whole run)", min=1)
-    time_limit_s: float = _f(0.0, "stop after this many wall-clock seconds since this process started, start-up "
-                             "included (0 = none); after --resume it counts only the resumed process", min=0.0)
+    time_limit_s: float = _f(
+        0.0,
+        "stop after this many wall-clock seconds since this process started, start-up "
+        "included (0 = none); after --resume it counts only the resumed process",
+        min=0.0,
+    )
     target_return: float = _f(math.nan, "stop once the mean of the last 20 full games >= this (nan = never)")
     log_every: int = _f(1, "write a metrics line every N updates", min=1)
     noise_scale_decay: float = _f(
-        0.95, "the gradient noise scale (charts/noise_scale) is smoothed over rounds: each round, past sums are "
-        "weighted by this (0 = this round alone)", min=0.0, max=1.0)
+        0.95,
+        "the gradient noise scale (charts/noise_scale) is smoothed over rounds: each round, past sums are "
+        "weighted by this (0 = this round alone)",
+        min=0.0,
+        max=1.0,
+    )
     checkpoint_every: int = _f(100, "save a checkpoint every N updates (and always at the end)", min=1)
     keep_checkpoints: int = _f(3, "checkpoints to keep", min=1)
     eval_every: int = _f(0, "play greedy eval games every N updates (0 = never)", min=0)
     eval_episodes: int = _f(4, "full games per evaluation", min=1)
     capture_video: bool = _f(False, "record a short video of the final policy into the run directory")
-    video_every: int = _f(0, "record a short video (RUN_DIR/videos/step_<STEP>.mp4) every N updates, between rounds "
-                          "(0 = never)", min=0)
+    video_every: int = _f(
+        0, "record a short video (RUN_DIR/videos/step_<STEP>.mp4) every N updates, between rounds (0 = never)", min=0
+    )
     tensorboard: bool = _f(True, "write TensorBoard event files")
-    track: bool = _f(False, "also log every metrics.jsonl scalar, the resolved config, the learning curve and the final "
-                     "video to Weights & Biases (rank 0; needs pip install 'jaxpong[wandb]'; WANDB_MODE=offline "
-                     "keeps it in RUN_DIR/wandb/); a resumed run continues the same W&B run")
+    track: bool = _f(
+        False,
+        "also log every metrics.jsonl scalar, the resolved config, the learning curve and the final "
+        "video to Weights & Biases (rank 0; needs pip install 'jaxpong[wandb]'; WANDB_MODE=offline "
+        "keeps it in RUN_DIR/wandb/); a resumed run continues the same W&B run",
+    )
     wandb_project: str = _f("jaxpong", "W&B project of a --track run")
     wandb_entity: str = _f("", "W&B entity (user or team) of a --track run; empty = your default entity")
     wandb_group: str = _f("", "W&B group of a --track run, e.g. one per set of seeds; empty = none")
-    progress: str = _f("auto", "progress display: auto (bar on a terminal, log lines otherwise), bar, log, off", choices=["auto", "bar", "log", "off"])
+    progress: str = _f(
+        "auto",
+        "progress display: auto (bar on a terminal, log lines otherwise), bar, log, off",
+        choices=["auto", "bar", "log", "off"],
+    )
     progress_every_s: float = _f(10.0, "seconds between plain progress lines", min=0.0, min_exclusive=True)
     max_bad_updates: int = _f(10, "stop with an error after this many consecutive non-finite updates", min=1)
     xla_threads: int = _f(
-        0, "CPU threads for XLA's intra-op work (0 = one per core this rank is bound to, or XLA's default "
-        "when it has the whole host)", min=0)
+        0,
+        "CPU threads for XLA's intra-op work (0 = one per core this rank is bound to, or XLA's default "
+        "when it has the whole host)",
+        min=0,
+    )
     jax_platform: str = _f(
-        "auto", "where JAX runs the policy and the update: auto (the CPU for the mlp network, a GPU for the "
-        "CNNs where there is one), cpu, gpu", choices=["auto", "cpu", "gpu"])
-    debug_nan_at_update: int = _f(-1, "testing: make the loss NaN from this update on (-1 = never)", min=-1,
-                                  hidden=True)
+        "auto",
+        "where JAX runs the policy and the update: auto (the CPU for the mlp network, a GPU for the "
+        "CNNs where there is one), cpu, gpu",
+        choices=["auto", "cpu", "gpu"],
+    )
+    debug_nan_at_update: int = _f(
+        -1, "testing: make the loss NaN from this update on (-1 = never)", min=-1, hidden=True
+    )
     debug_nan_count: int = _f(1, "testing: for how many consecutive updates the loss is NaN", min=1, hidden=True)
 
 
@@ -255,7 +309,12 @@ class Config:
 
 
 _PRESET_FIELDS = (
-    "frame_skip", "repeat_action_probability", "noop_max", "episodic_life", "reward_clip", "max_episode_steps",
+    "frame_skip",
+    "repeat_action_probability",
+    "noop_max",
+    "episodic_life",
+    "reward_clip",
+    "max_episode_steps",
 )
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
 _SECTION_TYPES = {"env": EnvConfig, "model": ModelConfig, "algo": AlgoConfig, "dist": DistConfig, "run": RunConfig}
@@ -270,13 +329,15 @@ def parse_batch_size(value: Any, num_envs: int) -> int:
     try:
         size = int(text)
     except ValueError:
-        raise ConfigError(f"env.batch_size: {value!r} is not accepted; use half, 0 (sync) or a number of games "
-                          "dividing num_envs") from None
+        raise ConfigError(
+            f"env.batch_size: {value!r} is not accepted; use half, 0 (sync) or a number of games dividing num_envs"
+        ) from None
     if size < 0:
         raise ConfigError(f"env.batch_size: {value!r} must be >= 0 (0 = sync)")
     if size > num_envs:
-        raise ConfigError(f"env.batch_size: {size} is larger than env.num_envs ({num_envs}); use at most num_envs "
-                          "(0 = sync)")
+        raise ConfigError(
+            f"env.batch_size: {size} is larger than env.num_envs ({num_envs}); use at most num_envs (0 = sync)"
+        )
     if size and num_envs % size:
         raise ConfigError(f"env.batch_size: {size} must divide env.num_envs ({num_envs})")
     return size or num_envs
@@ -289,7 +350,9 @@ def parse_deadline(value: Any) -> float | str:
     try:
         seconds = float(text)
     except ValueError:
-        raise ConfigError(f"dist.deadline_s: {value!r} is not accepted; use auto, game, 0 (none) or a number of seconds") from None
+        raise ConfigError(
+            f"dist.deadline_s: {value!r} is not accepted; use auto, game, 0 (none) or a number of seconds"
+        ) from None
     if not seconds >= 0 or math.isinf(seconds):
         raise ConfigError(f"dist.deadline_s: {value!r} must be >= 0 (0 = no deadline)")
     return seconds
@@ -378,11 +441,15 @@ def validate(cfg: Config) -> Config:
     if algo.mirror_augment:
         mirrored = sorted(MIRROR_ACTION[a] for a in model.actions)
         if mirrored != sorted(model.actions):
-            raise ConfigError(f"algo.mirror_augment: the actions {model.actions} are not closed under swapping up "
-                              "and down (2<->3, 4<->5); use e.g. [2, 3] or [0, 2, 3], or turn it off")
+            raise ConfigError(
+                f"algo.mirror_augment: the actions {model.actions} are not closed under swapping up "
+                "and down (2<->3, 4<->5); use e.g. [2, 3] or [0, 2, 3], or turn it off"
+            )
         if model.obs_mode == "stack84":
-            raise ConfigError("algo.mirror_augment: needs a cropped playfield input (diff64, pool32, ...), not stack84, "
-                              "whose frames include the score")
+            raise ConfigError(
+                "algo.mirror_augment: needs a cropped playfield input (diff64, pool32, ...), not stack84, "
+                "whose frames include the score"
+            )
     deadline = parse_deadline(cfg.dist.deadline_s)
     if deadline == "game" and algo.algo != "pg":
         raise ConfigError("dist.deadline_s: 'game' is only for --algo pg (the 2016 per-game synchronisation)")
@@ -393,8 +460,10 @@ def validate(cfg: Config) -> Config:
     if model.network != "mlp" and model.obs_mode != "stack84":
         raise ConfigError(f"model.obs_mode: the {model.network} network needs obs_mode stack84")
     if model.network == "mlp" and model.obs_mode == "stack84":
-        raise ConfigError("model.obs_mode: the mlp network takes diff64, diff32, pool32, pool16, area32 or karpathy80 "
-                          "(stack84 is for the CNNs)")
+        raise ConfigError(
+            "model.obs_mode: the mlp network takes diff64, diff32, pool32, pool16, area32 or karpathy80 "
+            "(stack84 is for the CNNs)"
+        )
     return cfg
 
 
@@ -522,8 +591,10 @@ def keyword_overrides(overrides: Mapping[str, Any]) -> dict[str, dict[str, Any]]
     for key, value in overrides.items():
         if key in _SECTION_TYPES:
             if not isinstance(value, Mapping):
-                raise ConfigError(f"{key}={value!r} ({KEYWORDS}): a section takes a mapping of field: value, "
-                                  f"e.g. {key}={{{next(iter(_fields_of(key)))!r}: ...}}")
+                raise ConfigError(
+                    f"{key}={value!r} ({KEYWORDS}): a section takes a mapping of field: value, "
+                    f"e.g. {key}={{{next(iter(_fields_of(key)))!r}: ...}}"
+                )
             out.setdefault(key, {}).update(value)
             continue
         section = _section_of(key)
@@ -540,8 +611,14 @@ def _fields_of(section: str) -> list[str]:
     return [f.name for f in dataclasses.fields(_SECTION_TYPES[section])]
 
 
-def build(config_path: str | None, overrides: dict, base: dict | None = None, *,
-          mapping: Mapping[str, Any] | None = None, origin: str = "command line") -> Config:
+def build(
+    config_path: str | None,
+    overrides: dict,
+    base: dict | None = None,
+    *,
+    mapping: Mapping[str, Any] | None = None,
+    origin: str = "command line",
+) -> Config:
     """defaults < base (a saved run's config, for --resume) < YAML file (or `mapping`, a YAML file's content
     given from Python) < flags (or keyword arguments: `origin` names them in messages); then validated."""
     cfg = Config()

@@ -1,13 +1,13 @@
 """When each round's collection stops: the deadline that keeps every rank's collective on time.
 
-  auto     deadline = lower median over ranks of the time a rank needs to fill its buffer (measured
-           last round, scaled up for ranks that were cut), x (1 + margin): typical ranks fill their
-           buffers, slower ranks are cut and join with what they have. The lower median of two
-           ranks is the faster one. The first round has no deadline (it includes compilation), and
-           one rank alone has nobody to wait for, so there auto means no deadline.
-  SECONDS  a fixed wall-clock budget per round (the 2016 windows: 2 s).
-  0        no deadline: every rank collects its full buffer (the plain synchronous baseline).
-  game     no clock: each rank plays until every one of its envs has finished a game (2016, before the fix).
+auto     deadline = lower median over ranks of the time a rank needs to fill its buffer (measured
+         last round, scaled up for ranks that were cut), x (1 + margin): typical ranks fill their
+         buffers, slower ranks are cut and join with what they have. The lower median of two
+         ranks is the faster one. The first round has no deadline (it includes compilation), and
+         one rank alone has nobody to wait for, so there auto means no deadline.
+SECONDS  a fixed wall-clock budget per round (the 2016 windows: 2 s).
+0        no deadline: every rank collects its full buffer (the plain synchronous baseline).
+game     no clock: each rank plays until every one of its envs has finished a game (2016, before the fix).
 """
 
 from __future__ import annotations

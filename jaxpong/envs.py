@@ -65,8 +65,15 @@ def import_envpool():
     return envpool
 
 
-def make_env(cfg: Config, *, seeds: list[int], num_envs: int | None = None, batch_size: int | None = None,
-             num_threads: int | None = None, rgb: bool = False):
+def make_env(
+    cfg: Config,
+    *,
+    seeds: list[int],
+    num_envs: int | None = None,
+    batch_size: int | None = None,
+    num_threads: int | None = None,
+    rgb: bool = False,
+):
     """An envpool Pong-v5 with the configured preset. `rgb=True` gives 210x160 colour frames (videos)."""
     envpool = import_envpool()
     env_cfg, model = cfg.env, cfg.model
@@ -110,9 +117,13 @@ class EnvIO:
     def __init__(self, env):
         self.env = env
         keys = list(getattr(env, "_state_keys", []))
-        self.fast = (all(k in keys for k in self.STATE) and list(getattr(env, "_action_keys", [])) == self.ACTIONS
-                     and hasattr(env, "_recv") and hasattr(env, "_send")
-                     and getattr(env, "config", {}).get("max_num_players", 1) == 1)
+        self.fast = (
+            all(k in keys for k in self.STATE)
+            and list(getattr(env, "_action_keys", [])) == self.ACTIONS
+            and hasattr(env, "_recv")
+            and hasattr(env, "_send")
+            and getattr(env, "config", {}).get("max_num_players", 1) == 1
+        )
         if self.fast:
             self.index = [keys.index(k) for k in self.STATE]
 

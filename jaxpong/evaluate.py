@@ -67,8 +67,17 @@ def default_num_envs(episodes: int) -> int:
     return max(1, min(episodes, MAX_EVAL_ENVS))
 
 
-def play_games(cfg: Config, params, *, episodes: int, seed: int, greedy: bool, num_envs: int | None = None,
-               policy_step=None, purpose: int = PURPOSE_EVAL) -> EvalResult:
+def play_games(
+    cfg: Config,
+    params,
+    *,
+    episodes: int,
+    seed: int,
+    greedy: bool,
+    num_envs: int | None = None,
+    policy_step=None,
+    purpose: int = PURPOSE_EVAL,
+) -> EvalResult:
     """Play `episodes` full games with `params` on `num_envs` (default min(episodes, 8)) fresh envs.
 
     `policy_step` is a jitted step from rollout.make_policy_step (pass the trainer's to reuse its
@@ -81,8 +90,13 @@ def play_games(cfg: Config, params, *, episodes: int, seed: int, greedy: bool, n
         policy_step = make_policy_step_for(cfg)
     actions = np.asarray(cfg.model.actions, np.int32)
     share = np.array([episodes // num_envs + (e < episodes % num_envs) for e in range(num_envs)])
-    env = make_env(cfg, seeds=env_seeds(seed, 0, 0, purpose, num_envs), num_envs=num_envs, batch_size=num_envs,
-                   num_threads=default_threads(num_envs))
+    env = make_env(
+        cfg,
+        seeds=env_seeds(seed, 0, 0, purpose, num_envs),
+        num_envs=num_envs,
+        batch_size=num_envs,
+        num_threads=default_threads(num_envs),
+    )
     # Sampling keys from a stream of their own, apart from training's (jaxpong/keys.py).
     key = stream_root(seed, STREAM_VIDEO if purpose == PURPOSE_VIDEO else STREAM_EVAL)
     start = time.perf_counter()
@@ -117,9 +131,16 @@ def play_games(cfg: Config, params, *, episodes: int, seed: int, greedy: bool, n
         env.close()
     order = [(e, r, n) for e in range(num_envs) for r, n in games[e]]
     return EvalResult(
-        returns=[r for _, r, _ in order], lengths=[n for _, _, n in order], games_env=[e for e, _, _ in order],
-        requested=episodes, truncated=truncated, greedy=bool(greedy), seed=seed, num_envs=num_envs,
-        agent_steps=steps * num_envs, seconds=time.perf_counter() - start,
+        returns=[r for _, r, _ in order],
+        lengths=[n for _, _, n in order],
+        games_env=[e for e, _, _ in order],
+        requested=episodes,
+        truncated=truncated,
+        greedy=bool(greedy),
+        seed=seed,
+        num_envs=num_envs,
+        agent_steps=steps * num_envs,
+        seconds=time.perf_counter() - start,
     )
 
 
@@ -137,17 +158,20 @@ def format_report(result: EvalResult) -> list[str]:
     per_env = {}
     for i, (ret, n, e) in enumerate(zip(result.returns, result.lengths, result.games_env), 1):
         per_env[e] = per_env.get(e, 0) + 1
-        lines.append(f"game {i:3d}  env {e} game {per_env[e]}  return {ret:+5.0f}  "
-                     f"({_score(ret)})  {n} agent steps")
+        lines.append(f"game {i:3d}  env {e} game {per_env[e]}  return {ret:+5.0f}  ({_score(ret)})  {n} agent steps")
     s = result.summary()
     mode = "greedy" if result.greedy else "sampled"
     if s["episodes"]:
-        lines.append(f"{s['episodes']} full games ({mode} actions, seed {result.seed}, {result.num_envs} envs): "
-                     f"mean {s['mean_return']:+.2f}  std {s['std_return']:.2f}  min {s['min_return']:+.0f}  "
-                     f"max {s['max_return']:+.0f}  ({result.seconds:.1f} s)")
+        lines.append(
+            f"{s['episodes']} full games ({mode} actions, seed {result.seed}, {result.num_envs} envs): "
+            f"mean {s['mean_return']:+.2f}  std {s['std_return']:.2f}  min {s['min_return']:+.0f}  "
+            f"max {s['max_return']:+.0f}  ({result.seconds:.1f} s)"
+        )
     else:
-        lines.append(f"no game finished ({mode} actions, seed {result.seed}): all {result.truncated} were cut at "
-                     "max_episode_steps")
+        lines.append(
+            f"no game finished ({mode} actions, seed {result.seed}): all {result.truncated} were cut at "
+            "max_episode_steps"
+        )
     if result.truncated:
         lines.append(f"{result.truncated} game(s) reached max_episode_steps without a winner and are not counted")
     return lines

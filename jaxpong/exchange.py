@@ -86,7 +86,9 @@ class Layout:
 
     def unpack(self, buf: np.ndarray) -> dict:
         """{name: float for width-1 fields, array otherwise}."""
-        return {name: (float(buf[s][0]) if s.stop - s.start == 1 else buf[s].copy()) for name, s in self.slices().items()}
+        return {
+            name: (float(buf[s][0]) if s.stop - s.start == 1 else buf[s].copy()) for name, s in self.slices().items()
+        }
 
     def combine(self, into: np.ndarray, other: np.ndarray) -> None:
         """The reduction, in place (`into` op= `other`), on [..., width] arrays: what the Allreduce computes."""
@@ -97,28 +99,41 @@ class Layout:
 
 def agreed_layout(num_moments: int) -> Layout:
     """The AGREED record of a run whose algorithm reports `num_moments` return moments."""
-    return Layout((
-        ("moments", num_moments, SUM),  # the algorithm's sums over valid samples (count first)
-        ("filled", 1, SUM),  # agent steps played this round
-        ("masked", 1, SUM),  # samples masked out of the loss
-        ("games", 1, SUM),  # full games finished this round
-        ("window_reward", 1, SUM),  # the 2016 criterion, per game stepped, summed over ranks
-        ("rank0_process_s", 1, SUM),  # rank 0's seconds since its process started (others send 0)
-        ("fill_counts", FILL_BINS, SUM),  # histogram of the ranks' fill-time estimates
-        ("signal", 1, MAX),  # a termination signal's number, 0 for none
-        ("io_failure", 1, MAX),  # 1: rank 0 could not write a file of the run
-        ("stop_request", 1, MAX),  # 1: rank 0 saw the target return reached (from games it alone holds)
-        ("sparse_length", 1, MAX),  # the longest nonzero-cell list of any rank
-        ("checksum_max", 1, MAX),  # parameter checksum range (-inf when not checked this round)
-        ("checksum_neg_min", 1, MAX),
-        ("slowest_round_s", 1, MAX),  # the slowest rank's previous round, collection + compute
-        ("rank0_eval_s", 1, MAX),  # how long rank 0's last evaluation took
-    ))
+    return Layout(
+        (
+            ("moments", num_moments, SUM),  # the algorithm's sums over valid samples (count first)
+            ("filled", 1, SUM),  # agent steps played this round
+            ("masked", 1, SUM),  # samples masked out of the loss
+            ("games", 1, SUM),  # full games finished this round
+            ("window_reward", 1, SUM),  # the 2016 criterion, per game stepped, summed over ranks
+            ("rank0_process_s", 1, SUM),  # rank 0's seconds since its process started (others send 0)
+            ("fill_counts", FILL_BINS, SUM),  # histogram of the ranks' fill-time estimates
+            ("signal", 1, MAX),  # a termination signal's number, 0 for none
+            ("io_failure", 1, MAX),  # 1: rank 0 could not write a file of the run
+            ("stop_request", 1, MAX),  # 1: rank 0 saw the target return reached (from games it alone holds)
+            ("sparse_length", 1, MAX),  # the longest nonzero-cell list of any rank
+            ("checksum_max", 1, MAX),  # parameter checksum range (-inf when not checked this round)
+            ("checksum_neg_min", 1, MAX),
+            ("slowest_round_s", 1, MAX),  # the slowest rank's previous round, collection + compute
+            ("rank0_eval_s", 1, MAX),  # how long rank 0's last evaluation took
+        )
+    )
 
 
 # The previous round's timing record, as ranks.jsonl holds it (deadline_s and eval_s: nan for none).
-RECORD_FIELDS = ("update", "rank", "start_s", "collect_s", "compute_s", "wait_s", "valid_samples",
-                 "masked_samples", "cut_by_deadline", "deadline_s", "eval_s")
+RECORD_FIELDS = (
+    "update",
+    "rank",
+    "start_s",
+    "collect_s",
+    "compute_s",
+    "wait_s",
+    "valid_samples",
+    "masked_samples",
+    "cut_by_deadline",
+    "deadline_s",
+    "eval_s",
+)
 _INT_FIELDS = {"update", "rank", "valid_samples", "masked_samples"}
 
 

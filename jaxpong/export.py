@@ -77,8 +77,10 @@ def read_policy_file(path: str | Path) -> tuple[dict, dict, dict]:
         with open(path, "rb") as f:
             head = f.read(1)
             if not head or head[0] not in _MAP_MARKERS:
-                raise ConfigError(f"{str(path)!r} is not a jaxpong policy file (nor a run directory); "
-                                  "give a run directory or a file written by `jaxpong export`")
+                raise ConfigError(
+                    f"{str(path)!r} is not a jaxpong policy file (nor a run directory); "
+                    "give a run directory or a file written by `jaxpong export`"
+                )
             data = head + f.read()
     except OSError as err:
         raise ConfigError(f"{str(path)!r} cannot be read ({err.strerror})") from None
@@ -87,16 +89,21 @@ def read_policy_file(path: str | Path) -> tuple[dict, dict, dict]:
         doc = serialization.msgpack_restore(data)
     except Exception as err:  # msgpack raises several kinds for truncated or foreign input
         if ours:
-            raise ConfigError(f"{str(path)!r} is a damaged jaxpong policy file ({type(err).__name__}); "
-                              "export it again") from None
+            raise ConfigError(
+                f"{str(path)!r} is a damaged jaxpong policy file ({type(err).__name__}); export it again"
+            ) from None
         doc = None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("params"), dict):
-        raise ConfigError(f"{str(path)!r} is not a jaxpong policy file (nor a run directory); give a run directory "
-                          "or a file written by `jaxpong export`")
+        raise ConfigError(
+            f"{str(path)!r} is not a jaxpong policy file (nor a run directory); give a run directory "
+            "or a file written by `jaxpong export`"
+        )
     version = doc.get("format_version")
     if version != FORMAT_VERSION:
-        raise ConfigError(f"{str(path)!r} has policy-file format version {version!r}; this jaxpong reads version "
-                          f"{FORMAT_VERSION}; export it again with this version")
+        raise ConfigError(
+            f"{str(path)!r} has policy-file format version {version!r}; this jaxpong reads version "
+            f"{FORMAT_VERSION}; export it again with this version"
+        )
     try:
         config = json.loads(doc["config"])
         description = json.loads(doc.get("description") or "{}")

@@ -22,8 +22,10 @@ def setup_jax(xla_threads: int = 0, platform: str | None = None) -> None:
         os.environ["JAX_PLATFORMS"] = platform
     if xla_threads:
         flags = os.environ.get("XLA_FLAGS", "")
-        os.environ["XLA_FLAGS"] = (flags + f" --xla_cpu_multi_thread_eigen={'true' if xla_threads > 1 else 'false'}"
-                                   f" intra_op_parallelism_threads={xla_threads}").strip()
+        os.environ["XLA_FLAGS"] = (
+            flags + f" --xla_cpu_multi_thread_eigen={'true' if xla_threads > 1 else 'false'}"
+            f" intra_op_parallelism_threads={xla_threads}"
+        ).strip()
     import jax
 
     # Run each jitted call on the calling thread rather than handing it to a dispatch thread: the

@@ -45,13 +45,25 @@ def train(cfg: Config, run_dir=None, resume: bool = False, overwrite: bool = Fal
     from jaxpong.comm import make_comm
 
     return run_training(
-        cfg, make_comm(), run_dir=run_dir, resume=resume, overwrite=overwrite, resume_fallback=resume_fallback,
+        cfg,
+        make_comm(),
+        run_dir=run_dir,
+        resume=resume,
+        overwrite=overwrite,
+        resume_fallback=resume_fallback,
         platform_line=f"JAX on {platform} ({why})",
     )
 
 
-def run_training(cfg: Config, comm, run_dir, resume: bool, overwrite: bool = False, resume_fallback: bool = False,
-                 platform_line: str = ""):
+def run_training(
+    cfg: Config,
+    comm,
+    run_dir,
+    resume: bool,
+    overwrite: bool = False,
+    resume_fallback: bool = False,
+    platform_line: str = "",
+):
     """Check the run directory on rank 0, then train on every rank (-> jaxpong.run.RunEnd)."""
     from jaxpong import rundir
 
@@ -88,8 +100,7 @@ def run_training(cfg: Config, comm, run_dir, resume: bool, overwrite: bool = Fal
             lock.release()
 
 
-def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_fallback: bool,
-              platform_line: str = ""):
+def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_fallback: bool, platform_line: str = ""):
     from jaxpong import placement, rundir
     from jaxpong.logger import log_line
     from jaxpong.run import Training
@@ -100,8 +111,17 @@ def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_f
     seat = comm.gather_to_root((os.uname().nodename, placement.this_rank_cores(), affinity < (os.cpu_count() or 1)))
     if comm.rank == 0:
         hosts = len({host for host, _, _ in seat})
-        log_line(placement.describe(comm.size, hosts, os.cpu_count() or affinity, seat[0][1], cfg.env.num_envs,
-                                    bound=all(b for _, _, b in seat)) + (f"  |  {platform_line}" if platform_line else ""))
+        log_line(
+            placement.describe(
+                comm.size,
+                hosts,
+                os.cpu_count() or affinity,
+                seat[0][1],
+                cfg.env.num_envs,
+                bound=all(b for _, _, b in seat),
+            )
+            + (f"  |  {platform_line}" if platform_line else "")
+        )
         if comm.size > 1:
             log_line("ranks: " + ", ".join(where) + " (a launcher's message about a PID names the rank here)")
         try:

@@ -64,7 +64,7 @@ def _plot(per_seed_runs: list[tuple[int, list[dict]]], out: Path, title: str) ->
             continue
         rets = np.array([g["return"] for g in games], float)
         t = np.array([g["process_s"] for g in games], float)
-        trailing = np.array([rets[max(0, i - WINDOW + 1): i + 1].mean() for i in range(len(rets))])
+        trailing = np.array([rets[max(0, i - WINDOW + 1) : i + 1].mean() for i in range(len(rets))])
         ax.plot(t, trailing, label=f"seed {seed}")
     for m in MILESTONES:
         ax.axhline(m, color="grey", lw=0.5, ls=":")
@@ -78,8 +78,9 @@ def _plot(per_seed_runs: list[tuple[int, list[dict]]], out: Path, title: str) ->
     plt.close(fig)
 
 
-def learning_benchmark(cfg: Config, *, time_limit_s: float, seeds: int, run_dir: str | None,
-                       extra_args: list[str] | None = None) -> int:
+def learning_benchmark(
+    cfg: Config, *, time_limit_s: float, seeds: int, run_dir: str | None, extra_args: list[str] | None = None
+) -> int:
     import time
 
     import yaml
@@ -94,9 +95,26 @@ def learning_benchmark(cfg: Config, *, time_limit_s: float, seeds: int, run_dir:
     for k in range(seeds):
         seed = cfg.run.seed + k
         seed_dir = base / f"seed_{seed}"
-        cmd = [sys.executable, "-m", "jaxpong", "train", "--config", str(cfg_file), "--run-dir", str(seed_dir),
-               "--overwrite", "--seed", str(seed), "--time-limit-s", str(time_limit_s), "--progress", "log",
-               "--checkpoint-every", "1000000000", *(extra_args or [])]
+        cmd = [
+            sys.executable,
+            "-m",
+            "jaxpong",
+            "train",
+            "--config",
+            str(cfg_file),
+            "--run-dir",
+            str(seed_dir),
+            "--overwrite",
+            "--seed",
+            str(seed),
+            "--time-limit-s",
+            str(time_limit_s),
+            "--progress",
+            "log",
+            "--checkpoint-every",
+            "1000000000",
+            *(extra_args or []),
+        ]
         print(f"seed {seed}: training for {time_limit_s:g} s -> {seed_dir}", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -104,37 +122,68 @@ def learning_benchmark(cfg: Config, *, time_limit_s: float, seeds: int, run_dir:
         games = _read_jsonl(seed_dir / "games.jsonl")
         metrics = _read_jsonl(seed_dir / "metrics.jsonl")
         reached = milestones_from_games(games)
-        sps = (metrics[-1]["step"] - metrics[0]["step"]) / max(metrics[-1]["time_s"] - metrics[0]["time_s"], 1e-9) \
-            if len(metrics) > 1 else 0.0
+        sps = (
+            (metrics[-1]["step"] - metrics[0]["step"]) / max(metrics[-1]["time_s"] - metrics[0]["time_s"], 1e-9)
+            if len(metrics) > 1
+            else 0.0
+        )
         final = float(np.mean([g["return"] for g in games[-WINDOW:]])) if games else None
-        ev = subprocess.run([sys.executable, "-m", "jaxpong", "eval", str(seed_dir), "--episodes", str(GREEDY_GAMES),
-                             "--greedy"], capture_output=True, text=True)
+        ev = subprocess.run(
+            [sys.executable, "-m", "jaxpong", "eval", str(seed_dir), "--episodes", str(GREEDY_GAMES), "--greedy"],
+            capture_output=True,
+            text=True,
+        )
         greedy = json.loads(ev.stdout.strip().splitlines()[-1]) if ev.returncode == 0 else None
-        row = {"seed": seed, "milestones": reached, "sps": round(sps, 1), "final_return": final, "games": len(games),
-               "steps": metrics[-1]["step"] if metrics else 0,
-               "greedy_mean": greedy["mean_return"] if greedy else None,
-               "greedy_returns": greedy["returns"] if greedy else None,
-               # A greedy policy can rally with the built-in opponent until envpool truncates the game:
-               # such games have no score, so the mean is over the finished ones; say how many there were.
-               "greedy_truncated": greedy["truncated"] if greedy else None, "run_dir": str(seed_dir)}
+        row = {
+            "seed": seed,
+            "milestones": reached,
+            "sps": round(sps, 1),
+            "final_return": final,
+            "games": len(games),
+            "steps": metrics[-1]["step"] if metrics else 0,
+            "greedy_mean": greedy["mean_return"] if greedy else None,
+            "greedy_returns": greedy["returns"] if greedy else None,
+            # A greedy policy can rally with the built-in opponent until envpool truncates the game:
+            # such games have no score, so the mean is over the finished ones; say how many there were.
+            "greedy_truncated": greedy["truncated"] if greedy else None,
+            "run_dir": str(seed_dir),
+        }
         per_seed.append(row)
         curves.append((seed, games))
-        print("  " + "  ".join(f"{m:+d}: " + (f"{r['time_s']:.0f}s" if (r := reached[str(m)]) else "-") for m in MILESTONES)
-              + f"  | {sps:,.0f} steps/s | last-20 {final if final is None else round(final, 2)} | greedy "
-              f"{row['greedy_mean']}" + (f" ({row['greedy_truncated']} of {GREEDY_GAMES} truncated)"
-                                         if row["greedy_truncated"] else ""), flush=True)
+        print(
+            "  "
+            + "  ".join(f"{m:+d}: " + (f"{r['time_s']:.0f}s" if (r := reached[str(m)]) else "-") for m in MILESTONES)
+            + f"  | {sps:,.0f} steps/s | last-20 {final if final is None else round(final, 2)} | greedy "
+            f"{row['greedy_mean']}"
+            + (f" ({row['greedy_truncated']} of {GREEDY_GAMES} truncated)" if row["greedy_truncated"] else ""),
+            flush=True,
+        )
     med = median_milestones([r["milestones"] for r in per_seed])
     png = base / "learning_curve.png"
-    _plot(curves, png, f"{cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, {cfg.env.num_envs} envs; "
-                       f"{seeds} seed(s), {time_limit_s:g} s each")
+    _plot(
+        curves,
+        png,
+        f"{cfg.algo.algo}, {cfg.model.network} on {cfg.model.obs_mode}, {cfg.env.num_envs} envs; "
+        f"{seeds} seed(s), {time_limit_s:g} s each",
+    )
     finals = [r["final_return"] for r in per_seed if r["final_return"] is not None]
     greedy = [r["greedy_mean"] for r in per_seed if r["greedy_mean"] is not None]
-    print(f"median milestones (seconds since process start): " +
-          ", ".join(f"{m}: {v['time_s']}s" if v else f"{m}: -" for m, v in med.items()))
+    print(
+        "median milestones (seconds since process start): "
+        + ", ".join(f"{m}: {v['time_s']}s" if v else f"{m}: -" for m, v in med.items())
+    )
     print(f"learning curve: {png}")
-    print(json.dumps({"milestones": med, "per_seed": per_seed,
-                      "sps": round(float(np.median([r["sps"] for r in per_seed])), 1),
-                      "final_return": float(np.median(finals)) if finals else None,
-                      "greedy_mean": float(np.median(greedy)) if greedy else None,
-                      "time_limit_s": time_limit_s, "run_dir": str(base)}))
+    print(
+        json.dumps(
+            {
+                "milestones": med,
+                "per_seed": per_seed,
+                "sps": round(float(np.median([r["sps"] for r in per_seed])), 1),
+                "final_return": float(np.median(finals)) if finals else None,
+                "greedy_mean": float(np.median(greedy)) if greedy else None,
+                "time_limit_s": time_limit_s,
+                "run_dir": str(base),
+            }
+        )
+    )
     return 0

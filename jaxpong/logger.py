@@ -77,8 +77,9 @@ class _WriterThreadErrors:
 class RunLogger:
     """Rank 0's files. A failed write raises rundir.WriteFailed (what, path, why), never a raw OSError."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, resume_update: int | None = None,
-                 resume_step: int | None = None):
+    def __init__(
+        self, run_dir: Path, tensorboard: bool, resume_update: int | None = None, resume_step: int | None = None
+    ):
         try:
             self._open(run_dir, tensorboard, resume_update, resume_step)
         except OSError as err:
@@ -135,10 +136,17 @@ class RunLogger:
 
         try:
             tracking.require_wandb()
-            self.tracker = tracking.Tracker(self.run_dir, doc, project=run.get("wandb_project") or "jaxpong",
-                                            entity=run.get("wandb_entity") or "", group=run.get("wandb_group") or "")
-            log_line(f"W&B run {self.tracker.id} (project {self.tracker.run.project}; id kept in "
-                     f"{self.run_dir / tracking.RUN_ID_FILE})")
+            self.tracker = tracking.Tracker(
+                self.run_dir,
+                doc,
+                project=run.get("wandb_project") or "jaxpong",
+                entity=run.get("wandb_entity") or "",
+                group=run.get("wandb_group") or "",
+            )
+            log_line(
+                f"W&B run {self.tracker.id} (project {self.tracker.run.project}; id kept in "
+                f"{self.run_dir / tracking.RUN_ID_FILE})"
+            )
         except (ConfigError, tracking.TrackingFailed) as err:
             log_line(f"{err}; training goes on without W&B" if isinstance(err, ConfigError) else str(err))
 
@@ -184,18 +192,20 @@ class RunLogger:
     def close(self) -> None:
         """Close every file; the first failure is raised after all have been tried."""
         failure = None
-        for what, path, action in (("metrics", self.metrics_path, self.metrics_file.close),
-                                   ("per-rank timings", self.ranks_path, self.ranks_file.close),
-                                   ("games", self.games_path, self.games_file.close),
-                                   ("TensorBoard events in", self.run_dir / "tb",
-                                    self.tb.close if self.tb is not None else lambda: None)):
+        for what, path, action in (
+            ("metrics", self.metrics_path, self.metrics_file.close),
+            ("per-rank timings", self.ranks_path, self.ranks_file.close),
+            ("games", self.games_path, self.games_file.close),
+            ("TensorBoard events in", self.run_dir / "tb", self.tb.close if self.tb is not None else lambda: None),
+        ):
             try:
                 self._write(what, path, action)
             except WriteFailed as err:
                 failure = failure or err
         if self._tb_errors is not None and self._tb_errors.error is not None:
-            failure = failure or WriteFailed("TensorBoard events in", self.run_dir / "tb",
-                                             write_failure_reason(self._tb_errors.error))
+            failure = failure or WriteFailed(
+                "TensorBoard events in", self.run_dir / "tb", write_failure_reason(self._tb_errors.error)
+            )
         if failure is not None:
             raise failure
 
@@ -204,8 +214,9 @@ def log_line(message: str) -> None:
     print(f"[jaxpong {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def eta_seconds(total_steps: int, step: int, sps: float, time_limit_s: float = 0.0,
-                process_s: float = 0.0) -> tuple[float, str]:
+def eta_seconds(
+    total_steps: int, step: int, sps: float, time_limit_s: float = 0.0, process_s: float = 0.0
+) -> tuple[float, str]:
     """Seconds left and which stop rule ends the run first: the steps at this speed, or the time limit
     (which counts from the process start, like --time-limit-s). (inf, "") while the speed is unknown
     and there is no time limit."""
@@ -240,9 +251,15 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             # Our own ETA column: rich's TimeRemainingColumn knows only the step total, not --time-limit-s.
-            self.bar = RichProgress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed:,.0f} steps"),
-                                    TextColumn("{task.fields[sps]:,.0f} steps/s"), TextColumn("return {task.fields[ret]}"),
-                                    TextColumn("eta {task.fields[eta]}"), transient=False)
+            self.bar = RichProgress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                TextColumn("{task.completed:,.0f} steps"),
+                TextColumn("{task.fields[sps]:,.0f} steps/s"),
+                TextColumn("return {task.fields[ret]}"),
+                TextColumn("eta {task.fields[eta]}"),
+                transient=False,
+            )
             self.task = self.bar.add_task("train", total=total_steps, sps=0.0, ret="-", eta="-")
             self.bar.start()
 
@@ -258,8 +275,10 @@ class Progress:
             self.bar.update(self.task, completed=step, sps=sps, ret=ret, eta=self.eta(step, sps))
         elif self.mode == "log" and time.monotonic() - self.last_print >= self.every_s:
             self.last_print = time.monotonic()
-            log_line(f"step {step:,}  {sps:,.0f} steps/s  return(last 20) {ret}  elapsed {elapsed_s:.0f}s  "
-                     f"eta {self.eta(step, sps)}")
+            log_line(
+                f"step {step:,}  {sps:,.0f} steps/s  return(last 20) {ret}  elapsed {elapsed_s:.0f}s  "
+                f"eta {self.eta(step, sps)}"
+            )
 
     def close(self) -> None:
         if self.bar is not None:

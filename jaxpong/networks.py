@@ -11,8 +11,9 @@ from jaxpong.config import ModelConfig
 
 
 def _dense(features, scale, use_bias=True):
-    return nn.Dense(features, use_bias=use_bias, kernel_init=nn.initializers.orthogonal(scale),
-                    bias_init=nn.initializers.zeros)
+    return nn.Dense(
+        features, use_bias=use_bias, kernel_init=nn.initializers.orthogonal(scale), bias_init=nn.initializers.zeros
+    )
 
 
 class Heads(nn.Module):
@@ -109,8 +110,12 @@ class NatureCNN(nn.Module):
 
 
 def make_network(model: ModelConfig) -> nn.Module:
-    heads = Heads(num_actions=len(model.actions), use_bias=model.use_bias, value_head=model.value_head,
-                  bernoulli_head=model.bernoulli_head)
+    heads = Heads(
+        num_actions=len(model.actions),
+        use_bias=model.use_bias,
+        value_head=model.value_head,
+        bernoulli_head=model.bernoulli_head,
+    )
     if model.network == "mlp":
         return MLP(hidden_size=model.hidden_size, heads=heads, use_bias=model.use_bias)
     if model.network == "small_cnn":

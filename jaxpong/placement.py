@@ -13,9 +13,9 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 from jaxpong.config import ConfigError
 
@@ -90,11 +90,14 @@ def plan_ranks(requested: str, host_cores: int, oversubscribe: bool = False) -> 
         except ValueError:
             raise ConfigError(f"--ranks {requested!r}: give a whole number of ranks (e.g. --ranks 4) or auto") from None
         if ranks < 1:
-            raise ConfigError(f"--ranks {ranks}: a job needs at least 1 rank (or --ranks auto: one per "
-                              f"{AUTO_CORES_PER_RANK} cores)")
+            raise ConfigError(
+                f"--ranks {ranks}: a job needs at least 1 rank (or --ranks auto: one per {AUTO_CORES_PER_RANK} cores)"
+            )
         if ranks > host_cores and not oversubscribe:
-            raise ConfigError(f"--ranks {ranks} is more than the {host_cores} cores this host offers; use at most "
-                              f"{host_cores}, or add --oversubscribe to share cores (slower, for tests)")
+            raise ConfigError(
+                f"--ranks {ranks} is more than the {host_cores} cores this host offers; use at most "
+                f"{host_cores}, or add --oversubscribe to share cores (slower, for tests)"
+            )
     return Plan(ranks, max(1, host_cores // ranks), host_cores)
 
 
@@ -112,8 +115,10 @@ def find_mpirun(given: str | None = None) -> str:
     for name in ("mpirun", "mpiexec"):
         if path := shutil.which(name):
             return path
-    raise ConfigError("--ranks: no mpirun found (next to this Python or on PATH); install the mpich extra "
-                      "(pip install 'jaxpong[mpich]'), or give your MPI's launcher with --mpirun PATH")
+    raise ConfigError(
+        "--ranks: no mpirun found (next to this Python or on PATH); install the mpich extra "
+        "(pip install 'jaxpong[mpich]'), or give your MPI's launcher with --mpirun PATH"
+    )
 
 
 def mpi_flavour(mpirun: str) -> str:
@@ -130,8 +135,9 @@ def mpi_flavour(mpirun: str) -> str:
     return "unknown"
 
 
-def mpirun_command(mpirun: str, flavour: str, plan: Plan, argv: list[str], oversubscribe: bool = False,
-                   python: str = sys.executable) -> list[str]:
+def mpirun_command(
+    mpirun: str, flavour: str, plan: Plan, argv: list[str], oversubscribe: bool = False, python: str = sys.executable
+) -> list[str]:
     """`mpirun` starting plan.ranks copies of `python -m jaxpong ARGV`, each bound to its own cores."""
     cmd = [mpirun, "-n", str(plan.ranks)]
     if flavour == "hydra":
@@ -175,8 +181,10 @@ def jax_platform(requested: str, network: str, gpu: bool) -> tuple[str, str]:
         return "cpu", "run.jax_platform cpu"
     if requested == "gpu":
         if not gpu:
-            raise ConfigError("run.jax_platform gpu: no CUDA device with JAX's CUDA plugin here; install "
-                              "jax[cuda12] on a GPU host, or use --jax-platform cpu")
+            raise ConfigError(
+                "run.jax_platform gpu: no CUDA device with JAX's CUDA plugin here; install "
+                "jax[cuda12] on a GPU host, or use --jax-platform cpu"
+            )
         return "cuda", "run.jax_platform gpu"
     if gpu and network != "mlp":
         return "cuda", f"auto: a GPU is here and the {network} network is convolutional"
@@ -188,8 +196,10 @@ def jax_platform(requested: str, network: str, gpu: bool) -> tuple[str, str]:
 def describe(world: int, hosts: int, host_cores: int, cores: int, num_envs: int, bound: bool) -> str:
     """The start line's plan, e.g. `16 cores: 8 ranks x 2 cores, 32 games each, 256 games in all`."""
     where = f"{host_cores} cores" if hosts == 1 else f"{hosts} hosts x {host_cores} cores"
-    line = (f"{where}: {world} rank{'s' if world != 1 else ''} x {cores} core{'s' if cores != 1 else ''}, "
-            f"{num_envs} games each, {num_envs * world} games in all")
+    line = (
+        f"{where}: {world} rank{'s' if world != 1 else ''} x {cores} core{'s' if cores != 1 else ''}, "
+        f"{num_envs} games each, {num_envs * world} games in all"
+    )
     if world > hosts and not bound:
         line += " (ranks not bound to cores: threads sized to an equal share; bind with mpirun -bind-to core:K)"
     return line

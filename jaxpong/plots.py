@@ -79,13 +79,27 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, title: str | None = N
             recent = _series(rows, "charts/return_last20")
             evals = _series(rows, "eval/mean_return")
             if per_update[2]:
-                ax.scatter(per_update[x_index], per_update[2], s=10, alpha=0.45, color=colour, linewidths=0,
-                           label=f"{label}: games ended in an update (mean)")
+                ax.scatter(
+                    per_update[x_index],
+                    per_update[2],
+                    s=10,
+                    alpha=0.45,
+                    color=colour,
+                    linewidths=0,
+                    label=f"{label}: games ended in an update (mean)",
+                )
             if recent[2]:
                 ax.plot(recent[x_index], recent[2], color=colour, label=f"{label}: last 20 games")
             if evals[2]:
-                ax.plot(evals[x_index], evals[2], color=colour, marker="s", markersize=4, linestyle="--",
-                        label=f"{label}: greedy eval")
+                ax.plot(
+                    evals[x_index],
+                    evals[2],
+                    color=colour,
+                    marker="s",
+                    markersize=4,
+                    linestyle="--",
+                    label=f"{label}: greedy eval",
+                )
             any_return |= bool(per_update[2] or evals[2])
         steps, _, sps = _series(rows, "charts/SPS")
         if sps:
@@ -97,8 +111,9 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path, title: str | None = N
         ax.axhline(0, color="grey", linewidth=0.5)
         ax.grid(alpha=0.3)
         if not any_return:
-            ax.text(0.5, 0.5, "no full game finished yet", transform=ax.transAxes, ha="center", va="center",
-                    color="grey")
+            ax.text(
+                0.5, 0.5, "no full game finished yet", transform=ax.transAxes, ha="center", va="center", color="grey"
+            )
     ax_step.set_title("return against agent steps")
     ax_time.set_title("return against wall-clock time")
     ax_sps.set_title("training speed")
@@ -146,7 +161,14 @@ def snapshots(run_dirs: list[str | Path], seconds: list[float]) -> list[dict]:
             before = [r for r in rows if r["process_s"] <= t]
             # A run logs every round (seconds apart); well after its last line it had stopped.
             row = before[-1] if before and t <= ends + 60.0 else None
-            out.append({"run": label, "algo": algo, "at_s": t, "ended_s": round(ends, 3),
-                        "after_end": bool(rows) and t > ends,
-                        **{k: (row.get(k) if row else None) for k in SNAPSHOT_KEYS}})
+            out.append(
+                {
+                    "run": label,
+                    "algo": algo,
+                    "at_s": t,
+                    "ended_s": round(ends, 3),
+                    "after_end": bool(rows) and t > ends,
+                    **{k: (row.get(k) if row else None) for k in SNAPSHOT_KEYS},
+                }
+            )
     return out

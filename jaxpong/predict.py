@@ -69,18 +69,26 @@ def steps_model(results: list[dict], rule: str, b_crit: float, cfg: Config) -> S
     return StepsModel(scales, {m: [r[f"steps_{m}"] for r in rows] for m in MILESTONES}, minibatch, b_crit)
 
 
-def predict(cfg: Config, measured, model: StepsModel, ranks: list[int], startup_s: float, rounds: int = 200,
-            seed: int = 0) -> list[dict]:
+def predict(
+    cfg: Config, measured, model: StepsModel, ranks: list[int], startup_s: float, rounds: int = 200, seed: int = 0
+) -> list[dict]:
     from jaxpong import simulate
 
     rows = []
     for n in ranks:
         scaled, _ = batch_rule.apply(cfg, n)
-        setup = dataclasses.replace(measured.setup, optimizer_steps=scaled.algo.update_epochs * scaled.algo.num_minibatches)
+        setup = dataclasses.replace(
+            measured.setup, optimizer_steps=scaled.algo.update_epochs * scaled.algo.num_minibatches
+        )
         out = simulate.simulate(dataclasses.replace(measured, setup=setup), "deadline", n, rounds=rounds, seed=seed)
         batch = cfg.algo.num_steps * cfg.env.num_envs * n / scaled.algo.num_minibatches
-        row = {"ranks": n, "samples_per_s": out.samples_per_s, "efficiency": out.efficiency,
-               "wait_fraction": out.wait_fraction, "optimizer_batch": batch}
+        row = {
+            "ranks": n,
+            "samples_per_s": out.samples_per_s,
+            "efficiency": out.efficiency,
+            "wait_fraction": out.wait_fraction,
+            "optimizer_batch": batch,
+        }
         for m in MILESTONES:
             steps = model.at(m, n, batch)
             row[f"steps_{m}"] = steps
@@ -111,12 +119,16 @@ def table(rows: list[dict]) -> str:
     def k(v):
         return "-" if v is None else f"{v / 1e6:.2f}M"
 
-    lines = ["| ranks | valid steps/s | efficiency | optimizer batch | steps to +18 | to 0 | to +18 | to +20 | limit |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| ranks | valid steps/s | efficiency | optimizer batch | steps to +18 | to 0 | to +18 | to +20 | limit |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['ranks']:,} | {r['samples_per_s']:,.0f} | {r['efficiency']:.3f} | {r['optimizer_batch']:,.0f} | "
-                     f"{k(r['steps_18'])} | {t(r['seconds_0'])} | {t(r['seconds_18'])} | {t(r['seconds_20'])} | "
-                     f"{r['limit']} |")
+        lines.append(
+            f"| {r['ranks']:,} | {r['samples_per_s']:,.0f} | {r['efficiency']:.3f} | {r['optimizer_batch']:,.0f} | "
+            f"{k(r['steps_18'])} | {t(r['seconds_0'])} | {t(r['seconds_18'])} | {t(r['seconds_20'])} | "
+            f"{r['limit']} |"
+        )
     return "\n".join(lines)
 
 
@@ -132,8 +144,15 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
         if pts:
             x, y = zip(*pts)
             ax.plot(x, y, style, marker="o", ms=3, label=f"predicted: mean {'above 0' if m == '0' else '+' + m}")
-    ax.scatter([SEED_2016["ranks"]], [SEED_2016["seconds"]], marker="*", s=160, color="crimson", zorder=5,
-               label="2016: mean above 0, 1,536 ARCHER cores")
+    ax.scatter(
+        [SEED_2016["ranks"]],
+        [SEED_2016["seconds"]],
+        marker="*",
+        s=160,
+        color="crimson",
+        zorder=5,
+        label="2016: mean above 0, 1,536 ARCHER cores",
+    )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("ranks")
@@ -155,7 +174,7 @@ def noise_scale_of(run_dir: Path) -> float:
             values.append(v)
     if not values:
         raise ConfigError(f"{run_dir}/metrics.jsonl holds no charts/noise_scale; give --b-crit or a newer run")
-    return float(np.median(values[len(values) // 2:]))
+    return float(np.median(values[len(values) // 2 :]))
 
 
 def startup_of(run_dir: Path) -> float:
@@ -163,9 +182,19 @@ def startup_of(run_dir: Path) -> float:
     return float(first["process_s"])
 
 
-def run(study_dir: str, from_dir: str, ranks: str, *, rule: str = "minibatch", b_crit: float | None = None,
-        startup_s: float | None = None, rounds: int = 200, seed: int = 0, collectives_file: str | None = None,
-        out: str | None = None) -> int:
+def run(
+    study_dir: str,
+    from_dir: str,
+    ranks: str,
+    *,
+    rule: str = "minibatch",
+    b_crit: float | None = None,
+    startup_s: float | None = None,
+    rounds: int = 200,
+    seed: int = 0,
+    collectives_file: str | None = None,
+    out: str | None = None,
+) -> int:
     """`jaxpong simulate --predict STUDY_DIR --from RUN_DIR`: the table, PNG and JSON of predicted times."""
     from jaxpong import config as config_lib
     from jaxpong import rundir, simulate
@@ -173,14 +202,18 @@ def run(study_dir: str, from_dir: str, ranks: str, *, rule: str = "minibatch", b
 
     study = Path(study_dir) / "results.jsonl"
     if not study.is_file():
-        raise ConfigError(f"--predict {study_dir!r}: no results.jsonl there; run python -m jaxpong.batchstudy --out DIR")
+        raise ConfigError(
+            f"--predict {study_dir!r}: no results.jsonl there; run python -m jaxpong.batchstudy --out DIR"
+        )
     run_dir = Path(from_dir)
     cfg = config_lib.validate(config_lib.from_dict(rundir.read_config(run_dir), f"{run_dir}/config.yaml"))
     # The study's runs pass the rule's minibatch counts explicitly (--batch-rule none): predict with the rule itself.
     cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))
     measured = simulate.measured_from_run(run_dir)
     if collectives_file:
-        measured = dataclasses.replace(measured, collectives=simulate.Collectives(**json.loads(Path(collectives_file).read_text())["collectives"]))
+        measured = dataclasses.replace(
+            measured, collectives=simulate.Collectives(**json.loads(Path(collectives_file).read_text())["collectives"])
+        )
     b_crit = b_crit or noise_scale_of(run_dir)
     startup_s = startup_s if startup_s is not None else startup_of(run_dir)
     model = steps_model(read_results(study), rule, b_crit, cfg)
@@ -189,9 +222,12 @@ def run(study_dir: str, from_dir: str, ranks: str, *, rule: str = "minibatch", b
     folder.mkdir(parents=True, exist_ok=True)
     text = table(rows)
     (folder / "prediction.md").write_text(text + "\n")
-    plot(rows, folder / "prediction.png",
-         f"predicted wall-clock to each milestone: {cfg.algo.algo}, {cfg.env.num_envs} games a rank, batch rule {rule}; "
-         f"B_crit {b_crit:,.0f}, start-up {startup_s:.0f} s")
+    plot(
+        rows,
+        folder / "prediction.png",
+        f"predicted wall-clock to each milestone: {cfg.algo.algo}, {cfg.env.num_envs} games a rank, batch rule {rule}; "
+        f"B_crit {b_crit:,.0f}, start-up {startup_s:.0f} s",
+    )
     print(text)
     print(f"table: {folder / 'prediction.md'}  plot: {folder / 'prediction.png'}")
     print(json.dumps({"b_crit": b_crit, "startup_s": startup_s, "rule": rule, "rows": rows}))

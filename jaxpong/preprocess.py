@@ -109,8 +109,15 @@ def stack84(frames):
     return frames
 
 
-PREPROCESSORS = {"karpathy80": karpathy80, "diff64": diff64, "diff32": diff32, "pool32": pool32, "pool16": pool16,
-                 "area32": area32, "stack84": stack84}
+PREPROCESSORS = {
+    "karpathy80": karpathy80,
+    "diff64": diff64,
+    "diff32": diff32,
+    "pool32": pool32,
+    "pool16": pool16,
+    "area32": area32,
+    "stack84": stack84,
+}
 
 
 def to_float(features):

@@ -52,8 +52,14 @@ import numpy as np
 
 from jaxpong.config import ConfigError
 
-COLOURS = {"collect": "#59a14f", "prepare": "#edc948", "wait": "#e15759", "update": "#4e79a7", "eval": "#b07aa1",
-           "masked": "#f28e2b"}
+COLOURS = {
+    "collect": "#59a14f",
+    "prepare": "#edc948",
+    "wait": "#e15759",
+    "update": "#4e79a7",
+    "eval": "#b07aa1",
+    "masked": "#f28e2b",
+}
 IMAGE_NAME = "imbalance.png"
 TEXT_NAME = "imbalance.txt"
 TRACE_NAME = "trace.json"
@@ -91,7 +97,9 @@ def check_run_dir(run_dir) -> Path:
 def _ranks_path(run_dir) -> Path:
     path = check_run_dir(run_dir) / "ranks.jsonl"
     if not path.is_file():
-        raise ConfigError(f"{str(path)!r} not found; ranks.jsonl is written by `jaxpong train` (rank 0) in its run directory")
+        raise ConfigError(
+            f"{str(path)!r} not found; ranks.jsonl is written by `jaxpong train` (rank 0) in its run directory"
+        )
     return path
 
 
@@ -160,7 +168,7 @@ class Rounds:
         return cols[1:] if len(cols) > 1 else cols
 
     @classmethod
-    def from_records(cls, records) -> "Rounds":
+    def from_records(cls, records) -> Rounds:
         columns = _Columns()
         columns.extend(list(records))
         return columns.build()
@@ -196,8 +204,9 @@ class _Columns:
     def build(self) -> Rounds:
         if not len(self):
             empty = np.zeros((0, 0))
-            return Rounds(np.zeros(0, np.int64), np.zeros(0, np.int64), empty.astype(bool), *[empty] * 8,
-                          empty.astype(bool))
+            return Rounds(
+                np.zeros(0, np.int64), np.zeros(0, np.int64), empty.astype(bool), *[empty] * 8, empty.astype(bool)
+            )
         values = {k: np.concatenate(c) for k, c in self.chunks.items()}
         rank, update = values["rank"].astype(np.int64), values["update"].astype(np.int64)
         first = int(update.min())
@@ -212,11 +221,19 @@ class _Columns:
         present = np.zeros(shape, bool)
         present[row, col] = True
         return Rounds(
-            ranks=np.arange(shape[0]), updates=np.arange(first, first + shape[1]), present=present,
-            start_s=matrix("start_s"), collect_s=matrix("collect_s"), compute_s=matrix("compute_s"),
-            wait_s=matrix("wait_s"), eval_s=np.where(present, matrix("eval_s", 0.0), math.nan),
-            prepare_s=matrix("prepare_s"), valid=matrix("valid_samples", 0.0), masked=matrix("masked_samples", 0.0),
-            cut=matrix("cut_by_deadline", 0.0) > 0)
+            ranks=np.arange(shape[0]),
+            updates=np.arange(first, first + shape[1]),
+            present=present,
+            start_s=matrix("start_s"),
+            collect_s=matrix("collect_s"),
+            compute_s=matrix("compute_s"),
+            wait_s=matrix("wait_s"),
+            eval_s=np.where(present, matrix("eval_s", 0.0), math.nan),
+            prepare_s=matrix("prepare_s"),
+            valid=matrix("valid_samples", 0.0),
+            masked=matrix("masked_samples", 0.0),
+            cut=matrix("cut_by_deadline", 0.0) > 0,
+        )
 
 
 READ_CHUNK = 20_000  # lines parsed at once
@@ -309,11 +326,21 @@ def rank_stats(records) -> list[RankStats]:
     for i in np.flatnonzero(n):
         busy = collect[i] + compute[i] + wait[i]
         v, m = int(valid[i]), int(masked[i])
-        out.append(RankStats(
-            rank=int(rounds.ranks[i]), rounds=int(n[i]), collect_s=float(collect[i] / n[i]),
-            compute_s=float(compute[i] / n[i]), wait_s=float(wait[i] / n[i]),
-            wait_fraction=float(wait[i] / busy) if busy > 0 else 0.0, valid_samples=v, masked_samples=m,
-            masked_fraction=m / (v + m) if v + m else 0.0, last_arrivals=int(last[i]), cut_rounds=int(cut[i])))
+        out.append(
+            RankStats(
+                rank=int(rounds.ranks[i]),
+                rounds=int(n[i]),
+                collect_s=float(collect[i] / n[i]),
+                compute_s=float(compute[i] / n[i]),
+                wait_s=float(wait[i] / n[i]),
+                wait_fraction=float(wait[i] / busy) if busy > 0 else 0.0,
+                valid_samples=v,
+                masked_samples=m,
+                masked_fraction=m / (v + m) if v + m else 0.0,
+                last_arrivals=int(last[i]),
+                cut_rounds=int(cut[i]),
+            )
+        )
     return out
 
 
@@ -345,8 +372,11 @@ def late_senders(stats: list[RankStats]) -> list[RankStats]:
     if not candidates or not others:
         return []
     typical = float(np.median(others))
-    late = [s for s in candidates
-            if typical - s.wait_fraction >= 0.05 or (typical >= 0.01 and s.wait_fraction <= 0.5 * typical)]
+    late = [
+        s
+        for s in candidates
+        if typical - s.wait_fraction >= 0.05 or (typical >= 0.01 and s.wait_fraction <= 0.5 * typical)
+    ]
     return sorted(late, key=lambda s: (-s.last_arrivals, s.wait_fraction, s.rank))
 
 
@@ -361,8 +391,9 @@ def slow_collectors(stats: list[RankStats]) -> list[RankStats]:
     if len(stats) < 2 or len(speeds) < 2:
         return []
     typical = float(np.median(speeds))
-    return sorted((s for s in stats if 0 < s.collect_speed < SLOW_COLLECTOR * typical),
-                  key=lambda s: (s.collect_speed, s.rank))
+    return sorted(
+        (s for s in stats if 0 < s.collect_speed < SLOW_COLLECTOR * typical), key=lambda s: (s.collect_speed, s.rank)
+    )
 
 
 def _slow_text(slow: list[RankStats], stats: list[RankStats]) -> str:
@@ -375,14 +406,18 @@ def _slow_text(slow: list[RankStats], stats: list[RankStats]) -> str:
     named = slow[:NAMED_MAX]
     more = f" and {len(slow) - len(named)} more (in {TEXT_NAME})" if len(slow) > len(named) else ""
     speed = float(np.mean([s.collect_speed for s in slow])) / float(np.median([s.collect_speed for s in others]))
-    text = (f" {'Rank' if one else 'Ranks'} {_and([str(s.rank) for s in named])}{more} "
-            f"{'plays' if one else 'play'} slowly: {speed:.2f}x the others' samples per second of collection")
+    text = (
+        f" {'Rank' if one else 'Ranks'} {_and([str(s.rank) for s in named])}{more} "
+        f"{'plays' if one else 'play'} slowly: {speed:.2f}x the others' samples per second of collection"
+    )
     cut = sum(s.cut_rounds for s in slow) / max(sum(s.rounds for s in slow), 1)
     others_valid = float(np.mean([s.valid_samples / max(s.rounds, 1) for s in others]))
     if cut >= 0.5 and others_valid > 0:
         valid = float(np.mean([s.valid_samples / max(s.rounds, 1) for s in slow]))
-        text += (f"; the deadline cut {'its' if one else 'their'} collection in {_pct(cut)} of rounds, so "
-                 f"{'it' if one else 'they'} arrived on time with {_pct(valid / others_valid)} of the others' samples")
+        text += (
+            f"; the deadline cut {'its' if one else 'their'} collection in {_pct(cut)} of rounds, so "
+            f"{'it' if one else 'they'} arrived on time with {_pct(valid / others_valid)} of the others' samples"
+        )
     return text + "."
 
 
@@ -393,13 +428,18 @@ def finding(stats: list[RankStats]) -> str:
     rounds = max(s.rounds for s in stats)
     valid = sum(s.valid_samples for s in stats)
     masked = sum(s.masked_samples for s in stats)
-    masked_txt = (f" {_pct(masked / (valid + masked))} of the samples were masked (played, but no gradient weight)."
-                  if masked else "")
+    masked_txt = (
+        f" {_pct(masked / (valid + masked))} of the samples were masked (played, but no gradient weight)."
+        if masked
+        else ""
+    )
     if len(stats) == 1:
         s = stats[0]
         busy = s.collect_s + s.compute_s + s.wait_s
-        return (f"one rank: nobody to wait for; per round it spent {_pct(s.collect_s / busy)} of its time collecting "
-                f"and {_pct(s.compute_s / busy)} in the update.{masked_txt}")
+        return (
+            f"one rank: nobody to wait for; per round it spent {_pct(s.collect_s / busy)} of its time collecting "
+            f"and {_pct(s.compute_s / busy)} in the update.{masked_txt}"
+        )
     late = late_senders(stats)
     late_ranks = {s.rank for s in late}
     slow = [s for s in slow_collectors(stats) if s.rank not in late_ranks]
@@ -407,9 +447,11 @@ def finding(stats: list[RankStats]) -> str:
     if not late:
         top = max(stats, key=lambda s: (s.last_arrivals, -s.wait_fraction))
         mean_wait = float(np.mean([s.wait_fraction for s in stats]))
-        return (f"no persistent late sender: the last arrival moves between ranks (most often rank {top.rank}, in "
-                f"{_pct(top.last_arrivals / max(rounds, 1))} of {rounds} rounds); the ranks lost on average "
-                f"{_pct(mean_wait)} of their time waiting.{slow_txt}{masked_txt}")
+        return (
+            f"no persistent late sender: the last arrival moves between ranks (most often rank {top.rank}, in "
+            f"{_pct(top.last_arrivals / max(rounds, 1))} of {rounds} rounds); the ranks lost on average "
+            f"{_pct(mean_wait)} of their time waiting.{slow_txt}{masked_txt}"
+        )
     others = [s for s in stats if s.rank not in late_ranks]
     one = len(late) == 1
     named = late[:NAMED_MAX]
@@ -419,30 +461,38 @@ def finding(stats: list[RankStats]) -> str:
     else:
         together = sum(s.last_arrivals for s in late) / max(rounds, 1)
         more = f" and {len(late) - len(named)} more (in {TEXT_NAME})" if len(late) > len(named) else ""
-        text = (f"ranks {_and([str(s.rank) for s in named])}{more} are the persistent late senders: together they "
-                f"arrived last in {_pct(together)} of {rounds} rounds "
-                f"({', '.join(f'rank {s.rank} in {share}' for s, share in zip(named, shares))})")
+        text = (
+            f"ranks {_and([str(s.rank) for s in named])}{more} are the persistent late senders: together they "
+            f"arrived last in {_pct(together)} of {rounds} rounds "
+            f"({', '.join(f'rank {s.rank} in {share}' for s, share in zip(named, shares))})"
+        )
     late_collect = float(np.mean([s.collect_s for s in late]))
     others_collect = float(np.mean([s.collect_s for s in others]))
     ratio = late_collect / others_collect if others_collect > 0 else math.inf
     if ratio >= 1.2:
-        text += (f", {'its' if one else 'their'} collection took {ratio:.1f}x as long as the others' "
-                 f"({late_collect:.3g} s against {others_collect:.3g} s per round)")
+        text += (
+            f", {'its' if one else 'their'} collection took {ratio:.1f}x as long as the others' "
+            f"({late_collect:.3g} s against {others_collect:.3g} s per round)"
+        )
     others_wait = float(np.mean([s.wait_fraction for s in others]))
     others_wait_s = float(np.mean([s.wait_s for s in others]))
     late_wait = float(np.mean([s.wait_fraction for s in late]))
     who = "the other rank lost" if len(others) == 1 else f"the other {len(others)} ranks lost on average"
     whom = f"rank {named[0].rank} itself" if one else "the late senders"
-    text += (f"; {who} {_pct(others_wait)} of {'its' if len(others) == 1 else 'their'} time waiting for "
-             f"{'it' if one else 'them'} ({others_wait_s:.3g} s per round), against {_pct(late_wait)} for {whom}.")
+    text += (
+        f"; {who} {_pct(others_wait)} of {'its' if len(others) == 1 else 'their'} time waiting for "
+        f"{'it' if one else 'them'} ({others_wait_s:.3g} s per round), against {_pct(late_wait)} for {whom}."
+    )
     late_rounds = sum(s.rounds for s in late)
     if sum(s.cut_rounds for s in late) >= 0.5 * late_rounds:
         others_valid = float(np.mean([s.valid_samples for s in others]))
         if others_valid > 0:
-            text += (f" The deadline cut {'its' if one else 'their'} collection in "
-                     f"{_pct(sum(s.cut_rounds for s in late) / late_rounds)} of rounds, so "
-                     f"{'it' if one else 'they'} joined with "
-                     f"{_pct(float(np.mean([s.valid_samples for s in late])) / others_valid)} of the others' samples.")
+            text += (
+                f" The deadline cut {'its' if one else 'their'} collection in "
+                f"{_pct(sum(s.cut_rounds for s in late) / late_rounds)} of rounds, so "
+                f"{'it' if one else 'they'} joined with "
+                f"{_pct(float(np.mean([s.valid_samples for s in late])) / others_valid)} of the others' samples."
+            )
     elif ratio < 1.2 and one and named[0].rank == 0:
         text += " Its collection is not slower: rank 0's own host work between rounds (logging, checkpoints, evaluations) delays it."
     return text + slow_txt + masked_txt
@@ -465,8 +515,10 @@ def useful_ranks_line(noise_scale: float, samples_per_step: float, ranks: int) -
     useful = useful_ranks(noise_scale, per_rank)
     if not math.isfinite(useful):
         return None
-    head = (f"critical batch about {noise_scale:,.0f} samples per optimizer step (gradient noise scale); "
-            f"one rank gives {per_rank:,.0f}")
+    head = (
+        f"critical batch about {noise_scale:,.0f} samples per optimizer step (gradient noise scale); "
+        f"one rank gives {per_rank:,.0f}"
+    )
     if useful < 1:
         return f"{head}, already past it: more ranks would add samples that buy little (this run: {ranks})."
     return f"{head}: up to about {useful:.1f} ranks are useful (this run: {ranks})."
@@ -476,44 +528,62 @@ def noise_scale_line(metrics: list[dict]) -> str | None:
     """useful_ranks_line from the last metrics line that measured the noise scale (None if none did)."""
     for line in reversed(metrics):
         if "charts/noise_scale" in line and "charts/optimizer_batch" in line:
-            return useful_ranks_line(line["charts/noise_scale"], line["charts/optimizer_batch"],
-                                     int(line.get("comm/world_size", 1)))
+            return useful_ranks_line(
+                line["charts/noise_scale"], line["charts/optimizer_batch"], int(line.get("comm/world_size", 1))
+            )
     return None
 
 
 def table(stats: list[RankStats], limit: int | None = None) -> str:
     """The per-rank table; with `limit`, only the `limit` ranks most often last (when there are more)."""
-    head = (f"{'rank':>4}  {'rounds':>6}  {'collect s':>9}  {'compute s':>9}  {'wait s':>8}  {'wait %':>6}  "
-            f"{'valid':>9}  {'masked':>8}  {'masked %':>8}  {'last':>5}  {'last %':>6}  {'cut':>5}")
+    head = (
+        f"{'rank':>4}  {'rounds':>6}  {'collect s':>9}  {'compute s':>9}  {'wait s':>8}  {'wait %':>6}  "
+        f"{'valid':>9}  {'masked':>8}  {'masked %':>8}  {'last':>5}  {'last %':>6}  {'cut':>5}"
+    )
     shown = stats
     if limit is not None and len(stats) > limit:
         shown = sorted(stats, key=lambda s: (-s.last_arrivals, s.wait_fraction, s.rank))[:limit]
     lines = [head, "-" * len(head)]
     for s in shown:
-        lines.append(f"{s.rank:>4}  {s.rounds:>6}  {s.collect_s:>9.4f}  {s.compute_s:>9.4f}  {s.wait_s:>8.4f}  "
-                     f"{100 * s.wait_fraction:>6.1f}  {s.valid_samples:>9,}  {s.masked_samples:>8,}  "
-                     f"{100 * s.masked_fraction:>8.1f}  {s.last_arrivals:>5}  "
-                     f"{100 * s.last_arrivals / max(s.rounds, 1):>6.1f}  {s.cut_rounds:>5}")
+        lines.append(
+            f"{s.rank:>4}  {s.rounds:>6}  {s.collect_s:>9.4f}  {s.compute_s:>9.4f}  {s.wait_s:>8.4f}  "
+            f"{100 * s.wait_fraction:>6.1f}  {s.valid_samples:>9,}  {s.masked_samples:>8,}  "
+            f"{100 * s.masked_fraction:>8.1f}  {s.last_arrivals:>5}  "
+            f"{100 * s.last_arrivals / max(s.rounds, 1):>6.1f}  {s.cut_rounds:>5}"
+        )
     if shown is not stats:
         waits = np.array([s.wait_fraction for s in stats])
-        lines.append(f"({len(shown)} of {len(stats)} ranks: those most often last; every rank is in {TEXT_NAME}. "
-                     f"Wait % over all ranks: min {100 * waits.min():.1f}, median {100 * np.median(waits):.1f}, "
-                     f"max {100 * waits.max():.1f})")
+        lines.append(
+            f"({len(shown)} of {len(stats)} ranks: those most often last; every rank is in {TEXT_NAME}. "
+            f"Wait % over all ranks: min {100 * waits.min():.1f}, median {100 * np.median(waits):.1f}, "
+            f"max {100 * waits.max():.1f})"
+        )
     return "\n".join(lines)
 
 
 def _stat_json(s: RankStats) -> dict:
-    return {"rank": s.rank, "wait_fraction": round(s.wait_fraction, 4), "masked_fraction": round(s.masked_fraction, 4),
-            "last_arrivals": s.last_arrivals, "rounds": s.rounds, "collect_s": round(s.collect_s, 6),
-            "compute_s": round(s.compute_s, 6), "wait_s": round(s.wait_s, 6), "valid_samples": s.valid_samples,
-            "masked_samples": s.masked_samples}
+    return {
+        "rank": s.rank,
+        "wait_fraction": round(s.wait_fraction, 4),
+        "masked_fraction": round(s.masked_fraction, 4),
+        "last_arrivals": s.last_arrivals,
+        "rounds": s.rounds,
+        "collect_s": round(s.collect_s, 6),
+        "compute_s": round(s.compute_s, 6),
+        "wait_s": round(s.wait_s, 6),
+        "valid_samples": s.valid_samples,
+        "masked_samples": s.masked_samples,
+    }
 
 
 def summary(stats: list[RankStats], text: str) -> dict:
     """The machine-readable result (the last line `report` prints). "ranks" lists every rank up to
     TABLE_MAX_RANKS, above that the TABLE_TOP most often last (RUN_DIR/imbalance.txt lists them all)."""
-    listed = stats if len(stats) <= TABLE_MAX_RANKS else \
-        sorted(stats, key=lambda s: (-s.last_arrivals, s.wait_fraction, s.rank))[:TABLE_TOP]
+    listed = (
+        stats
+        if len(stats) <= TABLE_MAX_RANKS
+        else sorted(stats, key=lambda s: (-s.last_arrivals, s.wait_fraction, s.rank))[:TABLE_TOP]
+    )
     return {
         "num_ranks": len(stats),
         "ranks": [_stat_json(s) for s in listed],
@@ -540,13 +610,22 @@ def _phases(rounds: Rounds) -> list[str]:
 def _phase_seconds(rounds: Rounds, phase: str) -> np.ndarray:
     """Each phase's duration per (rank, round), in the order a round runs them."""
     prepare = np.nan_to_num(rounds.prepare_s) if rounds.has_prepare else np.zeros_like(rounds.compute_s)
-    return {"collect": rounds.collect_s, "prepare": prepare, "wait": rounds.wait_s,
-            "update": np.maximum(rounds.compute_s - prepare, 0.0), "eval": rounds.eval_s}[phase]
+    return {
+        "collect": rounds.collect_s,
+        "prepare": prepare,
+        "wait": rounds.wait_s,
+        "update": np.maximum(rounds.compute_s - prepare, 0.0),
+        "eval": rounds.eval_s,
+    }[phase]
 
 
-PHASE_LABELS = {"collect": "collect (play games)", "prepare": "prepare (returns, before the gather)",
-                "wait": "wait for the last rank (gather)", "update": "update (gradients + allreduce)",
-                "eval": "evaluation (rank 0, between rounds)"}
+PHASE_LABELS = {
+    "collect": "collect (play games)",
+    "prepare": "prepare (returns, before the gather)",
+    "wait": "wait for the last rank (gather)",
+    "update": "update (gradients + allreduce)",
+    "eval": "evaluation (rank 0, between rounds)",
+}
 
 
 def plot_timeline(rounds: Rounds, stats: list[RankStats], path: Path, last_rounds: int = 20, title: str = "") -> Path:
@@ -568,7 +647,9 @@ def plot_timeline(rounds: Rounds, stats: list[RankStats], path: Path, last_round
         t = rounds.start_s[rank, here].copy()
         for part in phases:
             d = np.nan_to_num(seconds[part][rank, here])
-            ax.broken_barh(list(zip(t.tolist(), d.tolist())), (rank - 0.38, 0.76), facecolors=COLOURS[part], linewidth=0)
+            ax.broken_barh(
+                list(zip(t.tolist(), d.tolist())), (rank - 0.38, 0.76), facecolors=COLOURS[part], linewidth=0
+            )
             t = t + d
     ax.set_yticks(ranks)
     ax.set_yticklabels([f"rank {r}" for r in ranks])
@@ -581,17 +662,30 @@ def plot_timeline(rounds: Rounds, stats: list[RankStats], path: Path, last_round
     handles = [Patch(color=COLOURS[p], label=PHASE_LABELS[p]) for p in _phases(rounds)]
     if np.nan_to_num(rounds.eval_s[:, shown]).any():
         handles.append(Patch(color=COLOURS["eval"], label=PHASE_LABELS["eval"]))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.7 / height), ncol=len(handles), frameon=False,
-              fontsize=9)
+    ax.legend(
+        handles=handles,
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.7 / height),
+        ncol=len(handles),
+        frameon=False,
+        fontsize=9,
+    )
     x = np.arange(len(stats))
     wait = [s.wait_fraction for s in stats]
     masked = [s.masked_fraction for s in stats]
     bx.bar(x - 0.2, wait, 0.4, color=COLOURS["wait"], label="wait fraction")
     bx.bar(x + 0.2, masked, 0.4, color=COLOURS["masked"], label="masked fraction of samples")
     for i, s in enumerate(stats):
-        bx.annotate(f"last {100 * s.last_arrivals / max(s.rounds, 1):.0f}%", (i - 0.2, wait[i]),
-                    ha="center", va="bottom", fontsize=8 if len(stats) <= 16 else 6, xytext=(0, 2),
-                    textcoords="offset points", rotation=0 if len(stats) <= 16 else 90)
+        bx.annotate(
+            f"last {100 * s.last_arrivals / max(s.rounds, 1):.0f}%",
+            (i - 0.2, wait[i]),
+            ha="center",
+            va="bottom",
+            fontsize=8 if len(stats) <= 16 else 6,
+            xytext=(0, 2),
+            textcoords="offset points",
+            rotation=0 if len(stats) <= 16 else 90,
+        )
     bx.set_xticks(x)
     bx.set_xticklabels([f"rank {s.rank}" if len(stats) <= 8 else str(s.rank) for s in stats])
     if len(stats) > 8:
@@ -606,18 +700,34 @@ def plot_timeline(rounds: Rounds, stats: list[RankStats], path: Path, last_round
     if typical > 0:
         cx = bx.twinx()
         ratio = speeds / typical
-        cx.plot(x, ratio, "o", color=COLOURS["collect"], markersize=5,
-                label="collection speed / the median rank's (right axis)")
+        cx.plot(
+            x,
+            ratio,
+            "o",
+            color=COLOURS["collect"],
+            markersize=5,
+            label="collection speed / the median rank's (right axis)",
+        )
         for i in np.flatnonzero(ratio < SLOW_COLLECTOR):
-            cx.annotate(f"{ratio[i]:.2f}x", (x[i], ratio[i]), xytext=(0, -14), textcoords="offset points",
-                        ha="center", fontsize=8, color=COLOURS["collect"])
+            cx.annotate(
+                f"{ratio[i]:.2f}x",
+                (x[i], ratio[i]),
+                xytext=(0, -14),
+                textcoords="offset points",
+                ha="center",
+                fontsize=8,
+                color=COLOURS["collect"],
+            )
         cx.set_ylim(0, max(1.5, float(ratio.max()) * 1.3))  # room for the legend above the points
         cx.set_ylabel("collection speed / median", color=COLOURS["collect"])
         more_handles, more_labels = cx.get_legend_handles_labels()
         handles, labels = handles + more_handles, labels + more_labels
     bx.legend(handles, labels, loc="upper left", fontsize=9, frameon=False, ncol=3)
-    bx.set_title("per rank: share of time waiting, share of samples masked ('last': rounds it arrived last), "
-                 "speed of collection", fontsize=10)
+    bx.set_title(
+        "per rank: share of time waiting, share of samples masked ('last': rounds it arrived last), "
+        "speed of collection",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -672,8 +782,12 @@ def plot_heatmap(rounds: Rounds, stats: list[RankStats], path: Path, text: str =
     masked_cells = _bin(masked, per_row, per_col, np.nanmax)
     first_update, last_update = int(rounds.updates[cols[0]]), int(rounds.updates[cols[-1]])
     # cell edges in rank and update units, so that the axes read in ranks and rounds whatever the binning
-    extent = (first_update - 0.5, first_update - 0.5 + wait_cells.shape[1] * per_col,
-              wait_cells.shape[0] * per_row - 0.5, -0.5)
+    extent = (
+        first_update - 0.5,
+        first_update - 0.5 + wait_cells.shape[1] * per_col,
+        wait_cells.shape[0] * per_row - 0.5,
+        -0.5,
+    )
 
     fig = plt.figure(figsize=HEATMAP_SIZE)
     cmap_wait = plt.get_cmap("Reds").with_extremes(bad="#bbbbbb")
@@ -683,10 +797,22 @@ def plot_heatmap(rounds: Rounds, stats: list[RankStats], path: Path, text: str =
     rows_txt = "one row per rank" if per_row == 1 else f"one row per {per_row} neighbouring ranks"
     cols_txt = "one column per round" if per_col == 1 else f"one column per {per_col} rounds (their mean)"
     panels = [
-        (wait_cells, cmap_wait, wait_top, "wait fraction per rank and round",
-         "share of the round spent waiting at the gather", "their lowest: the latest arrival"),
-        (masked_cells, cmap_masked, masked_top, "masked fraction per rank and round",
-         "share of the round's samples masked", "their highest"),
+        (
+            wait_cells,
+            cmap_wait,
+            wait_top,
+            "wait fraction per rank and round",
+            "share of the round spent waiting at the gather",
+            "their lowest: the latest arrival",
+        ),
+        (
+            masked_cells,
+            cmap_masked,
+            masked_top,
+            "masked fraction per rank and round",
+            "share of the round's samples masked",
+            "their highest",
+        ),
     ]
     axes = []
     for (cells, cmap, top, title, bar_label, pick), left in zip(panels, _HEAT_LEFTS):
@@ -706,8 +832,16 @@ def plot_heatmap(rounds: Rounds, stats: list[RankStats], path: Path, text: str =
         axes.append(ax)
     axes[0].set_ylabel("rank")
     if not np.nan_to_num(masked).any():
-        axes[1].text(0.5, 0.5, "no sample was masked in this run\n(PPO, or pg without --pg-unscored mask)",
-                     transform=axes[1].transAxes, ha="center", va="center", fontsize=10, color="#444444")
+        axes[1].text(
+            0.5,
+            0.5,
+            "no sample was masked in this run\n(PPO, or pg without --pg-unscored mask)",
+            transform=axes[1].transAxes,
+            ha="center",
+            va="center",
+            fontsize=10,
+            color="#444444",
+        )
 
     # per rank: the share of rounds it arrived last (the most of its row's ranks), its wait fraction over
     # all rounds and its collection speed against the median rank's (the least of its row's ranks); the
@@ -724,24 +858,47 @@ def plot_heatmap(rounds: Rounds, stats: list[RankStats], path: Path, text: str =
     px = fig.add_axes((_PROFILE_LEFT, _HEAT_BOTTOM, _PROFILE_WIDTH, _HEAT_HEIGHT), sharey=axes[0])
     centres = np.arange(len(share_rows)) * per_row + (per_row - 1) / 2
     rows_px = HEATMAP_SIZE[1] * HEATMAP_DPI * _HEAT_HEIGHT
-    px.barh(centres, share_rows, height=max(per_row, 3 * n_ranks / rows_px), color=COLOURS["update"], linewidth=0,
-            label="arrived last (share of rounds)")
+    px.barh(
+        centres,
+        share_rows,
+        height=max(per_row, 3 * n_ranks / rows_px),
+        color=COLOURS["update"],
+        linewidth=0,
+        label="arrived last (share of rounds)",
+    )
     px.plot(wait_rows, centres, color=COLOURS["wait"], linewidth=0.9, label="wait fraction (all rounds)")
     if np.isfinite(speed_rows).any():
-        px.plot(speed_rows, centres, color=COLOURS["collect"], linewidth=0.9,
-                label="collection speed / the median rank's")
+        px.plot(
+            speed_rows, centres, color=COLOURS["collect"], linewidth=0.9, label="collection speed / the median rank's"
+        )
     late = late_senders(stats)
     late_ranks = {s.rank for s in late}
     slow = [s for s in slow_collectors(stats) if s.rank not in late_ranks]
-    notes = [(f"rank {s.rank}: last in {_pct(s.last_arrivals / max(s.rounds, 1))} of rounds, waits "
-              f"{_pct(s.wait_fraction)}", s.last_arrivals / max(s.rounds, 1), s.rank) for s in late[:NAMED_MAX]]
-    notes += [(f"rank {s.rank}: collects at {s.collect_speed / typical_speed:.2f}x", s.collect_speed / typical_speed,
-               s.rank) for s in slow[:NAMED_MAX]]
+    notes = [
+        (
+            f"rank {s.rank}: last in {_pct(s.last_arrivals / max(s.rounds, 1))} of rounds, waits "
+            f"{_pct(s.wait_fraction)}",
+            s.last_arrivals / max(s.rounds, 1),
+            s.rank,
+        )
+        for s in late[:NAMED_MAX]
+    ]
+    notes += [
+        (f"rank {s.rank}: collects at {s.collect_speed / typical_speed:.2f}x", s.collect_speed / typical_speed, s.rank)
+        for s in slow[:NAMED_MAX]
+    ]
     for i, (label, x, y) in enumerate(notes):
-        px.annotate(label, (x, y), xytext=(-8 if x > 0.6 else 8, -14 - 11 * (i % 3)), textcoords="offset points",
-                    ha="right" if x > 0.6 else "left", fontsize=8, color="#222222",
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
-                    arrowprops={"arrowstyle": "-", "color": "#666666", "lw": 0.6})
+        px.annotate(
+            label,
+            (x, y),
+            xytext=(-8 if x > 0.6 else 8, -14 - 11 * (i % 3)),
+            textcoords="offset points",
+            ha="right" if x > 0.6 else "left",
+            fontsize=8,
+            color="#222222",
+            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+            arrowprops={"arrowstyle": "-", "color": "#666666", "lw": 0.6},
+        )
     more = len(late) - min(len(late), NAMED_MAX) + len(slow) - min(len(slow), NAMED_MAX)
     if more:
         px.text(0.98, 0.02, f"+ {more} more named in {TEXT_NAME}", transform=px.transAxes, ha="right", fontsize=8)
@@ -751,15 +908,19 @@ def plot_heatmap(rounds: Rounds, stats: list[RankStats], path: Path, text: str =
     px.tick_params(labelleft=False)
     px.grid(axis="x", alpha=0.3)
     px.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=1, fontsize=8, frameon=False, borderaxespad=0.2)
-    named = ("named: last far more often than chance and waiting\nless than the others; or collecting below "
-             f"{SLOW_COLLECTOR:.2f}x the median"
-             + ("" if per_row == 1 else f";\none bar per {per_row} ranks (the most last), lines: their lowest"))
+    named = (
+        "named: last far more often than chance and waiting\nless than the others; or collecting below "
+        f"{SLOW_COLLECTOR:.2f}x the median"
+        + ("" if per_row == 1 else f";\none bar per {per_row} ranks (the most last), lines: their lowest")
+    )
     px.text(0.0, -0.075, named, transform=px.transAxes, fontsize=8, va="top", color="#444444")
     axes[0].set_ylim(n_ranks - 0.5, -0.5)
 
     compiled = int(rounds.updates[np.flatnonzero(rounds.present.any(axis=0))[0]])
-    head = (f"{n_ranks} ranks, rounds {first_update}-{last_update}"
-            f"{f' (round {compiled} compiles and is left out)' if compiled < first_update else ''}; grey: no record")
+    head = (
+        f"{n_ranks} ranks, rounds {first_update}-{last_update}"
+        f"{f' (round {compiled} compiles and is left out)' if compiled < first_update else ''}; grey: no record"
+    )
     fig.text(0.01, 0.985, head, fontsize=11, weight="bold", va="top")
     fig.text(0.01, 0.955, "\n".join(textwrap.wrap(text, 210)[:3]), fontsize=9, va="top")
     fig.savefig(path, dpi=HEATMAP_DPI)
@@ -785,18 +946,32 @@ def write_trace(rounds: Rounds, path: Path, last_rounds: int = 0, name: str = ""
         cols = cols[-last_rounds:]
     phases = _phases(rounds)
     seconds = {p: _phase_seconds(rounds, p) for p in [*phases, "eval"]}
-    head = {"displayTimeUnit": "ms",
-            "otherData": {"source": "jaxpong report", "run": name, "time": "microseconds since the start barrier",
-                          "phases": " -> ".join(phases) + " (eval: rank 0 between rounds)"}}
+    head = {
+        "displayTimeUnit": "ms",
+        "otherData": {
+            "source": "jaxpong report",
+            "run": name,
+            "time": "microseconds since the start barrier",
+            "phases": " -> ".join(phases) + " (eval: rank 0 between rounds)",
+        },
+    }
     events = 0
     with open(path, "w") as out:
         out.write('{"traceEvents": [\n')
         meta = [{"name": "process_name", "ph": "M", "pid": 1, "tid": 1, "args": {"name": f"jaxpong {name}".strip()}}]
         for rank in rounds.rank_rows():
-            meta.append({"name": "thread_name", "ph": "M", "pid": 1, "tid": int(rank) + 1,
-                         "args": {"name": f"rank {rank}"}})
-            meta.append({"name": "thread_sort_index", "ph": "M", "pid": 1, "tid": int(rank) + 1,
-                         "args": {"sort_index": int(rank)}})
+            meta.append(
+                {"name": "thread_name", "ph": "M", "pid": 1, "tid": int(rank) + 1, "args": {"name": f"rank {rank}"}}
+            )
+            meta.append(
+                {
+                    "name": "thread_sort_index",
+                    "ph": "M",
+                    "pid": 1,
+                    "tid": int(rank) + 1,
+                    "args": {"sort_index": int(rank)},
+                }
+            )
         out.write(",\n".join(json.dumps(m) for m in meta))
         for rank in rounds.rank_rows():
             here = cols[rounds.present[rank, cols]]
@@ -809,14 +984,23 @@ def write_trace(rounds: Rounds, path: Path, last_rounds: int = 0, name: str = ""
                 d = np.nan_to_num(seconds[phase][rank, here]) * 1e6
                 parts.append((phase, t.tolist(), d.tolist()))
                 t = t + d
-            lines = [f'{{"name":"{phase}","ph":"X","pid":1,"tid":{rank + 1},"ts":{ts[i]:.0f},"dur":{dur[i]:.0f},'
-                     f'"args":{{"update":{u}}}}}'
-                     for i, u in enumerate(updates) for phase, ts, dur in parts if phase != "eval" or dur[i] > 0]
+            lines = [
+                f'{{"name":"{phase}","ph":"X","pid":1,"tid":{rank + 1},"ts":{ts[i]:.0f},"dur":{dur[i]:.0f},'
+                f'"args":{{"update":{u}}}}}'
+                for i, u in enumerate(updates)
+                for phase, ts, dur in parts
+                if phase != "eval" or dur[i] > 0
+            ]
             events += len(lines)
             out.write(",\n" + ",\n".join(lines))
         out.write("\n],\n" + json.dumps(head)[1:] + "\n")
-    return {"path": str(path), "events": events, "ranks": int(len(rounds.rank_rows())), "rounds": int(len(cols)),
-            "phases": phases}
+    return {
+        "path": str(path),
+        "events": events,
+        "ranks": int(len(rounds.rank_rows())),
+        "rounds": int(len(cols)),
+        "phases": phases,
+    }
 
 
 # -- the command ----------------------------------------------------------------------------------
@@ -828,7 +1012,9 @@ def trace_rounds_that_fit(ranks: int, rounds: int) -> int:
     return min(rounds, max(1, TRACE_MAX_EVENTS // max(1, 3 * ranks)))
 
 
-def make_report(run_dir, last_rounds: int = 20, out=None, picture: str = "auto", trace_rounds: int | None = None) -> dict:
+def make_report(
+    run_dir, last_rounds: int = 20, out=None, picture: str = "auto", trace_rounds: int | None = None
+) -> dict:
     """Read a run, write RUN_DIR/imbalance.png, imbalance.txt and trace.json; return the summary (with
     the table text). trace_rounds: the last N rounds in the trace, 0 = all, None = as many as fit
     TRACE_MAX_EVENTS."""
@@ -849,8 +1035,10 @@ def make_report(run_dir, last_rounds: int = 20, out=None, picture: str = "auto",
     if trace_rounds is None:
         trace_rounds = trace_rounds_that_fit(len(stats), all_rounds)
     trace = write_trace(rounds, path / TRACE_NAME, last_rounds=trace_rounds, name=path.resolve().name)
-    named = [f"persistent late senders (most often last first): {', '.join(str(s.rank) for s in late_senders(stats)) or 'none'}",
-             f"slow collectors (slowest first): {', '.join(str(s.rank) for s in slow_collectors(stats)) or 'none'}"]
+    named = [
+        f"persistent late senders (most often last first): {', '.join(str(s.rank) for s in late_senders(stats)) or 'none'}",
+        f"slow collectors (slowest first): {', '.join(str(s.rank) for s in slow_collectors(stats)) or 'none'}",
+    ]
     (path / TEXT_NAME).write_text(f"{table(stats)}\n\n" + "\n".join(named) + f"\n\nfinding: {text}\n")
     result = summary(stats, text)
     result["image"] = str(image)
@@ -871,8 +1059,13 @@ def run_cli(args) -> int:
         raise ConfigError(f"--trace-rounds: {trace_rounds} must be >= 0 (0 = all rounds)")
     if args.out and not Path(args.out).parent.is_dir():
         raise ConfigError(f"--out {args.out!r}: its folder does not exist")
-    report = make_report(args.run_dir, last_rounds=args.rounds, out=args.out, picture=getattr(args, "picture", "auto"),
-                         trace_rounds=trace_rounds)
+    report = make_report(
+        args.run_dir,
+        last_rounds=args.rounds,
+        out=args.out,
+        picture=getattr(args, "picture", "auto"),
+        trace_rounds=trace_rounds,
+    )
     result = report["summary"]
     print(report["table"])
     print()
@@ -880,10 +1073,15 @@ def run_cli(args) -> int:
     print(f"picture: {result['image']}")
     if result["batch"]:
         print(f"batch:   {result['batch']}")
-    which = "every round" if result["trace_rounds"] == result["rounds"] else \
-        f"the last {result['trace_rounds']} of {result['rounds']} rounds"
-    print(f"trace:   {result['trace']} ({which}, {result['trace_events']:,} events, one track per rank; open it in "
-          f"https://ui.perfetto.dev or chrome://tracing)")
+    which = (
+        "every round"
+        if result["trace_rounds"] == result["rounds"]
+        else f"the last {result['trace_rounds']} of {result['rounds']} rounds"
+    )
+    print(
+        f"trace:   {result['trace']} ({which}, {result['trace_events']:,} events, one track per rank; open it in "
+        f"https://ui.perfetto.dev or chrome://tracing)"
+    )
     print(json.dumps(result))
     return 0
 

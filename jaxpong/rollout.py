@@ -76,8 +76,10 @@ def packed_fields(rows: np.ndarray, feature_shape: tuple, feature_dtype) -> dict
     and "value", each [...] (+ feature_shape), for writing a host step's outputs in place."""
     size = int(np.prod(feature_shape)) * np.dtype(feature_dtype).itemsize
     if rows.shape[-1] != size + TAIL_BYTES:
-        raise ValueError(f"packed rows of {rows.shape[-1]} bytes do not hold {feature_shape} {np.dtype(feature_dtype)} "
-                         f"features plus {TAIL_BYTES} bytes of action, log-prob and value")
+        raise ValueError(
+            f"packed rows of {rows.shape[-1]} bytes do not hold {feature_shape} {np.dtype(feature_dtype)} "
+            f"features plus {TAIL_BYTES} bytes of action, log-prob and value"
+        )
     names = ("features", "action", "logp", "value")
     formats = [(np.dtype(feature_dtype), tuple(feature_shape))] + [dtype for _, dtype in _TAIL]
     offsets = [0] + [size + offset for offset, _ in _TAIL]
@@ -89,7 +91,7 @@ def tail_field(rows: np.ndarray, index: int) -> np.ndarray:
     """Field `index` of the tail (0 action, 1 log-prob, 2 value) of [..., bytes] packed rows, as a contiguous array."""
     offset, dtype = _TAIL[index]
     start = rows.shape[-1] - TAIL_BYTES + offset
-    return rows[..., start:start + 4].copy().view(dtype)[..., 0]
+    return rows[..., start : start + 4].copy().view(dtype)[..., 0]
 
 
 def unpack_rows(rows: np.ndarray, feature_shape: tuple, feature_dtype, used: int | None = None) -> tuple:
@@ -311,13 +313,25 @@ class Collector:
             bootstrap = self.host.preprocess(self.pending)
         else:
             bootstrap = np.asarray(self.policy_step(params, self.pending, key)[0])
-        features, actions, logprobs, values = unpack_rows(self.packed_rows, bootstrap.shape[1:], bootstrap.dtype,
-                                                           used=int(cursor.max()))
+        features, actions, logprobs, values = unpack_rows(
+            self.packed_rows, bootstrap.shape[1:], bootstrap.dtype, used=int(cursor.max())
+        )
         batch = Batch(
-            features=features, actions=actions, logprobs=logprobs, values=values,
-            rewards=np.where(filled, self.rewards, 0.0).astype(np.float32), dones=dones, filled=filled, valid=valid,
+            features=features,
+            actions=actions,
+            logprobs=logprobs,
+            values=values,
+            rewards=np.where(filled, self.rewards, 0.0).astype(np.float32),
+            dones=dones,
+            filled=filled,
+            valid=valid,
             bootstrap_features=bootstrap,
         )
-        info = RoundInfo(collect_s=time.perf_counter() - start, filled_steps=steps,
-                         valid_steps=int(valid.sum()), cut_by_deadline=cut, env_wait_s=env_wait)
+        info = RoundInfo(
+            collect_s=time.perf_counter() - start,
+            filled_steps=steps,
+            valid_steps=int(valid.sum()),
+            cut_by_deadline=cut,
+            env_wait_s=env_wait,
+        )
         return batch, info, key

@@ -170,8 +170,11 @@ class Round:
         round_start = time.perf_counter()
         deadline_s = self.deadline.seconds()
         if self.rounds_here == 0:  # one rank per host compiles the policy steps, the others load them
-            self.comm.host_first(lambda: self.collector.compile_steps(state.params, self.sample_key),
-                                 self.hang_limit(counters.update, compiles=True), "the policy step's first compile")
+            self.comm.host_first(
+                lambda: self.collector.compile_steps(state.params, self.sample_key),
+                self.hang_limit(counters.update, compiles=True),
+                "the policy step's first compile",
+            )
 
         # COLLECT: play until the deadline or a full buffer.
         batch, info, self.sample_key = self.collector.collect(
@@ -224,8 +227,11 @@ class Round:
             batch = batch.replace(features=None)
         batch = jax.tree.map(jnp.asarray, batch)
         if self.rounds_here == 0:
-            self.comm.host_first(lambda: self.prepare_targets.lower(state.params, batch).compile(),
-                                 self.hang_limit(0, compiles=True), "the targets' first compile")
+            self.comm.host_first(
+                lambda: self.prepare_targets.lower(state.params, batch).compile(),
+                self.hang_limit(0, compiles=True),
+                "the targets' first compile",
+            )
         targets, moments = self.prepare_targets(state.params, batch)
         moments = np.asarray(moments, np.float64)
         masked = int(np.asarray(targets["masked"]).sum())
@@ -318,12 +324,22 @@ class Round:
         # --debug-nan-at-update: poison the loss of these updates, to show that non-finite gradients are skipped.
         nan_from = cfg.run.debug_nan_at_update
         poison = float("nan") if 0 <= nan_from <= counters.update < nan_from + cfg.run.debug_nan_count else 1.0
-        args = (state, prepared.batch, prepared.targets, jnp.asarray(facts["moments"], jnp.float32), lr_frac, poison,
-                sparse_features)
+        args = (
+            state,
+            prepared.batch,
+            prepared.targets,
+            jnp.asarray(facts["moments"], jnp.float32),
+            lr_frac,
+            poison,
+            sparse_features,
+        )
         if (self.rounds_here == 0 or compiles) and self.comm.same_program:
             # Lowering and compiling runs no collective, so one rank of each host can go first.
-            self.comm.host_first(lambda: self.optimize.lower(*args, noise=self.noise).compile(),
-                                 self.hang_limit(counters.update, compiles=True), "the update's compile")
+            self.comm.host_first(
+                lambda: self.optimize.lower(*args, noise=self.noise).compile(),
+                self.hang_limit(counters.update, compiles=True),
+                "the update's compile",
+            )
         self.watchdog.arm(
             f"the update after round {counters.update + 1} (its allreduces)", self.hang_limit(counters.update, compiles)
         )

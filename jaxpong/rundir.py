@@ -15,8 +15,20 @@ import yaml
 
 from jaxpong.config import Config, ConfigError, to_dict
 
-PACKAGES = ("jaxpong", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "envpool", "mpi4py", "mpi4jax",
-            "mpich", "numpy", "tensorboardX")
+PACKAGES = (
+    "jaxpong",
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "orbax-checkpoint",
+    "envpool",
+    "mpi4py",
+    "mpi4jax",
+    "mpich",
+    "numpy",
+    "tensorboardX",
+)
 
 
 def default_run_dir(cfg: Config) -> Path:
@@ -50,8 +62,13 @@ def write_failure_reason(err: BaseException) -> str:
             return seen.strerror
         seen = seen.__cause__ or seen.__context__
     text = str(err)
-    for known in ("No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system",
-                  "No such file or directory"):
+    for known in (
+        "No space left on device",
+        "Disk quota exceeded",
+        "Permission denied",
+        "Read-only file system",
+        "No such file or directory",
+    ):
         if known.lower() in text.lower():
             return known
     first = text.splitlines()[0][:160] if text else ""
@@ -76,20 +93,25 @@ class RunLock:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
-            raise ConfigError(f"--run-dir {str(self.path.parent)!r} cannot be created ({err.strerror}); "
-                              "choose a writable place") from None
+            raise ConfigError(
+                f"--run-dir {str(self.path.parent)!r} cannot be created ({err.strerror}); choose a writable place"
+            ) from None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as err:
-            raise ConfigError(f"--run-dir {str(self.path.parent)!r} is not writable ({err.strerror}); "
-                              "fix its permissions or choose another place") from None
+            raise ConfigError(
+                f"--run-dir {str(self.path.parent)!r} is not writable ({err.strerror}); "
+                "fix its permissions or choose another place"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             owner = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise ConfigError(f"run directory {str(self.path.parent)!r} is in use by {owner} (a training is still "
-                              "running there); wait for it to end, stop it, or choose another --run-dir") from None
+            raise ConfigError(
+                f"run directory {str(self.path.parent)!r} is in use by {owner} (a training is still "
+                "running there); wait for it to end, stop it, or choose another --run-dir"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"PID {os.getpid()} on host {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
@@ -107,8 +129,10 @@ def prepare_new(run_dir: Path, overwrite: bool) -> None:
     existing = [p for p in run_dir.iterdir() if p.name != LOCK_NAME] if run_dir.is_dir() else []
     if existing:
         if not overwrite:
-            raise ConfigError(f"--run-dir {str(run_dir)!r} already holds a run; use --resume {run_dir} to continue it, "
-                              "--overwrite to replace it, or another --run-dir")
+            raise ConfigError(
+                f"--run-dir {str(run_dir)!r} already holds a run; use --resume {run_dir} to continue it, "
+                "--overwrite to replace it, or another --run-dir"
+            )
         for path in existing:
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path)
@@ -117,7 +141,9 @@ def prepare_new(run_dir: Path, overwrite: bool) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
-        raise ConfigError(f"--run-dir {str(run_dir)!r} cannot be created ({err.strerror}); choose a writable place") from None
+        raise ConfigError(
+            f"--run-dir {str(run_dir)!r} cannot be created ({err.strerror}); choose a writable place"
+        ) from None
     check_writable(run_dir)
 
 
@@ -127,11 +153,15 @@ def check_writable(run_dir: Path, need_bytes: int = 64 << 20) -> None:
         probe.write_bytes(b"x" * 4096)
         probe.unlink()
     except OSError as err:
-        raise ConfigError(f"--run-dir {str(run_dir)!r} is not writable ({err.strerror}); fix its permissions or free space") from None
+        raise ConfigError(
+            f"--run-dir {str(run_dir)!r} is not writable ({err.strerror}); fix its permissions or free space"
+        ) from None
     free = shutil.disk_usage(run_dir).free
     if free < need_bytes:
-        raise ConfigError(f"--run-dir {str(run_dir)!r} has only {free >> 20} MiB free; checkpoints need at least "
-                          f"{need_bytes >> 20} MiB")
+        raise ConfigError(
+            f"--run-dir {str(run_dir)!r} has only {free >> 20} MiB free; checkpoints need at least "
+            f"{need_bytes >> 20} MiB"
+        )
 
 
 def versions() -> dict:
@@ -172,7 +202,9 @@ def read_config(run_dir: Path) -> dict:
     """The saved config of a run, without its `_record` (for --resume, eval, video...)."""
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise ConfigError(f"{str(run_dir)!r} is not a jaxpong run directory (no config.yaml); give the folder a train run wrote")
+        raise ConfigError(
+            f"{str(run_dir)!r} is not a jaxpong run directory (no config.yaml); give the folder a train run wrote"
+        )
     try:
         doc = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError:

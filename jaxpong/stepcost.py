@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxpong import config as config_lib
-from jaxpong.envs import EnvIO, PURPOSE_TRAIN, env_seeds, make_env
+from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, make_env
 from jaxpong.host_policy import HostPolicy, SampleNoise
 from jaxpong.networks import make_network
 from jaxpong.preprocess import PREPROCESSORS, to_float
@@ -128,8 +128,13 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
     feature = PREPROCESSORS[cfg.model.obs_mode](frames[0])
     params = jax.jit(network.init)(jax.random.PRNGKey(0), to_float(jnp.asarray(feature)))
     key = jax.random.PRNGKey(1)
-    result = {"rows": rows, "obs_mode": cfg.model.obs_mode, "nonzero_cells_per_row":
-              float(np.mean([np.count_nonzero(PREPROCESSORS[cfg.model.obs_mode](f)) for f in frames]) / rows)}
+    result = {
+        "rows": rows,
+        "obs_mode": cfg.model.obs_mode,
+        "nonzero_cells_per_row": float(
+            np.mean([np.count_nonzero(PREPROCESSORS[cfg.model.obs_mode](f)) for f in frames]) / rows
+        ),
+    }
     it = iter(range(10**9))
 
     def jit_call():
@@ -183,8 +188,13 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
         dense.step(frames[next(it) % len(frames)])
 
     env_step, env = raw_env_stepper(cfg, rows)
-    options = {"env": (env_step, 1), "jit": (jit_call, 1), "jit-aot": (aot_call, 1), "host": (host_call, 1),
-               "host-dense": (dense_call, 1)}
+    options = {
+        "env": (env_step, 1),
+        "jit": (jit_call, 1),
+        "jit-aot": (aot_call, 1),
+        "host": (host_call, 1),
+        "host-dense": (dense_call, 1),
+    }
     closing = [env]
     if with_xla:
         steps = 256
@@ -205,8 +215,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jaxpong.stepcost", description=__doc__.split("\n")[0])
     parser.add_argument("--config", action="append", help="config file(s); default: the 2016 setup and the default")
     parser.add_argument("--no-xla", action="store_true", help="skip the XLA-interface rollout")
-    parser.add_argument("--rows", default="", help="comma-separated rows per call to measure (default: each "
-                        "config's batch size), e.g. 1,2,4,8,16 to find where the host step stops paying")
+    parser.add_argument(
+        "--rows",
+        default="",
+        help="comma-separated rows per call to measure (default: each "
+        "config's batch size), e.g. 1,2,4,8,16 to find where the host step stops paying",
+    )
     parser.add_argument("--xla-threads", type=int, default=1, help="XLA's CPU threads, as run.xla_threads (default 1)")
     args = parser.parse_args(argv)
     from jaxpong.jaxsetup import setup_jax
@@ -220,11 +234,15 @@ def main(argv=None) -> int:
             r = measure(cfg, rows, with_xla=not args.no_xla)
             r["config"] = path
             results.append(r)
-            print(f"{path}: {rows} row(s) per call, {r['obs_mode']}, {r['nonzero_cells_per_row']:.1f} nonzero cells per row")
+            print(
+                f"{path}: {rows} row(s) per call, {r['obs_mode']}, {r['nonzero_cells_per_row']:.1f} nonzero cells per row"
+            )
             for name in ("env", "jit", "jit-aot", "host", "host-dense", "xla-rollout"):
                 if name in r:
                     label = {"env": "raw envpool step (send + recv)", "xla-rollout": "xla-rollout (per step, less env)"}
-                    print(f"  {label.get(name, name):36s} {r[name]:9.1f} us per call ({r[name + ' cpu']:.1f} us of CPU)")
+                    print(
+                        f"  {label.get(name, name):36s} {r[name]:9.1f} us per call ({r[name + ' cpu']:.1f} us of CPU)"
+                    )
     print(json.dumps([{k: (round(v, 1) if isinstance(v, float) else v) for k, v in r.items()} for r in results]))
     return 0
 

@@ -37,8 +37,10 @@ def output_format(out: str | Path, fps: float | None = None) -> str:
     if suffix not in FORMATS:
         raise ConfigError(f"--out {str(out)!r}: the video format is chosen by the extension; use .mp4 or .gif")
     if suffix == ".gif" and fps is not None and fps > GIF_MAX_FPS:
-        raise ConfigError(f"--fps {fps}: a GIF plays at most {GIF_MAX_FPS} frames per second (its frame times are in "
-                          "hundredths of a second, and players slow shorter ones down); use .mp4 for more")
+        raise ConfigError(
+            f"--fps {fps}: a GIF plays at most {GIF_MAX_FPS} frames per second (its frame times are in "
+            "hundredths of a second, and players slow shorter ones down); use .mp4 for more"
+        )
     return FORMATS[suffix]
 
 
@@ -80,8 +82,10 @@ def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None 
             score[0 if reward > 0 else 1] += reward != 0
             ram = info["ram"][0]
             if (int(ram[RAM_AGENT_SCORE]), int(ram[RAM_OPPONENT_SCORE])) != (int(score[0]), int(score[1])):
-                raise RuntimeError(f"the score in the console's RAM ({ram[RAM_AGENT_SCORE]}-{ram[RAM_OPPONENT_SCORE]}) "
-                                   f"differs from the rewards ({score[0]}-{score[1]}) at step {step}")
+                raise RuntimeError(
+                    f"the score in the console's RAM ({ram[RAM_AGENT_SCORE]}-{ram[RAM_OPPONENT_SCORE]}) "
+                    f"differs from the rewards ({score[0]}-{score[1]}) at step {step}"
+                )
             yield _hwc(colour[0]), obs[0], tuple(int(s) for s in score)
             if terminated[0] or truncated[0]:
                 return
@@ -96,12 +100,23 @@ def _hwc(frame: np.ndarray) -> np.ndarray:
 
 def _check_lockstep(info: dict, colour_info: dict, step: int) -> None:
     if not np.array_equal(info["ram"], colour_info["ram"]) or info["elapsed_step"][0] != colour_info["elapsed_step"][0]:
-        raise RuntimeError(f"the policy's env and the colour env diverged at agent step {step}; the video would not "
-                           "show the game the policy played")
+        raise RuntimeError(
+            f"the policy's env and the colour env diverged at agent step {step}; the video would not "
+            "show the game the policy played"
+        )
 
 
-def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = False, max_steps: int | None = None,
-           fps: int = FPS, policy_step=None) -> dict:
+def record(
+    cfg: Config,
+    params,
+    out: str | Path,
+    *,
+    seed: int,
+    greedy: bool = False,
+    max_steps: int | None = None,
+    fps: int = FPS,
+    policy_step=None,
+) -> dict:
     """Record one game (or its first `max_steps` agent steps) to `out` (.mp4 or .gif).
 
     Frames: the opening screen plus one per agent step, so frames = steps + 1.
@@ -127,8 +142,9 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
     try:
         if kind == "mp4":
             # macro_block_size=1: keep 210x160 as it is (both even, as yuv420p needs) instead of padding to 16.
-            writer = imageio_v2.get_writer(tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8,
-                                           macro_block_size=1, ffmpeg_log_level="error")
+            writer = imageio_v2.get_writer(
+                tmp, format="FFMPEG", fps=fps, codec="libx264", quality=8, macro_block_size=1, ffmpeg_log_level="error"
+            )
             try:
                 with warnings.catch_warnings():
                     # JAX warns on any fork; imageio-ffmpeg forks only to exec ffmpeg at once, which is safe.
@@ -154,14 +170,31 @@ def record(cfg: Config, params, out: str | Path, *, seed: int, greedy: bool = Fa
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    return {"out": str(out), "format": kind, "frames": frames, "agent_steps": frames - 1, "fps": played_fps,
-            "height": 210, "width": 160, "agent_score": int(score[0]), "opponent_score": int(score[1]),
-            "greedy": bool(greedy), "seed": seed, "seconds": round(time.perf_counter() - start, 3)}
+    return {
+        "out": str(out),
+        "format": kind,
+        "frames": frames,
+        "agent_steps": frames - 1,
+        "fps": played_fps,
+        "height": 210,
+        "width": 160,
+        "agent_score": int(score[0]),
+        "opponent_score": int(score[1]),
+        "greedy": bool(greedy),
+        "seed": seed,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 def clip_during_training(cfg: Config, params, run_dir: Path, step: int, policy_step=None) -> dict:
     """--video-every: a clip of the current policy (sampled actions, as in training) at agent step `step`,
     RUN_DIR/videos/step_<step>.mp4, at most CLIP_STEPS agent steps. Same game each time (the run's seed),
     so clips compare the policy at different steps on one opening."""
-    return record(cfg, params, Path(run_dir) / "videos" / f"step_{step}.mp4", seed=cfg.run.seed,
-                  max_steps=CLIP_STEPS, policy_step=policy_step)
+    return record(
+        cfg,
+        params,
+        Path(run_dir) / "videos" / f"step_{step}.mp4",
+        seed=cfg.run.seed,
+        max_steps=CLIP_STEPS,
+        policy_step=policy_step,
+    )

@@ -36,8 +36,12 @@ class Watchdog:
             with self._lock:
                 label, late = self._label, self._label is not None and time.monotonic() > self._limit_at
             if late:
-                print(f"jaxpong: rank {self.comm.rank}: stuck for more than {self._limit_s:.0f} s in {label}: "
-                      "a peer rank died or hung. Aborting the MPI job.", file=sys.stderr, flush=True)
+                print(
+                    f"jaxpong: rank {self.comm.rank}: stuck for more than {self._limit_s:.0f} s in {label}: "
+                    "a peer rank died or hung. Aborting the MPI job.",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 self.comm.abort(1)
 
 

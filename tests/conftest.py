@@ -34,8 +34,14 @@ def pytest_sessionfinish(session, exitstatus):
 def run_jaxpong(*args, timeout: float = 180, env: dict | None = None) -> tuple[int, str, str]:
     """`python -m jaxpong ARGS` from the repository root: (exit status, stdout, stderr)."""
     full_env = {**os.environ, "COLUMNS": "1000", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "jaxpong", *map(str, args)], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxpong", *map(str, args)],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     return proc.returncode, proc.stdout, proc.stderr
 
 
@@ -56,10 +62,17 @@ def nan_equal(a, b) -> bool:
 
 # -- a training started in the background, for tests that signal, kill or race it ----------------------
 
+
 def start_logged(cmd, log: Path, env: dict | None = None) -> subprocess.Popen:
     """Start `cmd` from the repository root in its own session, stdout and stderr into `log`."""
-    return subprocess.Popen([str(c) for c in cmd], cwd=REPO, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "COLUMNS": "1000", **(env or {})}, start_new_session=True)
+    return subprocess.Popen(
+        [str(c) for c in cmd],
+        cwd=REPO,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "COLUMNS": "1000", **(env or {})},
+        start_new_session=True,
+    )
 
 
 def logged_updates(run_dir: Path) -> int:
@@ -86,7 +99,9 @@ def wait_for_updates(run_dir: Path, proc: subprocess.Popen, n: int, timeout: flo
 def rank_pids(log_text: str) -> list[int]:
     """PIDs of the ranks, from rank 0's start-up line `ranks: 0=pid P@host, 1=pid Q@host`."""
     line = next((l for l in log_text.splitlines() if "ranks: " in l), "")
-    return [int(part.split("=pid ")[1].split("@")[0]) for part in line.split("ranks: ")[-1].split(", ") if "=pid " in part]
+    return [
+        int(part.split("=pid ")[1].split("@")[0]) for part in line.split("ranks: ")[-1].split(", ") if "=pid " in part
+    ]
 
 
 def kill_job(proc: subprocess.Popen, log: Path) -> None:

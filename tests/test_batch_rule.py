@@ -8,15 +8,18 @@ from jaxpong import batch_rule
 from jaxpong import config as config_lib
 
 
-@pytest.mark.parametrize("games, rank_samples, expected", [
-    (32, 2048, 4),     # the reference: as given
-    (16, 1024, 4),     # fewer games than the reference: never fewer minibatches
-    (64, 2048, 8),     # 2 ranks of 32 games: 2 x 4, each minibatch 2 x 2048 / 8 = 512 samples as at 1 rank
-    (48, 2048, 4),     # 1.5x: only whole multiples count
-    (256, 2048, 32),   # 8 ranks: 32 minibatches, 64 samples of each rank in each
-    (512, 2048, 32),   # 16 ranks: capped at 2048 / 64 = 32 (a rank's share would fall to 32 samples)
-    (256, 512, 8),     # 32 ranks of 8 games (8 x 64 steps = 512 samples): 8 x 4 = 32 wanted, capped at 512 / 64 = 8
-])
+@pytest.mark.parametrize(
+    "games, rank_samples, expected",
+    [
+        (32, 2048, 4),  # the reference: as given
+        (16, 1024, 4),  # fewer games than the reference: never fewer minibatches
+        (64, 2048, 8),  # 2 ranks of 32 games: 2 x 4, each minibatch 2 x 2048 / 8 = 512 samples as at 1 rank
+        (48, 2048, 4),  # 1.5x: only whole multiples count
+        (256, 2048, 32),  # 8 ranks: 32 minibatches, 64 samples of each rank in each
+        (512, 2048, 32),  # 16 ranks: capped at 2048 / 64 = 32 (a rank's share would fall to 32 samples)
+        (256, 512, 8),  # 32 ranks of 8 games (8 x 64 steps = 512 samples): 8 x 4 = 32 wanted, capped at 512 / 64 = 8
+    ],
+)
 def test_scaled_minibatches_by_hand(games, rank_samples, expected):
     assert batch_rule.scaled_minibatches(4, games, 32, rank_samples, 64) == expected
 

@@ -28,7 +28,8 @@ def test_trainer_sps_leaves_out_the_seconds_the_trainer_was_stopped(tmp_path):
 
 
 def test_trainer_sps_needs_rounds_after_the_warm_up(tmp_path):
-    (tmp_path / "metrics.jsonl").write_text(json.dumps({"wall_time": 1.0, "time_s": 0.0, "step": 0,
-                                                        "charts/env_steps": 0}) + "\n")
+    (tmp_path / "metrics.jsonl").write_text(
+        json.dumps({"wall_time": 1.0, "time_s": 0.0, "step": 0, "charts/env_steps": 0}) + "\n"
+    )
     with pytest.raises(RuntimeError, match="more --seconds"):
         trainer_sps(tmp_path)

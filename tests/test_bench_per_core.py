@@ -17,9 +17,23 @@ def test_per_core_bench_end_to_end(jaxpong_cli, tmp_path, ranks):
     the last JSON line's ratio is the trainer's steps/s over the raw cores' summed steps/s."""
     if len(os.sched_getaffinity(0)) < ranks:
         pytest.skip(f"needs {ranks} cores")
-    code, out, err = jaxpong_cli("bench", "--per-core", "--ranks", ranks, "--config", "configs/seed_ppg.yaml",
-                                 "--deadline-s", "0.5", "--seconds", 3, "--repeats", 1,
-                                 "--run-dir", tmp_path / "bench", timeout=400)
+    code, out, err = jaxpong_cli(
+        "bench",
+        "--per-core",
+        "--ranks",
+        ranks,
+        "--config",
+        "configs/seed_ppg.yaml",
+        "--deadline-s",
+        "0.5",
+        "--seconds",
+        3,
+        "--repeats",
+        1,
+        "--run-dir",
+        tmp_path / "bench",
+        timeout=400,
+    )
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["mode"] == "per_core" and result["ranks"] == ranks and len(result["cores"]) == ranks

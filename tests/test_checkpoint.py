@@ -51,8 +51,17 @@ def assert_bitwise_equal(a, b):
 def test_train_state_and_counters_round_trip_exactly(tmp_path):
     saved = trained_state(seed=1)
     assert all(np.abs(x).sum() > 0 for x in jax.tree.leaves(saved.opt_state) if np.ndim(x))
-    counters = Counters(update=12, step=3072, env_steps=3100, episodes=5, masked=17, skipped_updates=1,
-                        resume_count=2, elapsed_s=123.456789, recent_returns=[-21.0, -20.0, -19.5])
+    counters = Counters(
+        update=12,
+        step=3072,
+        env_steps=3100,
+        episodes=5,
+        masked=17,
+        skipped_updates=1,
+        resume_count=2,
+        elapsed_s=123.456789,
+        recent_returns=[-21.0, -20.0, -19.5],
+    )
     ckpt = Checkpoints(tmp_path / "checkpoints", keep=3)
     ckpt.save(3072, saved, {"counters": asdict(counters), "world_size": 2})
     assert ckpt.steps() == [3072]
@@ -64,8 +73,9 @@ def test_train_state_and_counters_round_trip_exactly(tmp_path):
     assert Counters(**meta["counters"]) == counters
     assert meta["world_size"] == 2
     # The key is a real PRNG key again: it draws the same numbers as the saved one.
-    np.testing.assert_array_equal(jax.random.uniform(jnp.asarray(restored.key), (3,)),
-                                  jax.random.uniform(saved.key, (3,)))
+    np.testing.assert_array_equal(
+        jax.random.uniform(jnp.asarray(restored.key), (3,)), jax.random.uniform(saved.key, (3,))
+    )
 
 
 def test_only_the_last_checkpoints_are_kept(tmp_path):
@@ -83,6 +93,8 @@ def test_restoring_into_another_model_is_a_config_error(tmp_path):
     ckpt = Checkpoints(tmp_path / "c", keep=1)
     ckpt.save(1, saved, {"counters": asdict(Counters())})
     # A template whose layers have other shapes (another hidden size), as another model's Trainer would give.
-    other = saved.replace(params=jax.tree.map(lambda x: np.zeros((x.shape[0] + 1,) + x.shape[1:], x.dtype), saved.params))
+    other = saved.replace(
+        params=jax.tree.map(lambda x: np.zeros((x.shape[0] + 1,) + x.shape[1:], x.dtype), saved.params)
+    )
     with pytest.raises(ConfigError, match="checkpoint"):
         ckpt.restore(1, other)

@@ -51,8 +51,14 @@ def test_saved_config_is_a_base_under_yaml_and_flags(tmp_path):
 
 
 def test_values_are_coerced_to_the_field_types():
-    cfg = config_lib.build(None, {"run": {"total_steps": "1e6", "target_return": "nan", "capture_video": "yes"},
-                                  "model": {"actions": "0,2,3"}, "algo": {"gamma": "0.5"}})
+    cfg = config_lib.build(
+        None,
+        {
+            "run": {"total_steps": "1e6", "target_return": "nan", "capture_video": "yes"},
+            "model": {"actions": "0,2,3"},
+            "algo": {"gamma": "0.5"},
+        },
+    )
     assert cfg.run.total_steps == 1_000_000 and isinstance(cfg.run.total_steps, int)
     assert math.isnan(cfg.run.target_return)
     assert cfg.run.capture_video is True
@@ -73,26 +79,33 @@ def test_every_field_has_help_and_a_valid_default():
     config_lib.validate(Config())  # the defaults themselves are a valid config
 
 
-@pytest.mark.parametrize("overrides, field", [
-    ({"algo": {"algo": "ppo"}, "model": {"value_head": False}}, "model.value_head"),
-    ({"model": {"actions": [2, 2]}}, "model.actions"),
-    ({"model": {"actions": [7]}}, "model.actions"),
-    ({"env": {"num_envs": 8, "batch_size": 3}}, "env.batch_size"),
-    ({"dist": {"deadline_s": "game"}}, "dist.deadline_s"),
-    ({"dist": {"deadline_s": "-1"}}, "dist.deadline_s"),
-    ({"model": {"network": "nature_cnn"}}, "model.obs_mode"),
-    ({"algo": {"learning_rate": 0}}, "algo.learning_rate"),
-    ({"algo": {"gamma": 1.5}}, "algo.gamma"),
-    ({"model": {"obs_mode": "rgb"}}, "model.obs_mode"),
-    ({"algo": {"mirror_augment": True}, "model": {"actions": [0, 2]}}, "algo.mirror_augment"),
-    ({"algo": {"mirror_augment": True}, "model": {"network": "small_cnn", "obs_mode": "stack84"}}, "algo.mirror_augment"),
-])
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        ({"algo": {"algo": "ppo"}, "model": {"value_head": False}}, "model.value_head"),
+        ({"model": {"actions": [2, 2]}}, "model.actions"),
+        ({"model": {"actions": [7]}}, "model.actions"),
+        ({"env": {"num_envs": 8, "batch_size": 3}}, "env.batch_size"),
+        ({"dist": {"deadline_s": "game"}}, "dist.deadline_s"),
+        ({"dist": {"deadline_s": "-1"}}, "dist.deadline_s"),
+        ({"model": {"network": "nature_cnn"}}, "model.obs_mode"),
+        ({"algo": {"learning_rate": 0}}, "algo.learning_rate"),
+        ({"algo": {"gamma": 1.5}}, "algo.gamma"),
+        ({"model": {"obs_mode": "rgb"}}, "model.obs_mode"),
+        ({"algo": {"mirror_augment": True}, "model": {"actions": [0, 2]}}, "algo.mirror_augment"),
+        (
+            {"algo": {"mirror_augment": True}, "model": {"network": "small_cnn", "obs_mode": "stack84"}},
+            "algo.mirror_augment",
+        ),
+    ],
+)
 def test_relations_between_fields_are_checked(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         config_lib.build(None, overrides)
 
 
 # ---- the real command line ---------------------------------------------------------------------
+
 
 def test_top_level_help_lists_the_commands(jaxpong_cli):
     code, out, err = jaxpong_cli("--help")
@@ -141,23 +154,26 @@ BAD_YAML = {
 }
 
 
-@pytest.mark.parametrize("case, flags, named", [
-    ("missing", [], "missing.yaml"),
-    ("unparsable", [], "unparsable.yaml"),
-    ("unknown_section", [], "envs"),
-    ("unknown_key", [], "env.num_env"),
-    ("not_a_bool", [], "run.tensorboard"),
-    ("not_an_int", [], "algo.num_steps"),
-    ("top_level_list", [], "top_level_list.yaml"),
-    (None, ["--num-envs", "abc"], "env.num_envs"),
-    (None, ["--num-envs", "0"], "env.num_envs"),
-    (None, ["--batch-size", "64", "--num-envs", "32"], "env.batch_size"),
-    (None, ["--deadline-s", "bogus"], "dist.deadline_s"),
-    (None, ["--use-bias", "maybe"], "model.use_bias"),
-    (None, ["--learning-rate", "fast"], "algo.learning_rate"),
-    (None, ["--network", "resnet"], "model.network"),
-    (None, ["--resume", "NOT_A_RUN"], "NOT_A_RUN"),
-])
+@pytest.mark.parametrize(
+    "case, flags, named",
+    [
+        ("missing", [], "missing.yaml"),
+        ("unparsable", [], "unparsable.yaml"),
+        ("unknown_section", [], "envs"),
+        ("unknown_key", [], "env.num_env"),
+        ("not_a_bool", [], "run.tensorboard"),
+        ("not_an_int", [], "algo.num_steps"),
+        ("top_level_list", [], "top_level_list.yaml"),
+        (None, ["--num-envs", "abc"], "env.num_envs"),
+        (None, ["--num-envs", "0"], "env.num_envs"),
+        (None, ["--batch-size", "64", "--num-envs", "32"], "env.batch_size"),
+        (None, ["--deadline-s", "bogus"], "dist.deadline_s"),
+        (None, ["--use-bias", "maybe"], "model.use_bias"),
+        (None, ["--learning-rate", "fast"], "algo.learning_rate"),
+        (None, ["--network", "resnet"], "model.network"),
+        (None, ["--resume", "NOT_A_RUN"], "NOT_A_RUN"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_status_2(jaxpong_cli, tmp_path, case, flags, named):
     args = ["train", "--run-dir", tmp_path / "run"]
     if case is not None:

@@ -53,9 +53,29 @@ def eval_run(tmp_path_factory) -> Path:
     """Training with greedy evaluations every 2 updates, a best checkpoint, a final clip and learning curve:
     under mpirun -n 2, where only rank 0 may evaluate while the other rank waits at the next gather."""
     run_dir = tmp_path_factory.mktemp("evalrun") / "run"
-    train = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG), "--run-dir", str(run_dir),
-             "--num-envs", "4", "--num-threads", "1", "--total-steps", "1024", "--deadline-s", "0",
-             "--eval-every", "2", "--eval-episodes", "1", "--capture-video"]
+    train = [
+        sys.executable,
+        "-m",
+        "jaxpong",
+        "train",
+        "--config",
+        str(SMOKE_CONFIG),
+        "--run-dir",
+        str(run_dir),
+        "--num-envs",
+        "4",
+        "--num-threads",
+        "1",
+        "--total-steps",
+        "1024",
+        "--deadline-s",
+        "0",
+        "--eval-every",
+        "2",
+        "--eval-episodes",
+        "1",
+        "--capture-video",
+    ]
     command = [str(MPIRUN), "-n", "2", *train] if MPIRUN.exists() else train
     proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -82,7 +102,8 @@ def pg_run(tmp_path_factory) -> Path:
     state = init_state(cfg, make_network(cfg.model), make_optimizer(cfg), jax.random.PRNGKey(3))
     rundir.write_config(run_dir, cfg, world_size=1)
     Checkpoints(run_dir / "checkpoints", keep=1).save(
-        300, state, {"config": config_lib.to_dict(cfg), "counters": {"step": 300}, "world_size": 1})
+        300, state, {"config": config_lib.to_dict(cfg), "counters": {"step": 300}, "world_size": 1}
+    )
     return run_dir
 
 
@@ -91,6 +112,7 @@ def latest_step(run_dir: Path) -> int:
 
 
 # -- eval ------------------------------------------------------------------------------------------
+
 
 def test_eval_plays_full_games_and_export_gives_the_same_scores(smoke_run, tmp_path, capsys):
     code, out, err = run_cli(capsys, "eval", smoke_run, "--episodes", 2)
@@ -116,7 +138,11 @@ def test_eval_plays_full_games_and_export_gives_the_same_scores(smoke_run, tmp_p
     code, out, err = run_cli(capsys, "export", smoke_run, "--out", policy_file)
     assert code == 0, err
     exported = last_json(out)
-    assert exported["algo"] == "ppo" and exported["agent_step"] == latest_step(smoke_run) and exported["obs_mode"] == "diff64"
+    assert (
+        exported["algo"] == "ppo"
+        and exported["agent_step"] == latest_step(smoke_run)
+        and exported["obs_mode"] == "diff64"
+    )
     code, out, err = run_cli(capsys, "eval", policy_file, "--episodes", 2)
     assert code == 0, err
     from_file = last_json(out)
@@ -141,6 +167,7 @@ def test_pg_runs_evaluate_and_record(pg_run, tmp_path, capsys):
 
 
 # -- evaluation during training (2 ranks), best checkpoint, final clip, learning curve -----------------
+
 
 def test_eval_every_logs_keeps_the_best_and_only_rank_0_evaluates(eval_run, capsys):
     lines = read_jsonl(eval_run / "metrics.jsonl")
@@ -167,7 +194,10 @@ def test_eval_every_logs_keeps_the_best_and_only_rank_0_evaluates(eval_run, caps
     result = last_json(out)
     assert result["checkpoint_step"] == best_steps[0]
     assert (result["mean_return"], result["min_return"], result["max_return"]) == (
-        first_best["eval/mean_return"], first_best["eval/min_return"], first_best["eval/max_return"])
+        first_best["eval/mean_return"],
+        first_best["eval/min_return"],
+        first_best["eval/max_return"],
+    )
 
 
 def test_training_writes_a_learning_curve_and_a_final_clip(eval_run, smoke_run):
@@ -179,6 +209,7 @@ def test_training_writes_a_learning_curve_and_a_final_clip(eval_run, smoke_run):
 
 
 # -- video -----------------------------------------------------------------------------------------
+
 
 def test_video_mp4_has_one_frame_per_agent_step_and_gif_on_request(smoke_run, tmp_path, capsys):
     mp4 = tmp_path / "clips" / "game.mp4"
@@ -238,6 +269,7 @@ def test_video_shows_the_game_the_policy_plays_with_its_score(smoke_run, tmp_pat
 
 # -- plot ------------------------------------------------------------------------------------------
 
+
 def test_plot_puts_several_runs_on_one_png(smoke_run, eval_run, tmp_path, capsys):
     out = tmp_path / "curves.png"
     code, stdout, err = run_cli(capsys, "plot", smoke_run, eval_run, "--out", out)
@@ -257,25 +289,52 @@ def test_plot_at_reports_each_run_at_wall_clock_times(tmp_path, capsys):
     run = tmp_path / "hand"
     run.mkdir()
     lines = [  # process_s, step, trailing mean, 2016 running reward
-        {"update": 1, "step": 100, "time_s": 1.0, "process_s": 5.0, "charts/return_last20": None,
-         "charts/window_reward_ema": -1.0, "charts/episodes": 0},
-        {"update": 2, "step": 200, "time_s": 11.0, "process_s": 15.0, "charts/return_last20": -20.5,
-         "charts/window_reward_ema": -0.9, "charts/episodes": 3},
-        {"update": 3, "step": 300, "time_s": 21.0, "process_s": 25.0, "charts/return_last20": -19.0,
-         "charts/window_reward_ema": -0.8, "charts/episodes": 7},
+        {
+            "update": 1,
+            "step": 100,
+            "time_s": 1.0,
+            "process_s": 5.0,
+            "charts/return_last20": None,
+            "charts/window_reward_ema": -1.0,
+            "charts/episodes": 0,
+        },
+        {
+            "update": 2,
+            "step": 200,
+            "time_s": 11.0,
+            "process_s": 15.0,
+            "charts/return_last20": -20.5,
+            "charts/window_reward_ema": -0.9,
+            "charts/episodes": 3,
+        },
+        {
+            "update": 3,
+            "step": 300,
+            "time_s": 21.0,
+            "process_s": 25.0,
+            "charts/return_last20": -19.0,
+            "charts/window_reward_ema": -0.8,
+            "charts/episodes": 7,
+        },
     ]
     (run / "metrics.jsonl").write_text("".join(json.dumps(l) + "\n" for l in lines))
     code, stdout, err = run_cli(capsys, "plot", run, "--out", tmp_path / "c.png", "--at", "4,15,24.9,30,200")
     assert code == 0, err
     rows = json.loads(stdout.strip().splitlines()[-1])["snapshots"]
     got = [(r["at_s"], r["step"], r["charts/return_last20"], r["charts/window_reward_ema"]) for r in rows]
-    assert got == [(4.0, None, None, None), (15.0, 200, -20.5, -0.9), (24.9, 200, -20.5, -0.9),
-                   (30.0, 300, -19.0, -0.8), (200.0, None, None, None)]  # 200 s: the run had long stopped
+    assert got == [
+        (4.0, None, None, None),
+        (15.0, 200, -20.5, -0.9),
+        (24.9, 200, -20.5, -0.9),
+        (30.0, 300, -19.0, -0.8),
+        (200.0, None, None, None),
+    ]  # 200 s: the run had long stopped
     code, _, err = run_cli(capsys, "plot", run, "--out", tmp_path / "c.png", "--at", "soon")
     assert code == 2 and "--at 'soon'" in err
 
 
 # -- bad input -------------------------------------------------------------------------------------
+
 
 def test_bad_input_is_one_line_and_exit_2(smoke_run, tmp_path, capsys):
     not_a_run = tmp_path / "empty"

@@ -50,7 +50,9 @@ def test_agreed_record_does_not_grow_with_ranks():
     assert agreed_layout(3).width * 8 < 10_000
 
 
-@pytest.mark.parametrize("seconds,expected", [(1e-3, 0), (0.0009, 0), (1.0, 3 * 192), (10.0, 4 * 192), (5e3, FILL_BINS - 1)])
+@pytest.mark.parametrize(
+    "seconds,expected", [(1e-3, 0), (0.0009, 0), (1.0, 3 * 192), (10.0, 4 * 192), (5e3, FILL_BINS - 1)]
+)
 def test_fill_bin(seconds, expected):
     assert fill_bin(seconds) == expected
 
@@ -86,10 +88,25 @@ def test_deadline_from_the_histogram():
 def test_rows_carry_records_and_games_to_rank_0():
     layout = log_layout(games_per_row(num_envs=2, buffer_steps=80))
     assert games_per_row(2, 80) == 4 and games_per_row(1, 4096) == 6 and games_per_row(32, 80) == 32
-    record = {"update": 5, "rank": 1, "start_s": 2.5, "collect_s": 0.25, "compute_s": 0.125, "wait_s": 0.0625,
-              "valid_samples": 120, "masked_samples": 8, "cut_by_deadline": True, "deadline_s": None, "eval_s": 3.5}
-    rows = np.stack([record_row(layout, None, []),  # a rank's first round: no previous record
-                     record_row(layout, record, [(-20.0, 812), (3.0, 2400)])])
+    record = {
+        "update": 5,
+        "rank": 1,
+        "start_s": 2.5,
+        "collect_s": 0.25,
+        "compute_s": 0.125,
+        "wait_s": 0.0625,
+        "valid_samples": 120,
+        "masked_samples": 8,
+        "cut_by_deadline": True,
+        "deadline_s": None,
+        "eval_s": 3.5,
+    }
+    rows = np.stack(
+        [
+            record_row(layout, None, []),  # a rank's first round: no previous record
+            record_row(layout, record, [(-20.0, 812), (3.0, 2400)]),
+        ]
+    )
     records, games = read_rows(layout, rows)
     assert records == [record]
     assert games == [[], [(-20.0, 812), (3.0, 2400)]]
@@ -102,8 +119,13 @@ def test_rows_carry_records_and_games_to_rank_0():
 
 @pytest.mark.parametrize("ranks", [3, 16])
 def test_exchange_on_real_mpi(ranks):
-    proc = subprocess.run([str(MPIRUN), "-n", str(ranks), sys.executable, str(REPO / "tests" / "mpi" / "check_exchange.py")],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(MPIRUN), "-n", str(ranks), sys.executable, str(REPO / "tests" / "mpi" / "check_exchange.py")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # ranks print concurrently, so lines may run into each other
     assert sorted(map(int, re.findall(rf"OK exchange rank (\d+) of {ranks}", proc.stdout))) == list(range(ranks))

@@ -24,7 +24,9 @@ def preempted_run(tmp_path_factory):
     """A one-rank run stopped by SIGTERM in the middle, as Slurm does before killing a job."""
     run_dir = tmp_path_factory.mktemp("faults") / "run"
     log = run_dir.parent / "preempt.log"
-    proc = start_logged([*TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000", "--checkpoint-every", "2"], log)
+    proc = start_logged(
+        [*TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000", "--checkpoint-every", "2"], log
+    )
     wait_for_updates(run_dir, proc, 3)
     proc.send_signal(signal.SIGTERM)
     t0 = time.monotonic()
@@ -49,15 +51,37 @@ def test_resume_on_two_ranks_then_one(preempted_run, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
     before = read_jsonl(run_dir / "metrics.jsonl")[-1]
-    two = subprocess.run([str(MPIRUN), "-n", "2", *TRAIN[:-2], "--resume", str(run_dir), "--num-envs", "4",
-                          "--num-threads", "1", "--total-steps", str(before["step"] + 1500)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            str(MPIRUN),
+            "-n",
+            "2",
+            *TRAIN[:-2],
+            "--resume",
+            str(run_dir),
+            "--num-envs",
+            "4",
+            "--num-threads",
+            "1",
+            "--total-steps",
+            str(before["step"] + 1500),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stderr[-2000:]
     assert "checkpointed with 1 rank(s) on 2 rank(s)" in two.stderr
     mid = read_jsonl(run_dir / "metrics.jsonl")
     assert mid[-1]["comm/world_size"] == 2 and mid[-1]["step"] >= before["step"] + 1500
-    one = subprocess.run([*TRAIN[:-2], "--resume", str(run_dir), "--total-steps", str(mid[-1]["step"] + 500)],
-                         cwd=REPO, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [*TRAIN[:-2], "--resume", str(run_dir), "--total-steps", str(mid[-1]["step"] + 500)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     assert "checkpointed with 2 rank(s) on 1 rank(s)" in one.stderr
     lines = read_jsonl(run_dir / "metrics.jsonl")
@@ -103,17 +127,40 @@ def test_incompatible_checkpoint_names_the_file(tmp_path, preempted_run):
 
 def test_nan_updates_are_skipped_then_stop_the_run(tmp_path):
     # One NaN update: skipped on every rank, counted, training goes on.
-    code, out, err = run_jaxpong("train", "--config", SMOKE_CONFIG, "--run-dir", tmp_path / "one",
-                                 "--debug-nan-at-update", "2", "--total-steps", "1536")
+    code, out, err = run_jaxpong(
+        "train",
+        "--config",
+        SMOKE_CONFIG,
+        "--run-dir",
+        tmp_path / "one",
+        "--debug-nan-at-update",
+        "2",
+        "--total-steps",
+        "1536",
+    )
     assert code == 0, err
     lines = read_jsonl(tmp_path / "one" / "metrics.jsonl")
     assert lines[-1]["faults/skipped_updates"] == 1
     assert [l["faults/skipped_updates"] for l in lines[:2]] == [0, 0] and lines[2]["faults/skipped_updates"] == 1
     # K consecutive NaN updates: exit 1, a clear error, the last good checkpoint kept and nothing after it.
     run_dir = tmp_path / "many"
-    code, out, err = run_jaxpong("train", "--config", SMOKE_CONFIG, "--run-dir", run_dir, "--checkpoint-every", "2",
-                                 "--debug-nan-at-update", "3", "--debug-nan-count", "100", "--max-bad-updates", "3",
-                                 "--total-steps", "100000")
+    code, out, err = run_jaxpong(
+        "train",
+        "--config",
+        SMOKE_CONFIG,
+        "--run-dir",
+        run_dir,
+        "--checkpoint-every",
+        "2",
+        "--debug-nan-at-update",
+        "3",
+        "--debug-nan-count",
+        "100",
+        "--max-bad-updates",
+        "3",
+        "--total-steps",
+        "100000",
+    )
     assert code == 1, err
     assert "3 consecutive updates had non-finite gradients" in err
     steps = sorted(int(p.name) for p in (run_dir / "checkpoints").iterdir() if p.name.isdigit())
@@ -140,8 +187,27 @@ def test_dead_or_hung_rank_ends_the_job(tmp_path, how):
     within 60 s, and the log says which rank and how far training got."""
     run_dir = tmp_path / "run"
     log = tmp_path / "job.log"
-    proc = start_logged([str(MPIRUN), "-n", "2", *TRAIN, "--run-dir", str(run_dir), "--num-envs", "4", "--num-threads", "1",
-                   "--total-steps", "10000000", "--hang-timeout-s", "10", "--progress", "log"], log)
+    proc = start_logged(
+        [
+            str(MPIRUN),
+            "-n",
+            "2",
+            *TRAIN,
+            "--run-dir",
+            str(run_dir),
+            "--num-envs",
+            "4",
+            "--num-threads",
+            "1",
+            "--total-steps",
+            "10000000",
+            "--hang-timeout-s",
+            "10",
+            "--progress",
+            "log",
+        ],
+        log,
+    )
     try:
         wait_for_updates(run_dir, proc, 3)
         pids = rank_pids(log.read_text())

@@ -40,19 +40,31 @@ def one_error_line(code: int, out: str, err: str) -> str:
 
 # ---- typos: flags, commands, YAML keys ---------------------------------------------------------------
 
-@pytest.mark.parametrize("argv, expected", [
-    (["train", "--num-env", "16"],
-     "jaxpong train: error: unrecognized arguments: --num-env 16; did you mean --num-envs?"),
-    (["train", "--learning-rte=0.1"],
-     "jaxpong train: error: unrecognized arguments: --learning-rte=0.1; did you mean --learning-rate?"),
-    (["eval", "runs/x", "--episode", "3"],
-     "jaxpong eval: error: unrecognized arguments: --episode 3; did you mean --episodes?"),
-    (["plot", "runs/x", "--zzz"], "jaxpong plot: error: unrecognized arguments: --zzz; see jaxpong plot --help"),
-    (["trian"], "jaxpong: error: argument COMMAND: invalid choice: 'trian' (choose from 'train', 'bench', 'eval', "
-                "'video', 'plot', 'export', 'report', 'simulate'); did you mean train?"),
-    (["train", "--algo", "ppg"],
-     "jaxpong train: error: algo.algo: 'ppg' is not accepted; choose one of ppo, pg"),
-])
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (
+            ["train", "--num-env", "16"],
+            "jaxpong train: error: unrecognized arguments: --num-env 16; did you mean --num-envs?",
+        ),
+        (
+            ["train", "--learning-rte=0.1"],
+            "jaxpong train: error: unrecognized arguments: --learning-rte=0.1; did you mean --learning-rate?",
+        ),
+        (
+            ["eval", "runs/x", "--episode", "3"],
+            "jaxpong eval: error: unrecognized arguments: --episode 3; did you mean --episodes?",
+        ),
+        (["plot", "runs/x", "--zzz"], "jaxpong plot: error: unrecognized arguments: --zzz; see jaxpong plot --help"),
+        (
+            ["trian"],
+            "jaxpong: error: argument COMMAND: invalid choice: 'trian' (choose from 'train', 'bench', 'eval', "
+            "'video', 'plot', 'export', 'report', 'simulate'); did you mean train?",
+        ),
+        (["train", "--algo", "ppg"], "jaxpong train: error: algo.algo: 'ppg' is not accepted; choose one of ppo, pg"),
+    ],
+)
 def test_misspelt_flags_and_commands_name_the_command_and_the_nearest_option(jaxpong_cli, argv, expected):
     assert one_error_line(*jaxpong_cli(*argv, timeout=60)) == expected
 
@@ -65,13 +77,22 @@ def test_debug_flags_are_hidden_from_help_but_still_work():
     assert "--debug-nan" not in help_text
 
 
-@pytest.mark.parametrize("yaml_text, expected", [
-    ("algo:\n  num_envs: 16\n", "algo.num_envs is not a field of algo: num_envs belongs under env: (as env.num_envs)"),
-    ("env:\n  num_env: 16\n", "unknown key env.num_env; did you mean env.num_envs?"),
-    ("run:\n  learning_rte: 0.1\n", "unknown key run.learning_rte; did you mean algo.learning_rate?"),
-    ("num_envs: 16\n", "num_envs is a field, not a section; it belongs under env: (as env.num_envs)"),
-    ("algos:\n  gamma: 0.9\n", "unknown section 'algos'; did you mean algo? sections are env, model, algo, dist, run"),
-])
+@pytest.mark.parametrize(
+    "yaml_text, expected",
+    [
+        (
+            "algo:\n  num_envs: 16\n",
+            "algo.num_envs is not a field of algo: num_envs belongs under env: (as env.num_envs)",
+        ),
+        ("env:\n  num_env: 16\n", "unknown key env.num_env; did you mean env.num_envs?"),
+        ("run:\n  learning_rte: 0.1\n", "unknown key run.learning_rte; did you mean algo.learning_rate?"),
+        ("num_envs: 16\n", "num_envs is a field, not a section; it belongs under env: (as env.num_envs)"),
+        (
+            "algos:\n  gamma: 0.9\n",
+            "unknown section 'algos'; did you mean algo? sections are env, model, algo, dist, run",
+        ),
+    ],
+)
 def test_misplaced_and_misspelt_yaml_keys_say_where_they_belong(jaxpong_cli, tmp_path, yaml_text, expected):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml_text)
@@ -82,21 +103,27 @@ def test_misplaced_and_misspelt_yaml_keys_say_where_they_belong(jaxpong_cli, tmp
 
 def test_config_given_a_folder_says_so(jaxpong_cli):
     line = one_error_line(*jaxpong_cli("train", "--config", "configs", timeout=60))
-    assert line == ("jaxpong train: error: config file 'configs' is a folder; give a YAML file in it, such as "
-                    "configs/default.yaml")
+    assert line == (
+        "jaxpong train: error: config file 'configs' is a folder; give a YAML file in it, such as configs/default.yaml"
+    )
 
 
 def test_a_missing_run_directory_reads_alike_in_train_and_eval(jaxpong_cli, tmp_path):
     missing = tmp_path / "no-such-run"
     train = one_error_line(*jaxpong_cli("train", "--resume", missing, timeout=60))
     evaluate = one_error_line(*jaxpong_cli("eval", missing, timeout=60))
-    assert train == (f"jaxpong train: error: --resume {str(missing)!r} does not exist (not a jaxpong run directory); "
-                     "give a run directory (with config.yaml and checkpoints/)")
-    assert evaluate == (f"jaxpong eval: error: {str(missing)!r} does not exist; give a run directory (with "
-                        "config.yaml and checkpoints/) or a file written by `jaxpong export`")
+    assert train == (
+        f"jaxpong train: error: --resume {str(missing)!r} does not exist (not a jaxpong run directory); "
+        "give a run directory (with config.yaml and checkpoints/)"
+    )
+    assert evaluate == (
+        f"jaxpong eval: error: {str(missing)!r} does not exist; give a run directory (with "
+        "config.yaml and checkpoints/) or a file written by `jaxpong export`"
+    )
 
 
 # ---- help and --version ------------------------------------------------------------------------------
+
 
 def help_entries(text: str) -> dict[str, str]:
     """Option -> its whole help entry (argparse wraps long ones onto the next lines)."""
@@ -153,6 +180,7 @@ def test_version_comes_from_the_package_metadata(jaxpong_cli):
 
 
 # ---- the ETA, the resume command, `make train` after Ctrl-C --------------------------------------------
+
 
 def test_eta_is_the_earlier_of_the_step_total_and_the_time_limit():
     # 10M steps at 1,000 steps/s would take 2.8 hours; a 60-s limit of which 20 s have passed leaves 40 s.
@@ -214,11 +242,20 @@ def test_make_train_ctrl_c_stops_cleanly_and_prints_the_command_that_continues(t
     make = ["make", "-s", "-o", ".venv/.installed", f"PY={sys.executable}"]
     limit = 400  # the ETA's clock: 10^8 steps would take hours, the limit ends the run first
     proc = subprocess.Popen(
-        [*make, "train", f"CONFIG={SMOKE_CONFIG}",
-         f"ARGS=--run-dir {run_dir} --total-steps 100000000 --time-limit-s {limit} --progress-every-s 1 "
-         "--tensorboard false --checkpoint-every 1000"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        env={**os.environ, "COLUMNS": "1000"})
+        [
+            *make,
+            "train",
+            f"CONFIG={SMOKE_CONFIG}",
+            f"ARGS=--run-dir {run_dir} --total-steps 100000000 --time-limit-s {limit} --progress-every-s 1 "
+            "--tensorboard false --checkpoint-every 1000",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "COLUMNS": "1000"},
+    )
     try:
         # Generous waits: on a shared machine start-up alone can take minutes.
         seen, first = _read_until(proc, ETA_LINE, timeout=300)
@@ -238,8 +275,11 @@ def test_make_train_ctrl_c_stops_cleanly_and_prints_the_command_that_continues(t
     assert proc.returncode == -signal.SIGINT, output  # make's own signal; it printed no error
     assert "make: ***" not in output and "Error" not in output
     assert "jaxpong train: stopped cleanly (status 0 under make train; 75 otherwise)" in output
-    stop = re.search(r"stopped: signal SIGINT received; checkpoint written; to continue: (.*) \(update (\d+), "
-                     r"step ([\d,]+),", output)
+    stop = re.search(
+        r"stopped: signal SIGINT received; checkpoint written; to continue: (.*) \(update (\d+), "
+        r"step ([\d,]+),",
+        output,
+    )
     assert stop, output
     assert stop.group(1) == f"make train RESUME={run_dir}"
     step = int(stop.group(3).replace(",", ""))
@@ -247,8 +287,14 @@ def test_make_train_ctrl_c_stops_cleanly_and_prints_the_command_that_continues(t
 
     # The printed command continues the run; SIGTERM to jaxpong alone (a scheduler's stop) ends make with 0.
     command = shlex.split(stop.group(1))
-    proc = subprocess.Popen([*make, *command[1:], "ARGS=--progress-every-s 1 --total-steps 100000000"], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [*make, *command[1:], "ARGS=--progress-every-s 1 --total-steps 100000000"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         seen, started = _read_until(proc, r"step [\d,]+  ", timeout=300)
         assert started, seen
@@ -265,6 +311,7 @@ def test_make_train_ctrl_c_stops_cleanly_and_prints_the_command_that_continues(t
 
 
 # ---- videos ------------------------------------------------------------------------------------------
+
 
 def test_gif_frame_times_add_up_to_the_asked_fps():
     from jaxpong.video import gif_durations
@@ -291,8 +338,10 @@ def test_a_gif_plays_at_the_fps_it_reports(smoke_run, tmp_path, jaxpong_cli):
             total_ms += image.info["duration"]
     assert total_ms == 2000
     line = one_error_line(*jaxpong_cli("video", smoke_run, "--out", tmp_path / "fast.gif", "--fps", 60))
-    assert line == ("jaxpong video: error: --fps 60: a GIF plays at most 50 frames per second (its frame times are in "
-                    "hundredths of a second, and players slow shorter ones down); use .mp4 for more")
+    assert line == (
+        "jaxpong video: error: --fps 60: a GIF plays at most 50 frames per second (its frame times are in "
+        "hundredths of a second, and players slow shorter ones down); use .mp4 for more"
+    )
 
 
 def test_video_every_records_clips_between_rounds(jaxpong_cli, tmp_path):
@@ -300,9 +349,22 @@ def test_video_every_records_clips_between_rounds(jaxpong_cli, tmp_path):
 
     run_dir = tmp_path / "run"
     # Games cut at 120 agent steps: every clip ends there, and the run's reset steps are left out of its steps.
-    code, out, err = jaxpong_cli("train", "--config", SMOKE_CONFIG, "--run-dir", run_dir, "--total-steps", 1000,
-                                 "--video-every", 2, "--max-episode-steps", 120, "--tensorboard", "false",
-                                 timeout=300)
+    code, out, err = jaxpong_cli(
+        "train",
+        "--config",
+        SMOKE_CONFIG,
+        "--run-dir",
+        run_dir,
+        "--total-steps",
+        1000,
+        "--video-every",
+        2,
+        "--max-episode-steps",
+        120,
+        "--tensorboard",
+        "false",
+        timeout=300,
+    )
     assert code == 0, err
     lines = read_jsonl(run_dir / "metrics.jsonl")
     assert [l["update"] for l in lines] == [1, 2, 3, 4]
@@ -331,13 +393,24 @@ def test_a_clip_due_widens_the_next_hang_limit_like_an_evaluation():
 
 # ---- plot --at past a run's end; the 2016 column only for pg ------------------------------------------
 
+
 def fake_run(path: Path, algo: str, ends_s: float) -> Path:
     """A run directory as train writes it, as far as `plot` reads it: config.yaml and metrics.jsonl."""
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(f"algo:\n  algo: {algo}\n")
-    rows = [{"update": u, "step": 1000 * u, "time_s": 10.0 * u, "process_s": 10.0 * u + 5, "charts/SPS": 100.0,
-             "charts/episodes": u, "charts/return_last20": -21.0 + u, "charts/window_reward_ema": -0.5 + 0.1 * u}
-            for u in range(1, int((ends_s - 5) / 10) + 1)]
+    rows = [
+        {
+            "update": u,
+            "step": 1000 * u,
+            "time_s": 10.0 * u,
+            "process_s": 10.0 * u + 5,
+            "charts/SPS": 100.0,
+            "charts/episodes": u,
+            "charts/return_last20": -21.0 + u,
+            "charts/window_reward_ema": -0.5 + 0.1 * u,
+        }
+        for u in range(1, int((ends_s - 5) / 10) + 1)
+    ]
     (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -348,7 +421,9 @@ def test_plot_at_past_the_end_says_it_shows_the_final_state(jaxpong_cli, tmp_pat
     assert code == 0, err
     rows = json.loads(out.strip().splitlines()[-1])["snapshots"]
     assert [(r["at_s"], r["step"], r["after_end"], r["ended_s"]) for r in rows] == [
-        (30.0, 2000, False, 65.0), (90.0, 6000, True, 65.0)]
+        (30.0, 2000, False, 65.0),
+        (90.0, 6000, True, 65.0),
+    ]
     assert "90 (ended at 65)" in out
     assert "note: ppo_run ended at 65 s; rows after that show its final state" in out
     assert "2016 running reward" not in out  # a ppo run: the 2016 criterion is not shown

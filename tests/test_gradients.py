@@ -64,8 +64,13 @@ def setup(algo="ppo", seed=0):
 
 def flat_samples(batch, targets, rows=None):
     s = {
-        "features": batch.features, "actions": batch.actions, "logprobs": batch.logprobs, "values": batch.values,
-        "advantages": targets["advantages"], "returns": targets["returns"], "valid": targets["valid"],
+        "features": batch.features,
+        "actions": batch.actions,
+        "logprobs": batch.logprobs,
+        "values": batch.values,
+        "advantages": targets["advantages"],
+        "returns": targets["returns"],
+        "valid": targets["valid"],
     }
     s = {k: np.asarray(v).reshape((T * N,) + np.shape(v)[2:]) for k, v in s.items()}
     if rows is not None:
@@ -107,8 +112,10 @@ def test_padding_adds_nothing_and_ranks_sum_to_the_whole(algo):
     assert max(float(jnp.abs(x).max()) for x in jax.tree.leaves(mean_whole)) > 1e-4  # not trivially zero
     # ... which is not what averaging the two ranks' own means would give (they hold unequal counts).
     mean_of_means = jax.tree.map(lambda a, b: (a / c0 + b / c1) / 2, g0, g1)
-    assert max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(mean_of_means),
-                                                          jax.tree.leaves(mean_whole))) > 1e-5
+    assert (
+        max(float(jnp.abs(x - y).max()) for x, y in zip(jax.tree.leaves(mean_of_means), jax.tree.leaves(mean_whole)))
+        > 1e-5
+    )
 
 
 OPTIMIZER = optax.sgd(1.0, momentum=0.9)  # first step: update = -1 x gradient; its state (a trace) must move
@@ -143,8 +150,12 @@ def test_make_optimize_applies_the_mean_gradient_of_valid_samples(ppo_setup, opt
     assert not np.array_equal(np.asarray(new_state.key), np.asarray(state.key))  # the key moves on
     # lr_frac scales the step: half the learning-rate fraction, half the parameter change.
     half, _, _ = optimize_one_rank(state, jax.tree.map(jnp.asarray, batch), targets, norm, 0.5, 1.0)
-    assert_trees_close(jax.tree.map(lambda n, p: 2 * (n - p), half.params, params),
-                       jax.tree.map(lambda n, p: n - p, new_state.params, params), rtol=1e-4, atol=1e-6)
+    assert_trees_close(
+        jax.tree.map(lambda n, p: 2 * (n - p), half.params, params),
+        jax.tree.map(lambda n, p: n - p, new_state.params, params),
+        rtol=1e-4,
+        atol=1e-6,
+    )
 
 
 def test_make_optimize_two_identical_ranks_give_the_same_step(ppo_setup, optimize_one_rank):
@@ -170,6 +181,9 @@ def test_make_optimize_without_valid_samples_leaves_the_state_alone(ppo_setup, o
     empty = jax.tree.map(jnp.asarray, batch.replace(valid=none, filled=none))
     new_state, _, counts = optimize_one_rank(state, empty, dict(targets, valid=none), jnp.zeros(3), 1.0, 1.0)
     assert float(counts[0]) == 0.0
-    for a, b in zip(jax.tree.leaves((state.params, state.opt_state)), jax.tree.leaves((new_state.params, new_state.opt_state)),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves((state.params, state.opt_state)),
+        jax.tree.leaves((new_state.params, new_state.opt_state)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

@@ -49,7 +49,9 @@ def _frames(cfg, steps: int, rows: int) -> np.ndarray:
     env.async_reset()
     out = [io.recv()[0].copy()]
     for _ in range(steps - 1):
-        io.send(rng.choice(np.asarray(cfg.model.actions, np.int32), rows).astype(np.int32), np.arange(rows, dtype=np.int32))
+        io.send(
+            rng.choice(np.asarray(cfg.model.actions, np.int32), rows).astype(np.int32), np.arange(rows, dtype=np.int32)
+        )
         out.append(io.recv()[0].copy())
     env.close()
     return np.stack(out)
@@ -181,8 +183,9 @@ def test_collector_host_path_matches_the_jitted_path_and_follows_parameter_updat
 
 def test_host_path_in_async_mode():
     """Async envs: the round's first call has num_envs rows, the others batch_size rows; the noise follows."""
-    cfg = config_lib.build(SEED, {"env": {"num_envs": 4, "batch_size": 2}, "model": {"host_policy": "on"},
-                                  "algo": {"num_steps": 20}})
+    cfg = config_lib.build(
+        SEED, {"env": {"num_envs": 4, "batch_size": 2}, "model": {"host_policy": "on"}, "algo": {"num_steps": 20}}
+    )
     net = make_network(cfg.model)
     state = init_state(cfg, net, make_optimizer(cfg), jax.random.PRNGKey(0))
     env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, 4))

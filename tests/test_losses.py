@@ -53,13 +53,16 @@ def ppo_samples():
         2      0.5     0.0       0.0    clipped value 0.2: 0.5*max(.25,.04) = 0.125
         3     -1.0     0.0       1.0    clipped value -.2: 0.5*max(4, 1.44) = 2.0
     """
-    features = np.array([
-        [0.0, 0.0, 1.0],
-        [0.0, 0.0, 0.0],
-        [LN3, 0.0, 0.5],
-        [0.0, 0.0, -1.0],
-        [40.0, -40.0, 300.0],  # invalid
-    ], np.float32)
+    features = np.array(
+        [
+            [0.0, 0.0, 1.0],
+            [0.0, 0.0, 0.0],
+            [LN3, 0.0, 0.5],
+            [0.0, 0.0, -1.0],
+            [40.0, -40.0, 300.0],  # invalid
+        ],
+        np.float32,
+    )
     actions = np.array([1, 0, 0, 1, 1], np.int32)
     new_p = np.array([0.5, 0.5, 0.75, 0.5])
     ratios = np.array([1.5, 0.5, 1.05, 1.5])
@@ -99,8 +102,9 @@ def test_ppo_loss_sums_by_hand(jitted):
     loss, (count, metrics) = fn(PARAMS, ppo_samples(), jnp.zeros(3))
     e = PPO_EXPECTED
     assert float(count) == 4.0
-    np.testing.assert_allclose(np.asarray(metrics), [e["pg"], e["v"], e["entropy"], e["kl"], e["clipfrac"]],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(metrics), [e["pg"], e["v"], e["entropy"], e["kl"], e["clipfrac"]], rtol=1e-5, atol=1e-6
+    )
     np.testing.assert_allclose(float(loss), e["pg"] + 0.5 * e["v"] - 0.01 * e["entropy"], rtol=1e-5)
 
 
@@ -143,6 +147,7 @@ def test_invalid_samples_contribute_nothing(algo):
 
 
 # ---- the 2016 policy gradient -----------------------------------------------------------------
+
 
 def pg_cfg(**algo):
     cfg = Config()
@@ -189,9 +194,9 @@ def test_pg_loss_sums_by_hand(jitted):
 
 def pg_batch():
     """Two envs over 6 steps (gamma 0.5):
-      env 0: points at t=1 (+1) and t=3 (-1); t=4,5 come after the last point (unscored).
-      env 1: cut after 4 filled steps; point at t=0 (-1), nothing scored at t=1..3; t=2 is envpool's
-             auto-reset step after a game end at t=1 (filled, not valid).
+    env 0: points at t=1 (+1) and t=3 (-1); t=4,5 come after the last point (unscored).
+    env 1: cut after 4 filled steps; point at t=0 (-1), nothing scored at t=1..3; t=2 is envpool's
+           auto-reset step after a game end at t=1 (filled, not valid).
     """
     T, N = 6, 2
     rewards = np.zeros((T, N), np.float32)
@@ -204,9 +209,17 @@ def pg_batch():
     valid = filled.copy()
     valid[2, 1] = False
     zeros = np.zeros((T, N), np.float32)
-    return Batch(features=np.zeros((T, N, 3), np.float32), actions=np.zeros((T, N), np.int32), logprobs=zeros,
-                 values=zeros, rewards=rewards, dones=dones, filled=filled, valid=valid,
-                 bootstrap_features=np.zeros((N, 3), np.float32))
+    return Batch(
+        features=np.zeros((T, N, 3), np.float32),
+        actions=np.zeros((T, N), np.int32),
+        logprobs=zeros,
+        values=zeros,
+        rewards=rewards,
+        dones=dones,
+        filled=filled,
+        valid=valid,
+        bootstrap_features=np.zeros((N, 3), np.float32),
+    )
 
 
 def test_pg_prepare_mask_mode():
@@ -236,23 +249,34 @@ def test_pg_prepare_zero_mode():
     np.testing.assert_allclose(np.asarray(moments), [9.0, -1.0, 3.5])
 
 
-@pytest.mark.parametrize("point_episodes, advantages", [
-    # gamma 0.5, lambda 1; rewards (0, +1, 0, -1), values (0.2, 0.4, 0.8, 0), bootstrap 0.
-    # deltas: 0.5*0.4-0.2 = 0, 1+0.5*0.8-0.4 = 1.0, 0.5*0-0.8 = -0.8, -1 -> A = (0.175, 0.35, -1.3, -1)
-    (False, [0.175, 0.35, -1.3, -1.0]),
-    # Each point ends the trajectory: delta at t=1 is 1-0.4 = 0.6 and nothing flows back across it.
-    (True, [0.3, 0.6, -1.3, -1.0]),
-])
+@pytest.mark.parametrize(
+    "point_episodes, advantages",
+    [
+        # gamma 0.5, lambda 1; rewards (0, +1, 0, -1), values (0.2, 0.4, 0.8, 0), bootstrap 0.
+        # deltas: 0.5*0.4-0.2 = 0, 1+0.5*0.8-0.4 = 1.0, 0.5*0-0.8 = -0.8, -1 -> A = (0.175, 0.35, -1.3, -1)
+        (False, [0.175, 0.35, -1.3, -1.0]),
+        # Each point ends the trajectory: delta at t=1 is 1-0.4 = 0.6 and nothing flows back across it.
+        (True, [0.3, 0.6, -1.3, -1.0]),
+    ],
+)
 def test_ppo_prepare_point_episodes_by_hand(point_episodes, advantages):
     T = 4
     rewards = np.array([[0.0], [1.0], [0.0], [-1.0]], np.float32)
     values = np.array([[0.2], [0.4], [0.8], [0.0]], np.float32)
-    batch = Batch(features=np.zeros((T, 1, 3), np.float32), actions=np.zeros((T, 1), np.int32),
-                  logprobs=np.zeros((T, 1), np.float32), values=values, rewards=rewards,
-                  dones=np.zeros((T, 1), bool), filled=np.ones((T, 1), bool), valid=np.ones((T, 1), bool),
-                  bootstrap_features=np.zeros((1, 3), np.float32))
-    targets, moments = ppo.prepare(logits_apply, PARAMS, batch, ppo_cfg(gamma=0.5, gae_lambda=1.0,
-                                                                         point_episodes=point_episodes))
+    batch = Batch(
+        features=np.zeros((T, 1, 3), np.float32),
+        actions=np.zeros((T, 1), np.int32),
+        logprobs=np.zeros((T, 1), np.float32),
+        values=values,
+        rewards=rewards,
+        dones=np.zeros((T, 1), bool),
+        filled=np.ones((T, 1), bool),
+        valid=np.ones((T, 1), bool),
+        bootstrap_features=np.zeros((1, 3), np.float32),
+    )
+    targets, moments = ppo.prepare(
+        logits_apply, PARAMS, batch, ppo_cfg(gamma=0.5, gae_lambda=1.0, point_episodes=point_episodes)
+    )
     np.testing.assert_allclose(np.asarray(targets["advantages"])[:, 0], advantages, atol=1e-6)
     np.testing.assert_allclose(np.asarray(targets["returns"])[:, 0], np.add(advantages, values[:, 0]), atol=1e-6)
     np.testing.assert_allclose(np.asarray(moments)[:2], [4.0, sum(advantages)], atol=1e-5)
@@ -262,8 +286,13 @@ def test_mirrored_samples_flip_rows_and_swap_up_and_down():
     from jaxpong.learner import mirrored
 
     features = np.arange(2 * 3 * 2, dtype=np.int8).reshape(2, 3, 2)  # 2 samples of 3 rows x 2 columns
-    samples = {"features": features, "actions": np.array([0, 1], np.int32), "logprobs": np.array([-0.1, -0.2], np.float32),
-               "advantages": np.array([1.5, -2.0], np.float32), "valid": np.array([True, False])}
+    samples = {
+        "features": features,
+        "actions": np.array([0, 1], np.int32),
+        "logprobs": np.array([-0.1, -0.2], np.float32),
+        "advantages": np.array([1.5, -2.0], np.float32),
+        "valid": np.array([True, False]),
+    }
     out = jax.tree.map(np.asarray, mirrored(samples, [2, 3]))
     np.testing.assert_array_equal(out["features"][:2], features)
     np.testing.assert_array_equal(out["features"][2], [[4, 5], [2, 3], [0, 1]])  # rows reversed, columns kept
@@ -273,8 +302,14 @@ def test_mirrored_samples_flip_rows_and_swap_up_and_down():
     np.testing.assert_array_equal(out["advantages"], [1.5, -2.0, 1.5, -2.0])
     np.testing.assert_array_equal(out["valid"], [True, False, True, False])
     # With a no-op among the actions, it maps to itself: [0, 2, 3] -> indices 0, 2, 1.
-    three = dict(samples, actions=np.array([0, 1, 2], np.int32), features=np.zeros((3, 1, 1), np.int8),
-                 logprobs=np.zeros(3, np.float32), advantages=np.zeros(3, np.float32), valid=np.ones(3, bool))
+    three = dict(
+        samples,
+        actions=np.array([0, 1, 2], np.int32),
+        features=np.zeros((3, 1, 1), np.int8),
+        logprobs=np.zeros(3, np.float32),
+        advantages=np.zeros(3, np.float32),
+        valid=np.ones(3, bool),
+    )
     np.testing.assert_array_equal(np.asarray(mirrored(three, [0, 2, 3])["actions"]), [0, 1, 2, 0, 2, 1])
 
 

@@ -15,8 +15,9 @@ MPIRUN = Path(sys.executable).parent / "mpirun"
 def _mpirun(args, timeout=300, env_extra=None):
     env = dict(os.environ, **(env_extra or {}))
     env.setdefault("JAXPONG_COMPILE_CACHE", str(Path("/tmp") / "jaxpong-test-cache"))
-    return subprocess.run([str(MPIRUN), "-n", "2", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env=env)
+    return subprocess.run(
+        [str(MPIRUN), "-n", "2", *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env
+    )
 
 
 def test_collectives_maths_across_two_ranks():
@@ -24,18 +25,46 @@ def test_collectives_maths_across_two_ranks():
     2 ranks x N envs == 1 rank x 2N envs for both algorithms."""
     proc = _mpirun([sys.executable, str(ROOT / "tests" / "mpi" / "check_collectives.py")])
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    for name in ("masked_mean_by_hand", "global_moments", "pg_two_ranks_equal_one_rank_with_twice_the_data",
-                 "ppo_two_ranks_equal_one_rank_with_twice_the_data"):
+    for name in (
+        "masked_mean_by_hand",
+        "global_moments",
+        "pg_two_ranks_equal_one_rank_with_twice_the_data",
+        "ppo_two_ranks_equal_one_rank_with_twice_the_data",
+    ):
         assert f"OK {name}" in proc.stdout
 
 
 @pytest.fixture(scope="module")
 def slow_rank_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mpi") / "run"
-    proc = _mpirun([sys.executable, "-m", "jaxpong", "train", "--config", "configs/smoke.yaml", "--run-dir", str(run_dir),
-                    "--num-envs", "4", "--num-threads", "1", "--total-steps", "3072", "--slow-rank", "1",
-                    "--slow-factor", "3", "--deadline-s", "auto", "--replication-check-every", "1",
-                    "--checkpoint-every", "1000"])
+    proc = _mpirun(
+        [
+            sys.executable,
+            "-m",
+            "jaxpong",
+            "train",
+            "--config",
+            "configs/smoke.yaml",
+            "--run-dir",
+            str(run_dir),
+            "--num-envs",
+            "4",
+            "--num-threads",
+            "1",
+            "--total-steps",
+            "3072",
+            "--slow-rank",
+            "1",
+            "--slow-factor",
+            "3",
+            "--deadline-s",
+            "auto",
+            "--replication-check-every",
+            "1",
+            "--checkpoint-every",
+            "1000",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return run_dir, proc
 
@@ -49,8 +78,13 @@ def test_two_rank_run_writes_one_set_of_outputs(slow_rank_run):
     updates = [l["update"] for l in lines]
     assert updates == sorted(set(updates))  # one writer: no update logged twice
     assert all(l["comm/world_size"] == 2 for l in lines)
-    for key in ("comm/wait_fraction_max", "comm/wait_fraction_mean", "comm/masked_fraction", "comm/allreduce_ms",
-                "comm/deadline_s"):
+    for key in (
+        "comm/wait_fraction_max",
+        "comm/wait_fraction_mean",
+        "comm/masked_fraction",
+        "comm/allreduce_ms",
+        "comm/deadline_s",
+    ):
         assert key in lines[-1]
     assert lines[-1]["step"] >= 3072
     assert len(list((run_dir / "checkpoints").iterdir())) >= 1

@@ -25,13 +25,16 @@ def test_launcher_environments():
     assert placement.local_ranks({}) is None
 
 
-@pytest.mark.parametrize("affinity, host, here, cores", [
-    (2, 16, 8, 2),    # bound to 2 of 16 cores: exactly those
-    (1, 2, 2, 1),     # mpirun -bind-to core on 2 cores
-    (16, 16, 1, 16),  # one rank alone on the host: all of it
-    (16, 16, 8, 2),   # unbound, 8 ranks: an equal share each, not 16 threads each
-    (16, 16, 32, 1),  # oversubscribed and unbound: one each
-])
+@pytest.mark.parametrize(
+    "affinity, host, here, cores",
+    [
+        (2, 16, 8, 2),  # bound to 2 of 16 cores: exactly those
+        (1, 2, 2, 1),  # mpirun -bind-to core on 2 cores
+        (16, 16, 1, 16),  # one rank alone on the host: all of it
+        (16, 16, 8, 2),  # unbound, 8 ranks: an equal share each, not 16 threads each
+        (16, 16, 32, 1),  # oversubscribed and unbound: one each
+    ],
+)
 def test_threads_follow_the_cores_a_rank_is_bound_to(affinity, host, here, cores):
     assert placement.rank_cores(affinity, host, here) == cores
 
@@ -44,11 +47,14 @@ def test_rank_plans():
     assert placement.plan_ranks("16", 2, oversubscribe=True) == placement.Plan(16, 1, 2)
 
 
-@pytest.mark.parametrize("requested, message", [
-    ("0", "--ranks 0: a job needs at least 1 rank"),
-    ("3", "--ranks 3 is more than the 2 cores this host offers; use at most 2, or add --oversubscribe"),
-    ("many", "--ranks 'many': give a whole number of ranks"),
-])
+@pytest.mark.parametrize(
+    "requested, message",
+    [
+        ("0", "--ranks 0: a job needs at least 1 rank"),
+        ("3", "--ranks 3 is more than the 2 cores this host offers; use at most 2, or add --oversubscribe"),
+        ("many", "--ranks 'many': give a whole number of ranks"),
+    ],
+)
 def test_bad_rank_counts_say_what_to_do(requested, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)")):
         placement.plan_ranks(requested, 2)
@@ -58,11 +64,33 @@ def test_mpirun_command_lines():
     plan = placement.Plan(8, 2, 16)
     argv = ["train", "--config", "c.yaml"]
     assert placement.mpirun_command("/x/mpirun", "hydra", plan, argv, python="py") == [
-        "/x/mpirun", "-n", "8", "-bind-to", "core:2", "py", "-m", "jaxpong", "train", "--config", "c.yaml"]
+        "/x/mpirun",
+        "-n",
+        "8",
+        "-bind-to",
+        "core:2",
+        "py",
+        "-m",
+        "jaxpong",
+        "train",
+        "--config",
+        "c.yaml",
+    ]
     assert placement.mpirun_command("mpirun", "openmpi", plan, argv, oversubscribe=True, python="py")[:8] == [
-        "mpirun", "-n", "8", "--map-by", "slot:PE=2", "--bind-to", "core", "--oversubscribe"]
+        "mpirun",
+        "-n",
+        "8",
+        "--map-by",
+        "slot:PE=2",
+        "--bind-to",
+        "core",
+        "--oversubscribe",
+    ]
     assert placement.strip_launch_flags(["train", "--ranks", "8", "--mpirun=/m", "--seed", "2", "--ranks=4"]) == [
-        "train", "--seed", "2"]
+        "train",
+        "--seed",
+        "2",
+    ]
 
 
 def test_missing_mpirun_is_one_line():
@@ -75,8 +103,10 @@ def test_the_bundled_mpirun_binds_each_rank_to_its_own_cores():
     mpirun = placement.find_mpirun()
     assert placement.mpi_flavour(mpirun) == "hydra"
     cmd = placement.mpirun_command(mpirun, "hydra", placement.Plan(2, 1, 2), [], python=sys.executable)
-    probe = ("import os; from jaxpong import placement as p; "
-             "print(len(os.sched_getaffinity(0)), p.local_ranks(), p.launcher_size(), p.under_launcher())")
+    probe = (
+        "import os; from jaxpong import placement as p; "
+        "print(len(os.sched_getaffinity(0)), p.local_ranks(), p.launcher_size(), p.under_launcher())"
+    )
     cmd = cmd[: cmd.index("-m")] + ["-c", probe]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -93,8 +123,13 @@ def test_platform_rule():
 
 
 def test_the_plan_line():
-    assert placement.describe(8, 1, 16, 2, 32, bound=True) == "16 cores: 8 ranks x 2 cores, 32 games each, 256 games in all"
-    assert placement.describe(1, 1, 2, 2, 32, bound=False) == "2 cores: 1 rank x 2 cores, 32 games each, 32 games in all"
+    assert (
+        placement.describe(8, 1, 16, 2, 32, bound=True)
+        == "16 cores: 8 ranks x 2 cores, 32 games each, 256 games in all"
+    )
+    assert (
+        placement.describe(1, 1, 2, 2, 32, bound=False) == "2 cores: 1 rank x 2 cores, 32 games each, 32 games in all"
+    )
     assert placement.describe(32, 2, 16, 1, 8, bound=False).endswith("bind with mpirun -bind-to core:K)")
 
 
@@ -105,9 +140,30 @@ def test_train_ranks_2_starts_the_job_itself(tmp_path):
 
     run = tmp_path / "run"
     proc = subprocess.run(
-        [sys.executable, "-m", "jaxpong", "train", "--config", "configs/smoke.yaml", "--ranks", "2", "--run-dir",
-         str(run), "--total-steps", "1024", "--num-envs", "4", "--progress", "off", "--checkpoint-every", "1000"],
-        capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "jaxpong",
+            "train",
+            "--config",
+            "configs/smoke.yaml",
+            "--ranks",
+            "2",
+            "--run-dir",
+            str(run),
+            "--total-steps",
+            "1024",
+            "--num-envs",
+            "4",
+            "--progress",
+            "off",
+            "--checkpoint-every",
+            "1000",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     import os
 

@@ -202,8 +202,17 @@ def test_area32_matches_pool32_on_real_pong_frames():
     from jaxpong.envs import import_envpool
 
     envpool = import_envpool()
-    make = lambda h: envpool.make("Pong-v5", env_type="gymnasium", num_envs=4, batch_size=4, num_threads=1,
-                                  stack_num=2, img_height=h, img_width=h, env_seed=[11, 12, 13, 14])
+    make = lambda h: envpool.make(
+        "Pong-v5",
+        env_type="gymnasium",
+        num_envs=4,
+        batch_size=4,
+        num_threads=1,
+        stack_num=2,
+        img_height=h,
+        img_width=h,
+        env_seed=[11, 12, 13, 14],
+    )
     big, small = make(84), make(42)
     obs_big, _ = big.reset()
     obs_small, _ = small.reset()

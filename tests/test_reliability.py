@@ -39,17 +39,22 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 
 # -- one owner per run directory ----------------------------------------------------------------------
 
+
 def test_a_second_training_on_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "first.log"
-    first = start_logged([*TRAIN, "--run-dir", run_dir, "--total-steps", "10000000", "--time-limit-s", "40",
-                    "--checkpoint-every", "2"], log)
+    first = start_logged(
+        [*TRAIN, "--run-dir", run_dir, "--total-steps", "10000000", "--time-limit-s", "40", "--checkpoint-every", "2"],
+        log,
+    )
     try:
         wait_for(lambda: logged_updates(run_dir) >= 2, first, "2 updates")
         owner = f"PID {first.pid} on host {socket.gethostname()}"
-        for flags in (["--config", SMOKE_CONFIG, "--run-dir", run_dir, "--overwrite"],
-                      ["--resume", run_dir],
-                      ["--config", SMOKE_CONFIG, "--run-dir", run_dir]):
+        for flags in (
+            ["--config", SMOKE_CONFIG, "--run-dir", run_dir, "--overwrite"],
+            ["--resume", run_dir],
+            ["--config", SMOKE_CONFIG, "--run-dir", run_dir],
+        ):
             code, out, err = run_jaxpong("train", *flags, timeout=120)
             assert code == 2, err
             lines = err.strip().splitlines()
@@ -93,6 +98,7 @@ def test_overwrite_empties_the_run_dir_around_its_lock(tmp_path):
 
 # -- a full disk in the middle of a run ---------------------------------------------------------------
 
+
 @pytest.fixture
 def small_disk(tmp_path):
     """An 80 MiB tmpfs: a real 'No space left on device' in seconds."""
@@ -100,7 +106,9 @@ def small_disk(tmp_path):
         pytest.skip("mounting a size-limited tmpfs needs root (CI runs as root)")
     mount = tmp_path / "disk"
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(mount)], capture_output=True, text=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(mount)], capture_output=True, text=True
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -127,8 +135,27 @@ def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(small_disk, tm
     """Two ranks: rank 0's failed write stops both (at the next exchange)."""
     run_dir = small_disk / "run"
     log = tmp_path / "full.log"
-    proc = start_logged([str(MPIRUN), "-n", "2", *TRAIN, "--run-dir", run_dir, "--num-envs", "4", "--num-threads", "1",
-                   "--total-steps", "10000000", "--time-limit-s", "600", "--checkpoint-every", "2"], log)
+    proc = start_logged(
+        [
+            str(MPIRUN),
+            "-n",
+            "2",
+            *TRAIN,
+            "--run-dir",
+            run_dir,
+            "--num-envs",
+            "4",
+            "--num-threads",
+            "1",
+            "--total-steps",
+            "10000000",
+            "--time-limit-s",
+            "600",
+            "--checkpoint-every",
+            "2",
+        ],
+        log,
+    )
     try:
         wait_for(lambda: len(_checkpoint_steps(run_dir)) >= 1 and logged_updates(run_dir) >= 3, proc, "a checkpoint")
         filler = _fill(small_disk)
@@ -170,19 +197,23 @@ def test_write_failed_names_the_operating_systems_reason():
             raise RuntimeError("orbax failed") from inner
     except RuntimeError as outer:
         assert write_failure_reason(outer) == "Permission denied"
-    assert str(WriteFailed("metrics", Path("/r/metrics.jsonl"), "Disk quota exceeded")) == \
-        "could not write metrics /r/metrics.jsonl (Disk quota exceeded)"
+    assert (
+        str(WriteFailed("metrics", Path("/r/metrics.jsonl"), "Disk quota exceeded"))
+        == "could not write metrics /r/metrics.jsonl (Disk quota exceeded)"
+    )
 
 
 # -- resumes that would change what is being trained --------------------------------------------------
 
-REFUSED = [("--algo", "pg", "algo.algo = 'ppo'", "'pg'"),
-           ("--optimizer", "rmsprop", "algo.optimizer = 'adam'", "'rmsprop'"),
-           ("--network", "small_cnn --obs-mode stack84", "model.network = 'mlp'", "'small_cnn'"),
-           ("--obs-mode", "diff32", "model.obs_mode = 'diff64'", "'diff32'"),
-           ("--actions", "0,2,3", "model.actions = [2, 3]", "[0, 2, 3]"),
-           ("--hidden-size", "64", "model.hidden_size = 200", "64"),
-           ("--use-bias", "false", "model.use_bias = True", "False")]
+REFUSED = [
+    ("--algo", "pg", "algo.algo = 'ppo'", "'pg'"),
+    ("--optimizer", "rmsprop", "algo.optimizer = 'adam'", "'rmsprop'"),
+    ("--network", "small_cnn --obs-mode stack84", "model.network = 'mlp'", "'small_cnn'"),
+    ("--obs-mode", "diff32", "model.obs_mode = 'diff64'", "'diff32'"),
+    ("--actions", "0,2,3", "model.actions = [2, 3]", "[0, 2, 3]"),
+    ("--hidden-size", "64", "model.hidden_size = 200", "64"),
+    ("--use-bias", "false", "model.use_bias = True", "False"),
+]
 
 
 @pytest.mark.parametrize("flag,value,before,after", REFUSED, ids=[r[0] for r in REFUSED])
@@ -204,13 +235,21 @@ def test_resume_changes_lists_allowed_changes_and_refuses_every_defining_field()
     cfg = Config()
     cfg.algo.num_steps, cfg.run.time_limit_s, cfg.env.num_envs = 32, 60.0, 4
     assert resume_changes(saved, cfg, Path("ck/8")) == [
-        "env.num_envs 32 -> 4", "algo.num_steps 64 -> 32", "run.time_limit_s 0.0 -> 60.0"]
+        "env.num_envs 32 -> 4",
+        "algo.num_steps 64 -> 32",
+        "run.time_limit_s 0.0 -> 60.0",
+    ]
     assert resume_changes(saved, Config(), Path("ck/8")) == []  # nan target_return equals itself
     for section, name in DEFINING_FIELDS:
         cfg = Config()
         old = getattr(getattr(cfg, section), name)
-        setattr(getattr(cfg, section), name, [0] if isinstance(old, list) else (not old if isinstance(old, bool) else
-                                                                                 old * 2 if isinstance(old, int) else "other"))
+        setattr(
+            getattr(cfg, section),
+            name,
+            [0]
+            if isinstance(old, list)
+            else (not old if isinstance(old, bool) else old * 2 if isinstance(old, int) else "other"),
+        )
         with pytest.raises(ResumeRefused, match=rf"ck/8 was trained with {section}\.{name} = "):
             resume_changes(saved, cfg, Path("ck/8"))
     older = {k: dict(v) for k, v in saved.items()}
@@ -225,14 +264,18 @@ def test_resume_logs_the_fields_it_changes(smoke_run, tmp_path):
     yaml_file.write_text("algo:\n  num_steps: 16\n  update_epochs: 1\n")
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     steps = saved["run"]["total_steps"]
-    code, out, err = run_jaxpong("train", "--resume", run_dir, "--config", yaml_file, "--total-steps", steps + 300,
-                                 timeout=300)
+    code, out, err = run_jaxpong(
+        "train", "--resume", run_dir, "--config", yaml_file, "--total-steps", steps + 300, timeout=300
+    )
     assert code == 0, err
-    assert (f"resume changes 3 setting(s) of the checkpoint's config: algo.num_steps {saved['algo']['num_steps']} -> 16, "
-            f"algo.update_epochs {saved['algo']['update_epochs']} -> 1, run.total_steps {steps} -> {steps + 300}") in err
+    assert (
+        f"resume changes 3 setting(s) of the checkpoint's config: algo.num_steps {saved['algo']['num_steps']} -> 16, "
+        f"algo.update_epochs {saved['algo']['update_epochs']} -> 1, run.total_steps {steps} -> {steps + 300}"
+    ) in err
 
 
 # -- the compile allowance of a resumed process -------------------------------------------------------
+
 
 def test_hang_limit_gives_every_process_its_compile_allowance():
     assert hang_limit(30.0, rounds_done=0, slowest_round_s=0.0) == 300.0
@@ -247,14 +290,38 @@ def test_a_resumed_multi_rank_run_gets_the_compile_allowance(tmp_path):
     --hang-timeout-s 3: the fresh run and its resume both finish. A resumed process used to get 3 s for
     its first, compiling, update, and aborted there."""
     run_dir = tmp_path / "run"
-    flags = ["--sparse-input", "false", "--num-envs", "4", "--num-steps", "16", "--num-threads", "1",
-             "--hang-timeout-s", "3", "--tensorboard", "false"]
+    flags = [
+        "--sparse-input",
+        "false",
+        "--num-envs",
+        "4",
+        "--num-steps",
+        "16",
+        "--num-threads",
+        "1",
+        "--hang-timeout-s",
+        "3",
+        "--tensorboard",
+        "false",
+    ]
     env = {**os.environ, "JAXPONG_COMPILE_CACHE": "off"}
-    fresh = subprocess.run([str(MPIRUN), "-n", "2", *TRAIN, *flags, "--run-dir", str(run_dir), "--total-steps", "256"],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    fresh = subprocess.run(
+        [str(MPIRUN), "-n", "2", *TRAIN, *flags, "--run-dir", str(run_dir), "--total-steps", "256"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
-    resumed = subprocess.run([str(MPIRUN), "-n", "2", *TRAIN[:4], "--resume", str(run_dir), *flags, "--total-steps", "512"],
-                             cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    resumed = subprocess.run(
+        [str(MPIRUN), "-n", "2", *TRAIN[:4], "--resume", str(run_dir), *flags, "--total-steps", "512"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "stuck for more than" not in resumed.stderr
     assert "reached --total-steps 512" in resumed.stderr
@@ -263,6 +330,7 @@ def test_a_resumed_multi_rank_run_gets_the_compile_allowance(tmp_path):
 
 
 # -- independent random streams ---------------------------------------------------------------------
+
 
 def _key_id(key) -> tuple:
     return tuple(np.asarray(jax.random.key_data(key)).ravel().tolist())
@@ -292,8 +360,12 @@ def test_random_streams_never_share_a_key():
         assert _key_id(next_key) == _key_id(carried)  # the learner derives its keys as modelled here
         used["update"] += [key, perm, *jax.random.split(perm, epochs)]
         key = next_key
-    used["sampling"] = [k for r in range(ranks) for c in range(resumes)
-                        for k in [keys.sampling_key(seed, r, c), *_chain(keys.sampling_key(seed, r, c), 3)]]
+    used["sampling"] = [
+        k
+        for r in range(ranks)
+        for c in range(resumes)
+        for k in [keys.sampling_key(seed, r, c), *_chain(keys.sampling_key(seed, r, c), 3)]
+    ]
     used["eval"] = [keys.stream_root(seed, keys.STREAM_EVAL), *_chain(keys.stream_root(seed, keys.STREAM_EVAL), 3)]
     used["video"] = [keys.stream_root(seed, keys.STREAM_VIDEO), *_chain(keys.stream_root(seed, keys.STREAM_VIDEO), 3)]
     owner: dict = {}
@@ -305,6 +377,7 @@ def test_random_streams_never_share_a_key():
 
 
 # -- a checkpoint replaced only once its replacement is complete ----------------------------------------
+
 
 def _state(value: float) -> dict:
     return {"w": np.full((3, 4), value, np.float32), "count": np.asarray(int(value), np.int32)}
@@ -346,6 +419,7 @@ def test_a_replacement_interrupted_between_its_renames_is_undone(tmp_path):
 
 
 # -- the signal handler -------------------------------------------------------------------------------
+
 
 def test_signal_handler_only_sets_the_flag_and_the_main_thread_announces_it(monkeypatch):
     from jaxpong.signals import SignalFlag

@@ -35,8 +35,15 @@ def png_size(path: Path) -> tuple[int, int]:
     return struct.unpack(">II", head[16:24])
 
 
-def write_many_rank_run(run_dir: Path, ranks: int, rounds: int, late=(1234,), masked_rank: int | None = None,
-                        cut_rank: int | None = None, seed: int = 0) -> Path:
+def write_many_rank_run(
+    run_dir: Path,
+    ranks: int,
+    rounds: int,
+    late=(1234,),
+    masked_rank: int | None = None,
+    cut_rank: int | None = None,
+    seed: int = 0,
+) -> Path:
     """A synthetic ranks.jsonl: every rank collects 0.2-0.22 s a round, except the `late` ranks (0.3 s; with
     several, one of them, in turn, 0.3 s and the others like everyone); compute 0.05 s; each rank waits for
     the last arrival plus 1 ms. Round 1 compiles (5 s more collection). `masked_rank` masks 40 of its 104
@@ -58,7 +65,8 @@ def write_many_rank_run(run_dir: Path, ranks: int, rounds: int, late=(1234,), ma
                 f'"compute_s": 0.05, "wait_s": {wait[r]:.6f}, "valid_samples": {16 if r == cut_rank else 64}, '
                 f'"masked_samples": {40 if r == masked_rank else 0}, '
                 f'"cut_by_deadline": {"true" if r == cut_rank else "false"}, "deadline_s": null}}\n'
-                for r in range(ranks))
+                for r in range(ranks)
+            )
             t += last + 0.001 + 0.05 + 0.003
     return run_dir
 
@@ -72,7 +80,7 @@ def heatmap_row_of_lightest_wait(png: Path, ranks: int) -> float:
     top = round(height * (1 - report_lib._HEAT_BOTTOM - report_lib._HEAT_HEIGHT)) + 2
     bottom = round(height * (1 - report_lib._HEAT_BOTTOM)) - 2
     x = round(width * (report_lib._HEAT_LEFTS[0] + report_lib._HEAT_WIDTH / 2))
-    brightness = pixels[top:bottom, x - 20:x + 20].mean(axis=(1, 2))
+    brightness = pixels[top:bottom, x - 20 : x + 20].mean(axis=(1, 2))
     row = top + int(np.argmax(brightness))
     frac = (row - height * (1 - report_lib._HEAT_BOTTOM - report_lib._HEAT_HEIGHT)) / (height * report_lib._HEAT_HEIGHT)
     return frac * ranks
@@ -121,8 +129,10 @@ def test_a_slow_rank_that_the_deadline_cuts_is_named_by_its_speed(tmp_path, caps
     assert doc["late_senders"] == [] and doc["slow_collectors"] == [77]
     assert doc["finding"].startswith("no persistent late sender")
     assert "Rank 77 plays slowly: 0.2" in doc["finding"]  # 16 samples against 64 in the same time
-    assert "the deadline cut its collection in 100% of rounds, so it arrived on time with 25% of the others' samples" \
+    assert (
+        "the deadline cut its collection in 100% of rounds, so it arrived on time with 25% of the others' samples"
         in doc["finding"]
+    )
     assert "slow collectors (slowest first): 77" in (run / "imbalance.txt").read_text()
 
 
@@ -233,11 +243,19 @@ def test_trace_events_by_hand(tmp_path, capsys):
     # ranks x rounds x (collect, wait, update) + rank 0's evaluation; microseconds, back to back
     assert len(complete) == 2 * 2 * 3 + 1 == doc["trace_events"]
     expected = [
-        _x("collect", 0, 500_000, 100_000, 1), _x("wait", 0, 600_000, 200_000, 1), _x("update", 0, 800_000, 40_000, 1),
-        _x("collect", 0, 900_000, 120_000, 2), _x("wait", 0, 1_020_000, 180_000, 2),
-        _x("update", 0, 1_200_000, 50_000, 2), _x("eval", 0, 1_250_000, 1_500_000, 2),
-        _x("collect", 1, 500_000, 300_000, 1), _x("wait", 1, 800_000, 1_000, 1), _x("update", 1, 801_000, 40_000, 1),
-        _x("collect", 1, 900_000, 300_000, 2), _x("wait", 1, 1_200_000, 2_000, 2), _x("update", 1, 1_202_000, 50_000, 2),
+        _x("collect", 0, 500_000, 100_000, 1),
+        _x("wait", 0, 600_000, 200_000, 1),
+        _x("update", 0, 800_000, 40_000, 1),
+        _x("collect", 0, 900_000, 120_000, 2),
+        _x("wait", 0, 1_020_000, 180_000, 2),
+        _x("update", 0, 1_200_000, 50_000, 2),
+        _x("eval", 0, 1_250_000, 1_500_000, 2),
+        _x("collect", 1, 500_000, 300_000, 1),
+        _x("wait", 1, 800_000, 1_000, 1),
+        _x("update", 1, 801_000, 40_000, 1),
+        _x("collect", 1, 900_000, 300_000, 2),
+        _x("wait", 1, 1_200_000, 2_000, 2),
+        _x("update", 1, 1_202_000, 50_000, 2),
     ]
     assert complete == _approx_events(expected)
 
@@ -249,12 +267,18 @@ def test_trace_with_a_prepare_phase(tmp_path):
     info = report_lib.write_trace(rounds, tmp_path / "t.json", name="x")
     assert info["phases"] == ["collect", "prepare", "wait", "update"] and info["events"] == 1 * 2 * 4
     complete = [e for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e["ph"] == "X"]
-    assert complete == _approx_events([
-        _x("collect", 1, 500_000, 300_000, 1), _x("prepare", 1, 800_000, 10_000, 1), _x("wait", 1, 810_000, 1_000, 1),
-        _x("update", 1, 811_000, 30_000, 1),
-        _x("collect", 1, 900_000, 300_000, 2), _x("prepare", 1, 1_200_000, 10_000, 2),
-        _x("wait", 1, 1_210_000, 2_000, 2), _x("update", 1, 1_212_000, 40_000, 2),
-    ])
+    assert complete == _approx_events(
+        [
+            _x("collect", 1, 500_000, 300_000, 1),
+            _x("prepare", 1, 800_000, 10_000, 1),
+            _x("wait", 1, 810_000, 1_000, 1),
+            _x("update", 1, 811_000, 30_000, 1),
+            _x("collect", 1, 900_000, 300_000, 2),
+            _x("prepare", 1, 1_200_000, 10_000, 2),
+            _x("wait", 1, 1_210_000, 2_000, 2),
+            _x("update", 1, 1_212_000, 40_000, 2),
+        ]
+    )
 
 
 # -- a real 16-rank run ------------------------------------------------------------------------------
@@ -264,11 +288,40 @@ def sixteen_rank_run(request, tmp_path_factory) -> tuple[Path, str]:
     rounds of 1,024 steps, with the auto deadline and without one. Each run is made once per test module:
     2-7 minutes, mostly 16 start-ups and compiles, longer on a loaded machine."""
     run = tmp_path_factory.mktemp("r16") / "run"
-    train = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG), "--run-dir", str(run),
-             "--num-envs", "2", "--num-threads", "1", "--total-steps", "12288", "--slow-rank", "5",
-             "--slow-factor", "3", "--deadline-s", request.param, "--checkpoint-every", "100000", "--progress", "off"]
-    proc = subprocess.run([str(MPIRUN), "-n", "16", *train], cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env={**os.environ, "COLUMNS": "1000"})
+    train = [
+        sys.executable,
+        "-m",
+        "jaxpong",
+        "train",
+        "--config",
+        str(SMOKE_CONFIG),
+        "--run-dir",
+        str(run),
+        "--num-envs",
+        "2",
+        "--num-threads",
+        "1",
+        "--total-steps",
+        "12288",
+        "--slow-rank",
+        "5",
+        "--slow-factor",
+        "3",
+        "--deadline-s",
+        request.param,
+        "--checkpoint-every",
+        "100000",
+        "--progress",
+        "off",
+    ]
+    proc = subprocess.run(
+        [str(MPIRUN), "-n", "16", *train],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "1000"},
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run / "stderr.txt").write_text(proc.stderr)
     return run, request.param
@@ -284,8 +337,9 @@ def test_report_names_the_slow_rank_among_16(sixteen_rank_run, tmp_path):
     assert len(updates) >= 8
     for u in updates:  # every rank in every round
         assert sorted(r["rank"] for r in records if r["update"] == u) == list(range(16))
-    rep = subprocess.run([sys.executable, "-m", "jaxpong", "report", str(run)], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+    rep = subprocess.run(
+        [sys.executable, "-m", "jaxpong", "report", str(run)], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert rep.returncode == 0, rep.stderr
     doc = last_json(rep.stdout)
     assert doc["picture"] == "timeline" and doc["num_ranks"] == 16
@@ -304,8 +358,23 @@ def test_report_names_the_slow_rank_among_16(sixteen_rank_run, tmp_path):
     _, complete, _ = _trace(run)
     assert len({e["tid"] for e in complete}) == 16
     # the heatmap view of the same run, for a side-by-side look
-    heat = subprocess.run([sys.executable, "-m", "jaxpong", "report", str(run), "--picture", "heatmap", "--out",
-                           str(tmp_path / "heat.png")], cwd=REPO, capture_output=True, text=True, timeout=300)
+    heat = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxpong",
+            "report",
+            str(run),
+            "--picture",
+            "heatmap",
+            "--out",
+            str(tmp_path / "heat.png"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert heat.returncode == 0, heat.stderr
     heat_doc = last_json(heat.stdout)
     assert heat_doc["picture"] == "heatmap" and heat_doc["finding"] == doc["finding"]

@@ -26,14 +26,41 @@ MPIRUN = Path(sys.executable).parent / "mpirun"
 FREE = sim.Collectives(latency_s=0.0, bandwidth_bytes_per_s=1e30, gather_latency_s=0.0, gather_bytes_per_rank=0.0)
 
 
-def synthetic(step=1e-3, compute=0.05, games=(1000.0,), points=(40.0,), envs=1, steps=100, masking="none",
-              margin=0.0, window_s=0.05, ranks_measured=1, gap=0.0, headroom=0.0) -> sim.Measured:
+def synthetic(
+    step=1e-3,
+    compute=0.05,
+    games=(1000.0,),
+    points=(40.0,),
+    envs=1,
+    steps=100,
+    masking="none",
+    margin=0.0,
+    window_s=0.05,
+    ranks_measured=1,
+    gap=0.0,
+    headroom=0.0,
+) -> sim.Measured:
     """Constant (or explicitly listed) distributions and free collectives: closed forms apply."""
-    setup = sim.Setup(num_envs=envs, num_steps=steps, optimizer_steps=1, message_bytes=0.0, masking=masking,
-                      deadline_margin=margin, window_s=window_s, buffer_headroom=headroom)
-    return sim.Measured(step_time_s=[[step]] * ranks_measured, gap_s=[[gap]] * ranks_measured, compute_s=[compute],
-                        game_length_steps=list(games), point_interval_steps=list(points),
-                        typical_ranks=list(range(ranks_measured)), setup=setup, collectives=FREE)
+    setup = sim.Setup(
+        num_envs=envs,
+        num_steps=steps,
+        optimizer_steps=1,
+        message_bytes=0.0,
+        masking=masking,
+        deadline_margin=margin,
+        window_s=window_s,
+        buffer_headroom=headroom,
+    )
+    return sim.Measured(
+        step_time_s=[[step]] * ranks_measured,
+        gap_s=[[gap]] * ranks_measured,
+        compute_s=[compute],
+        game_length_steps=list(games),
+        point_interval_steps=list(points),
+        typical_ranks=list(range(ranks_measured)),
+        setup=setup,
+        collectives=FREE,
+    )
 
 
 def last_json(stdout: str) -> dict:
@@ -54,8 +81,15 @@ def test_constant_step_times_give_zero_wait(mode):
 def test_slow_rank_gives_the_closed_form_wait(factor):
     """Sync per num_steps, two ranks, rank 1 F times slower: rank 0 waits (F-1) T s every round."""
     T, s, c = 100, 1e-3, 0.05
-    out = sim.simulate(synthetic(step=s, compute=c, steps=T), "steps", ranks=2, rounds=10, slow_rank=1,
-                       slow_factor=factor, smooth=False)
+    out = sim.simulate(
+        synthetic(step=s, compute=c, steps=T),
+        "steps",
+        ranks=2,
+        rounds=10,
+        slow_rank=1,
+        slow_factor=factor,
+        smooth=False,
+    )
     wait = (factor - 1) * T * s
     assert out.rank_wait_fraction[0] == pytest.approx(wait / (factor * T * s + c))
     assert out.rank_wait_fraction[1] == pytest.approx(0.0, abs=1e-12)
@@ -69,8 +103,15 @@ def test_auto_deadline_cuts_the_slow_rank_in_closed_form(headroom):
     The slow rank (F = 3) is cut after ceil(D / (F s)) steps; the fast one plays on until D or until its
     buffer of ceil(T (1 + headroom)) rows is full, then waits for the slow one."""
     T, s, c, F, margin = 100, 1e-3, 0.05, 3.0, 0.2
-    out = sim.simulate(synthetic(step=s, compute=c, steps=T, margin=margin, headroom=headroom), "deadline", ranks=2,
-                       rounds=10, slow_rank=1, slow_factor=F, smooth=False)
+    out = sim.simulate(
+        synthetic(step=s, compute=c, steps=T, margin=margin, headroom=headroom),
+        "deadline",
+        ranks=2,
+        rounds=10,
+        slow_rank=1,
+        slow_factor=F,
+        smooth=False,
+    )
     deadline = T * s * (1 + margin)
     slow_steps = math.ceil(deadline / (F * s))
     slow_collect = slow_steps * F * s
@@ -98,11 +139,13 @@ def test_one_rank_has_no_auto_deadline():
 def test_window_mode_stops_at_the_window_or_the_buffer():
     """Fixed seconds: ceil(W / s) steps (the clock is read after each step), at most num_steps."""
     s, c = 1e-3, 0.0
-    out = sim.simulate(synthetic(step=s, compute=c, steps=100, window_s=0.0305), "window", ranks=1, rounds=5,
-                       smooth=False)
+    out = sim.simulate(
+        synthetic(step=s, compute=c, steps=100, window_s=0.0305), "window", ranks=1, rounds=5, smooth=False
+    )
     assert out.round_s == pytest.approx(31 * s)
-    out = sim.simulate(synthetic(step=s, compute=c, steps=10, window_s=0.0305), "window", ranks=1, rounds=5,
-                       smooth=False)
+    out = sim.simulate(
+        synthetic(step=s, compute=c, steps=10, window_s=0.0305), "window", ranks=1, rounds=5, smooth=False
+    )
     assert out.round_s == pytest.approx(10 * s)
 
 
@@ -113,7 +156,7 @@ def test_game_mode_waits_for_the_slowest_of_n_games():
     m = synthetic(step=s, compute=0.0, games=(a, b))
     for n in (1, 2, 8):
         out = sim.simulate(m, "game", ranks=n, rounds=4000, smooth=False, seed=3)
-        expected_max = b - (b - a) / 2 ** n
+        expected_max = b - (b - a) / 2**n
         assert out.round_s == pytest.approx(s * expected_max, rel=0.02)
         assert out.efficiency == pytest.approx(((a + b) / 2) / expected_max, rel=0.02)
     # and efficiency falls as ranks grow
@@ -192,15 +235,37 @@ def write_synthetic_run(run_dir: Path) -> list[dict]:
         arrive = {r: c + (1.0 if first else 0.0) for r, c in collects.items()}
         last = max(arrive.values())
         for rank in range(3):
-            records.append({"update": update, "rank": rank, "start_s": round(t, 6),
-                            "collect_s": arrive[rank], "compute_s": 0.05, "wait_s": round(last - arrive[rank] + 0.001, 6),
-                            "valid_samples": 128 if rank < 2 else 64, "masked_samples": 0 if rank < 2 else 16,
-                            "cut_by_deadline": rank == 2, "deadline_s": None})
+            records.append(
+                {
+                    "update": update,
+                    "rank": rank,
+                    "start_s": round(t, 6),
+                    "collect_s": arrive[rank],
+                    "compute_s": 0.05,
+                    "wait_s": round(last - arrive[rank] + 0.001, 6),
+                    "valid_samples": 128 if rank < 2 else 64,
+                    "masked_samples": 0 if rank < 2 else 16,
+                    "cut_by_deadline": rank == 2,
+                    "deadline_s": None,
+                }
+            )
         t += last + 0.001 + 0.05 + 0.002
     (run_dir / "ranks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    (run_dir / "metrics.jsonl").write_text("".join(
-        json.dumps({"update": u, "step": u * 320, "charts/episodes": u, "charts/episodic_length": 900.0 + 10 * u,
-                    "charts/episodic_return": -20.0}) + "\n" for u in range(1, 7)))
+    (run_dir / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps(
+                {
+                    "update": u,
+                    "step": u * 320,
+                    "charts/episodes": u,
+                    "charts/episodic_length": 900.0 + 10 * u,
+                    "charts/episodic_return": -20.0,
+                }
+            )
+            + "\n"
+            for u in range(1, 7)
+        )
+    )
     return records
 
 
@@ -237,18 +302,35 @@ def test_report_numbers_on_a_synthetic_run(tmp_path, capsys):
 
 
 def test_finding_without_a_persistent_late_sender():
-    stats = [report_lib.RankStats(rank=r, rounds=10, collect_s=0.1, compute_s=0.05, wait_s=0.005, wait_fraction=0.03,
-                                  valid_samples=100, masked_samples=0, masked_fraction=0.0, last_arrivals=la,
-                                  cut_rounds=0) for r, la in ((0, 4), (1, 3), (2, 3))]
+    stats = [
+        report_lib.RankStats(
+            rank=r,
+            rounds=10,
+            collect_s=0.1,
+            compute_s=0.05,
+            wait_s=0.005,
+            wait_fraction=0.03,
+            valid_samples=100,
+            masked_samples=0,
+            masked_fraction=0.0,
+            last_arrivals=la,
+            cut_rounds=0,
+        )
+        for r, la in ((0, 4), (1, 3), (2, 3))
+    ]
     text = report_lib.finding(stats)
     assert text.startswith("no persistent late sender")
     assert report_lib.finding(stats[:1]).startswith("one rank")
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
-    for args in (["report", str(tmp_path / "missing")], ["report", str(tmp_path)],
-                 ["simulate", "--from", str(tmp_path / "missing")], ["simulate", "--ranks", "x"],
-                 ["simulate", "--modes", "sometimes"]):
+    for args in (
+        ["report", str(tmp_path / "missing")],
+        ["report", str(tmp_path)],
+        ["simulate", "--from", str(tmp_path / "missing")],
+        ["simulate", "--ranks", "x"],
+        ["simulate", "--modes", "sometimes"],
+    ):
         code = main(args)
         _, err = capsys.readouterr()
         assert code == 2, args
@@ -283,8 +365,11 @@ def test_simulate_from_a_synthetic_run(tmp_path, capsys):
     assert measured.typical_ranks == [0, 1]  # rank 2 was fault-injected
     assert measured.setup.num_envs == 4 and measured.setup.optimizer_steps == 4
     assert measured.game_length_steps[0] == 910.0  # no games.jsonl: metrics.jsonl's per-update means
-    (run / "games.jsonl").write_text("".join(json.dumps({"update": u, "rank": 0, "return": -21.0 + u, "length": 800 + u})
-                                             + "\n" for u in range(1, 7)))
+    (run / "games.jsonl").write_text(
+        "".join(
+            json.dumps({"update": u, "rank": 0, "return": -21.0 + u, "length": 800 + u}) + "\n" for u in range(1, 7)
+        )
+    )
     measured = sim.measured_from_run(run)  # one line per finished game is preferred
     assert measured.game_length_steps == [801.0, 802.0, 803.0, 804.0, 805.0, 806.0]
     assert measured.point_interval_steps[0] == pytest.approx(801 / 22)  # 21-1: 22 points
@@ -302,15 +387,41 @@ def test_real_two_rank_run_with_a_slow_rank(tmp_path):
     """A 2-rank run whose rank 1 steps 3x slower: train writes imbalance.png itself, and report names rank 1.
     (--time-limit-s counts from process start: about 20 s of start-up, then some 10 s of rounds.)"""
     run = tmp_path / "r2"
-    train = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG), "--run-dir", str(run),
-             "--num-envs", "4", "--num-threads", "1", "--slow-rank", "1", "--slow-factor", "3", "--deadline-s", "0",
-             "--total-steps", "1000000000", "--time-limit-s", "30", "--checkpoint-every", "100000", "--progress", "off"]
+    train = [
+        sys.executable,
+        "-m",
+        "jaxpong",
+        "train",
+        "--config",
+        str(SMOKE_CONFIG),
+        "--run-dir",
+        str(run),
+        "--num-envs",
+        "4",
+        "--num-threads",
+        "1",
+        "--slow-rank",
+        "1",
+        "--slow-factor",
+        "3",
+        "--deadline-s",
+        "0",
+        "--total-steps",
+        "1000000000",
+        "--time-limit-s",
+        "30",
+        "--checkpoint-every",
+        "100000",
+        "--progress",
+        "off",
+    ]
     proc = subprocess.run([str(MPIRUN), "-n", "2", *train], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (run / "imbalance.png").read_bytes()[:8] == PNG_MAGIC  # written by train at the end
     assert "late senders:" in proc.stderr
-    rep = subprocess.run([sys.executable, "-m", "jaxpong", "report", str(run)], cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    rep = subprocess.run(
+        [sys.executable, "-m", "jaxpong", "report", str(run)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
     assert rep.returncode == 0, rep.stderr
     doc = last_json(rep.stdout)
     r0, r1 = doc["ranks"]

@@ -60,8 +60,9 @@ def test_gae_matches_double_loop_with_dones_and_cut_rows(jitted):
 
     fn = partial(gae, gamma=gamma, lam=lam)
     adv, ret = call(lambda *a: fn(*a), jitted, rewards, values, dones, bootstrap, filled)
-    want_adv, want_ret = gae_reference(rewards.astype(np.float64), values.astype(np.float64), dones,
-                                       bootstrap.astype(np.float64), lengths, gamma, lam)
+    want_adv, want_ret = gae_reference(
+        rewards.astype(np.float64), values.astype(np.float64), dones, bootstrap.astype(np.float64), lengths, gamma, lam
+    )
     np.testing.assert_allclose(np.asarray(adv), want_adv, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(ret), want_ret, rtol=1e-5, atol=1e-5)
     assert np.all(np.asarray(adv)[~filled] == 0) and np.all(np.asarray(ret)[~filled] == 0)
@@ -87,40 +88,48 @@ def test_gae_small_case_by_hand(jitted):
 #   env B: filled 7 of 8 steps (the reward at t=7 lies beyond the cut and must be ignored); a game
 #          ends without a point at t=3 (a truncation), so the point at t=5 must not flow back past it.
 #   env C: nothing filled.
-POINT_REWARDS = np.array([
-    # A    B    C
-    [0.0, 0.0, 1.0],
-    [0.0, 1.0, 1.0],
-    [1.0, 0.0, 1.0],
-    [0.0, 0.0, 1.0],
-    [0.0, 0.0, 1.0],
-    [-1.0, -1.0, 1.0],
-    [0.0, 0.0, 1.0],
-    [0.0, 1.0, 1.0],
-], np.float32)
+POINT_REWARDS = np.array(
+    [
+        # A    B    C
+        [0.0, 0.0, 1.0],
+        [0.0, 1.0, 1.0],
+        [1.0, 0.0, 1.0],
+        [0.0, 0.0, 1.0],
+        [0.0, 0.0, 1.0],
+        [-1.0, -1.0, 1.0],
+        [0.0, 0.0, 1.0],
+        [0.0, 1.0, 1.0],
+    ],
+    np.float32,
+)
 POINT_DONES = np.zeros((8, 3), bool)
 POINT_DONES[3, 1] = True
 POINT_FILLED = np.stack([np.ones(8, bool), np.arange(8) < 7, np.zeros(8, bool)], axis=1)
-POINT_RETURNS = np.array([
-    [0.25, 0.5, 0.0],
-    [0.5, 1.0, 0.0],
-    [1.0, 0.0, 0.0],
-    [-0.25, 0.0, 0.0],
-    [-0.5, -0.5, 0.0],
-    [-1.0, -1.0, 0.0],
-    [0.0, 0.0, 0.0],
-    [0.0, 0.0, 0.0],
-], np.float32)
-POINT_SCORED = np.array([
-    [True, True, False],
-    [True, True, False],
-    [True, False, False],
-    [True, False, False],
-    [True, True, False],
-    [True, True, False],
-    [False, False, False],
-    [False, False, False],
-])
+POINT_RETURNS = np.array(
+    [
+        [0.25, 0.5, 0.0],
+        [0.5, 1.0, 0.0],
+        [1.0, 0.0, 0.0],
+        [-0.25, 0.0, 0.0],
+        [-0.5, -0.5, 0.0],
+        [-1.0, -1.0, 0.0],
+        [0.0, 0.0, 0.0],
+        [0.0, 0.0, 0.0],
+    ],
+    np.float32,
+)
+POINT_SCORED = np.array(
+    [
+        [True, True, False],
+        [True, True, False],
+        [True, False, False],
+        [True, False, False],
+        [True, True, False],
+        [True, True, False],
+        [False, False, False],
+        [False, False, False],
+    ]
+)
 
 
 @JIT_MODES
@@ -149,7 +158,7 @@ def test_masked_moments_against_numpy(jitted):
     x[~mask] = 1e4  # masked entries must not count
     moments = np.asarray(call(masked_moments, jitted, x, mask))
     valid = x[mask].astype(np.float64)
-    np.testing.assert_allclose(moments, [valid.size, valid.sum(), (valid ** 2).sum()], rtol=1e-5)
+    np.testing.assert_allclose(moments, [valid.size, valid.sum(), (valid**2).sum()], rtol=1e-5)
     mean, std = call(moments_to_mean_std, jitted, jnp.asarray(moments))
     np.testing.assert_allclose(float(mean), valid.mean(), rtol=1e-5)
     np.testing.assert_allclose(float(std), valid.std(), rtol=1e-4)  # population std (+1e-8)

@@ -10,15 +10,20 @@ import pytest
 
 from jaxpong import config as config_lib
 from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
+from jaxpong.learner import init_state, make_optimizer
 from jaxpong.networks import make_network
 from jaxpong.rollout import Collector, make_policy_step
-from jaxpong.learner import init_state
-from jaxpong.learner import make_optimizer
 
 
 def _collector(num_envs: int, batch_size: int, num_steps: int, slow_factor: float = 1.0):
-    cfg = config_lib.build(None, {"env": {"num_envs": num_envs, "batch_size": batch_size, "num_threads": 1},
-                                  "algo": {"num_steps": num_steps}, "model": {"hidden_size": 8, "obs_mode": "diff64"}})
+    cfg = config_lib.build(
+        None,
+        {
+            "env": {"num_envs": num_envs, "batch_size": batch_size, "num_threads": 1},
+            "algo": {"num_steps": num_steps},
+            "model": {"hidden_size": 8, "obs_mode": "diff64"},
+        },
+    )
     net = make_network(cfg.model)
     state = init_state(cfg, net, make_optimizer(cfg), jax.random.PRNGKey(0))
     env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, num_envs))

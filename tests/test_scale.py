@@ -17,8 +17,22 @@ from conftest import REPO, SMOKE_CONFIG, kill_job, rank_pids, read_jsonl, start_
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
 RANKS = 16
-TRAIN = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG), "--num-envs", "2", "--num-threads", "1",
-         "--progress", "log", "--tensorboard", "false"]
+TRAIN = [
+    sys.executable,
+    "-m",
+    "jaxpong",
+    "train",
+    "--config",
+    str(SMOKE_CONFIG),
+    "--num-envs",
+    "2",
+    "--num-threads",
+    "1",
+    "--progress",
+    "log",
+    "--tensorboard",
+    "false",
+]
 
 pytestmark = [pytest.mark.scale, pytest.mark.timeout(1500)]
 
@@ -28,8 +42,23 @@ def preempted16(tmp_path_factory):
     """16 ranks, stopped by SIGTERM to the launcher (as a scheduler does) after 4 updates."""
     run_dir = tmp_path_factory.mktemp("scale") / "run"
     log = run_dir.parent / "job.log"
-    proc = start_logged([str(MPIRUN), "-n", str(RANKS), *TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000",
-                   "--replication-check-every", "1", "--checkpoint-every", "1000"], log)
+    proc = start_logged(
+        [
+            str(MPIRUN),
+            "-n",
+            str(RANKS),
+            *TRAIN,
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "10000000",
+            "--replication-check-every",
+            "1",
+            "--checkpoint-every",
+            "1000",
+        ],
+        log,
+    )
     try:
         wait_for_updates(run_dir, proc, 4, timeout=900)
         proc.send_signal(signal.SIGTERM)
@@ -61,9 +90,23 @@ def test_resume_sixteen_ranks_on_two(preempted16, tmp_path):
     run_dir = tmp_path / "run"
     shutil.copytree(src, run_dir)
     before = read_jsonl(run_dir / "metrics.jsonl")[-1]
-    two = subprocess.run([str(MPIRUN), "-n", "2", *TRAIN[:4], "--resume", str(run_dir), *TRAIN[6:],
-                          "--total-steps", str(before["step"] + 600)], cwd=REPO, capture_output=True, text=True,
-                         timeout=600)
+    two = subprocess.run(
+        [
+            str(MPIRUN),
+            "-n",
+            "2",
+            *TRAIN[:4],
+            "--resume",
+            str(run_dir),
+            *TRAIN[6:],
+            "--total-steps",
+            str(before["step"] + 600),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert two.returncode == 0, two.stderr[-3000:]
     assert f"checkpointed with {RANKS} rank(s) on 2 rank(s)" in two.stderr
     after = read_jsonl(run_dir / "metrics.jsonl")
@@ -74,8 +117,21 @@ def test_resume_sixteen_ranks_on_two(preempted16, tmp_path):
 def test_a_killed_rank_among_sixteen_ends_the_job_naming_it(tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "job.log"
-    proc = start_logged([str(MPIRUN), "-n", str(RANKS), *TRAIN, "--run-dir", str(run_dir), "--total-steps", "10000000",
-                   "--hang-timeout-s", "10"], log)
+    proc = start_logged(
+        [
+            str(MPIRUN),
+            "-n",
+            str(RANKS),
+            *TRAIN,
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "10000000",
+            "--hang-timeout-s",
+            "10",
+        ],
+        log,
+    )
     try:
         wait_for_updates(run_dir, proc, 3, timeout=900)
         pids = rank_pids(log.read_text())

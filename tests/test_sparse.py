@@ -89,8 +89,9 @@ def test_sparse_matmul_and_its_kernel_gradient_match_the_dense_product():
         np.testing.assert_allclose(np.asarray(got), np.asarray(dense[m] @ kernel), rtol=1e-5, atol=1e-5)
         loss_sparse = lambda k: jnp.sum(jnp.tanh(sparse.matmul(mb, k)) ** 2)
         loss_dense = lambda k: jnp.sum(jnp.tanh(dense[m] @ k) ** 2)
-        np.testing.assert_allclose(np.asarray(jax.grad(loss_sparse)(kernel)), np.asarray(jax.grad(loss_dense)(kernel)),
-                                   rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(jax.grad(loss_sparse)(kernel)), np.asarray(jax.grad(loss_dense)(kernel)), rtol=1e-4, atol=1e-5
+        )
 
 
 class DenseMLP(nn.Module):
@@ -138,19 +139,29 @@ def test_sparse_update_equals_the_dense_update(algo, epochs, minibatches):
     optimizer = optax.adam(1e-2)
     optimize = make_optimize(cfg, lambda p, x: network.apply(p, x), optimizer, lambda x: x)
     state = TrainState(params=params, opt_state=optimizer.init(params), key=jax.random.PRNGKey(7))
-    dense_state, dense_metrics, dense_counts = optimize(state, jax.tree.map(jnp.asarray, batch), targets, norm, 1.0, 1.0)
+    dense_state, dense_metrics, dense_counts = optimize(
+        state, jax.tree.map(jnp.asarray, batch), targets, norm, 1.0, 1.0
+    )
     # As the trainer does it: cells of the valid samples only, in the order drawn from the state's key.
     cells, order = sparse_round(cfg, state.key, batch.features.reshape(T * N, -1), batch.valid.reshape(-1))
     assert order.shape == (epochs * minibatches, T * N // minibatches)
     assert cells.count.sum() < (batch.features != 0).sum()  # invalid samples' cells were left out
     cells = cells.minibatches(order)
     sparse_state, sparse_metrics, sparse_counts = optimize(
-        state, jax.tree.map(jnp.asarray, batch.replace(features=None)), targets, norm, 1.0, 1.0,
-        jax.tree.map(jnp.asarray, cells))
+        state,
+        jax.tree.map(jnp.asarray, batch.replace(features=None)),
+        targets,
+        norm,
+        1.0,
+        1.0,
+        jax.tree.map(jnp.asarray, cells),
+    )
     np.testing.assert_array_equal(np.asarray(sparse_counts), np.asarray(dense_counts))
     np.testing.assert_allclose(np.asarray(sparse_metrics), np.asarray(dense_metrics), rtol=1e-4, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(sparse_state.key), np.asarray(dense_state.key))
-    moved = max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(dense_state.params), jax.tree.leaves(params)))
+    moved = max(
+        float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(dense_state.params), jax.tree.leaves(params))
+    )
     assert moved > 1e-3  # the update did something ...
     for a, b in zip(jax.tree.leaves(sparse_state.params), jax.tree.leaves(dense_state.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)  # ... and the same thing

@@ -64,8 +64,10 @@ def test_target_return_needs_twenty_games_with_a_mean_at_least_the_target():
 def test_rank_0s_stop_request_stops_every_rank():
     cfg = config(target_return=0.0)
     assert reason(cfg, f=facts(stop_request=0.0)) == ""
-    assert reason(cfg, f=facts(stop_request=1.0), recent_mean=0.0) == \
-        "reached --target-return 0 (mean of the last 20 games +0.00)"
+    assert (
+        reason(cfg, f=facts(stop_request=1.0), recent_mean=0.0)
+        == "reached --target-return 0 (mean of the last 20 games +0.00)"
+    )
     assert reason(cfg, f=facts(stop_request=1.0)) == "reached --target-return 0"  # another rank: no games to quote
 
 

@@ -36,8 +36,8 @@ def read_tb_scalars(run_dir: Path) -> dict:
         data = path.read_bytes()
         i = 0
         while i < len(data):
-            (length,) = struct.unpack("<Q", data[i:i + 8])
-            event = event_pb2.Event.FromString(data[i + 12:i + 12 + length])
+            (length,) = struct.unpack("<Q", data[i : i + 8])
+            event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
             i += 12 + length + 4
             for value in event.summary.value:
                 out.setdefault(value.tag, {})[event.step] = value.simple_value
@@ -53,6 +53,7 @@ def checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 # ---- the smoke run: configs/smoke.yaml as shipped ---------------------------------------------------
+
 
 def test_smoke_config_yaml_is_the_resolved_config_plus_a_record(smoke_run):
     doc = saved_config(smoke_run)
@@ -149,6 +150,7 @@ def test_smoke_stop_reason_is_logged(smoke_run):
 
 # ---- the long run: the smoke run resumed to 12,000 steps -----------------------------------------
 
+
 def test_resume_continues_the_counters(long_run, smoke_run):
     """Resumed from the checkpoint before the last (update 32): the first process's later lines are
     dropped and those updates are played again, so each update number appears exactly once."""
@@ -164,8 +166,9 @@ def test_resume_continues_the_counters(long_run, smoke_run):
     assert steps[-1] >= 12000 > steps[-2]
     assert [l["charts/env_steps"] for l in lines] == [SMOKE_ROUND * u for u in updates]
     resumed_step = f"{first[resumed_at - 1]['step']:,}"
-    assert re.search(rf"resumed from .*step {resumed_step} \(update {resumed_at}\b",
-                     (long_run / "stderr.txt").read_text())
+    assert re.search(
+        rf"resumed from .*step {resumed_step} \(update {resumed_at}\b", (long_run / "stderr.txt").read_text()
+    )
     assert [r["update"] for r in read_jsonl(long_run / "ranks.jsonl")] == updates
 
     doc = saved_config(long_run)
@@ -218,12 +221,28 @@ def test_long_run_episodic_return(long_run):
 
 # ---- small runs: determinism and the wall-clock limit --------------------------------------------
 
-TINY = ("--num-envs", 4, "--num-steps", 16, "--update-epochs", 1, "--num-minibatches", 2, "--tensorboard", "false",
-        "--checkpoint-every", 1000, "--progress", "off")
+TINY = (
+    "--num-envs",
+    4,
+    "--num-steps",
+    16,
+    "--update-epochs",
+    1,
+    "--num-minibatches",
+    2,
+    "--tensorboard",
+    "false",
+    "--checkpoint-every",
+    1000,
+    "--progress",
+    "off",
+)
 
 
 def tiny_run(jaxpong_cli, run_dir, *flags, timeout=180):
-    code, out, err = jaxpong_cli("train", "--config", SMOKE_CONFIG, "--run-dir", run_dir, *TINY, *flags, timeout=timeout)
+    code, out, err = jaxpong_cli(
+        "train", "--config", SMOKE_CONFIG, "--run-dir", run_dir, *TINY, *flags, timeout=timeout
+    )
     assert code == 0, err[-3000:]
     return read_jsonl(run_dir / "metrics.jsonl"), err
 
@@ -283,8 +302,9 @@ def test_throughput_bench_end_to_end(jaxpong_cli, tmp_path):
     steps/s of the same repeat. The trainer's timed seconds leave out the stopped ones."""
     import json
 
-    code, out, err = jaxpong_cli("bench", "--config", SMOKE_CONFIG, "--seconds", 3, "--repeats", 1,
-                                 "--run-dir", tmp_path / "bench", timeout=300)
+    code, out, err = jaxpong_cli(
+        "bench", "--config", SMOKE_CONFIG, "--seconds", 3, "--repeats", 1, "--run-dir", tmp_path / "bench", timeout=300
+    )
     assert code == 0, err
     result = json.loads(out.strip().splitlines()[-1])
     assert result["median_repeat"] == 1 and len(result["per_repeat"]) == 1

@@ -20,10 +20,15 @@ def prepare(apply_fn, params, batch, cfg):
     # With point_episodes a scored point ends the trajectory for credit assignment: the value
     # function then predicts only the current point's outcome, a much easier target.
     dones = batch.dones | (batch.rewards != 0) if cfg.algo.point_episodes else batch.dones
-    advantages, returns = gae(batch.rewards, batch.values, dones, bootstrap_values, batch.filled,
-                              cfg.algo.gamma, cfg.algo.gae_lambda)
-    targets = {"advantages": advantages, "returns": returns, "valid": batch.valid,
-               "masked": jnp.zeros_like(batch.valid)}
+    advantages, returns = gae(
+        batch.rewards, batch.values, dones, bootstrap_values, batch.filled, cfg.algo.gamma, cfg.algo.gae_lambda
+    )
+    targets = {
+        "advantages": advantages,
+        "returns": returns,
+        "valid": batch.valid,
+        "masked": jnp.zeros_like(batch.valid),
+    }
     return targets, masked_moments(advantages, batch.valid)
 
 
@@ -52,6 +57,7 @@ def loss_sums(apply_fn, params, samples, norm, cfg):
     loss_sum = (w * per_sample).sum()
     approx_kl = (ratio - 1.0) - log_ratio
     clipfrac = (jnp.abs(ratio - 1.0) > a.clip_coef).astype(jnp.float32)
-    metrics = jnp.stack([(w * pg_loss).sum(), (w * v_loss).sum(), (w * entropy).sum(),
-                         (w * approx_kl).sum(), (w * clipfrac).sum()])
+    metrics = jnp.stack(
+        [(w * pg_loss).sum(), (w * v_loss).sum(), (w * entropy).sum(), (w * approx_kl).sum(), (w * clipfrac).sum()]
+    )
     return loss_sum, (w.sum(), jax.lax.stop_gradient(metrics))

@@ -33,8 +33,9 @@ def fail(msg):
 
 
 # 1. Weighted (masked) mean across ranks, by hand, including a rank with zero valid samples.
-masked_mean = jax.jit(lambda x, m: (lambda t: t[0] / jnp.maximum(t[1], 1.0))(
-    comm.allreduce_sum(jnp.stack([(x * m).sum(), m.sum()]))))
+masked_mean = jax.jit(
+    lambda x, m: (lambda t: t[0] / jnp.maximum(t[1], 1.0))(comm.allreduce_sum(jnp.stack([(x * m).sum(), m.sum()])))
+)
 x = [jnp.array([1.0, 2.0, 3.0]), jnp.array([10.0, 20.0, 30.0])][rank]
 for masks, want in (
     ([[1, 1, 0], [0, 0, 0]], (1 + 2) / 2),  # rank 1 joins with weight 0
@@ -60,8 +61,14 @@ ok("global_moments")
 # 3. One update on 2 ranks == one update on 1 rank with the concatenated batch (pg and ppo with one
 #    full-batch minibatch, so sample order cannot matter). Rank 1 has half its samples masked.
 for algo, extra in (("pg", {"pg_unscored": "mask"}), ("ppo", {"num_minibatches": 1, "update_epochs": 2})):
-    cfg = config_lib.build(None, {"env": {"num_envs": 2}, "algo": {"algo": algo, "num_steps": 8, **extra},
-                                  "model": {"hidden_size": 16, "obs_mode": "diff64"}})  # 64x84 frames below
+    cfg = config_lib.build(
+        None,
+        {
+            "env": {"num_envs": 2},
+            "algo": {"algo": algo, "num_steps": 8, **extra},
+            "model": {"hidden_size": 16, "obs_mode": "diff64"},
+        },
+    )  # 64x84 frames below
     net = make_network(cfg.model)
     apply_fn = lambda p, f: net.apply(p, f)
     opt = make_optimizer(cfg)
@@ -77,7 +84,8 @@ for algo, extra in (("pg", {"pg_unscored": "mask"}), ("ppo", {"num_minibatches":
             logprobs=np.full((T, N), np.log(0.5), np.float32),
             values=r.normal(size=(T, N)).astype(np.float32) * 0.1,
             rewards=(r.integers(-1, 2, size=(T, N)) * (r.random((T, N)) < 0.3)).astype(np.float32),
-            dones=np.zeros((T, N), bool), filled=filled,
+            dones=np.zeros((T, N), bool),
+            filled=filled,
             valid=filled & (r.random((T, N)) < (1.0 if seed == 0 else 0.5)),
             bootstrap_features=r.integers(-1, 2, size=(N, 64, 84)).astype(np.int8),
         )
@@ -88,24 +96,39 @@ for algo, extra in (("pg", {"pg_unscored": "mask"}), ("ppo", {"num_minibatches":
     targets, moments = prepare(state.params, mine)
     # Global moments through the trainer's own per-round exchange (its agreed record sums them).
     layout = agreed_layout(np.asarray(moments).size)
-    reduced, _ = comm.exchange(layout.pack({"moments": np.asarray(moments, np.float64), "checksum_max": -np.inf,
-                                            "checksum_neg_min": -np.inf}),
-                               layout, record_row(log_layout(4), None, []), timeout_s=120, label="the test's exchange")
+    reduced, _ = comm.exchange(
+        layout.pack({"moments": np.asarray(moments, np.float64), "checksum_max": -np.inf, "checksum_neg_min": -np.inf}),
+        layout,
+        record_row(log_layout(4), None, []),
+        timeout_s=120,
+        label="the test's exchange",
+    )
     norm = layout.unpack(reduced)["moments"]
-    multi, _, counts = make_optimize(cfg, apply_fn, opt, comm.allreduce_sum)(state, mine, targets, jnp.asarray(norm, jnp.float32), 1.0, 1.0)
+    multi, _, counts = make_optimize(cfg, apply_fn, opt, comm.allreduce_sum)(
+        state, mine, targets, jnp.asarray(norm, jnp.float32), 1.0, 1.0
+    )
     # The same maths on one process: both ranks' envs side by side as one batch of 2N envs.
-    joined = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=1 if a.ndim >= 2 and a.shape[0] == T else 0),
-                          batches[0], batches[1])
-    cfg1 = config_lib.build(None, {"env": {"num_envs": 2 * N}, "algo": {"algo": algo, "num_steps": 8, **extra},
-                                   "model": {"hidden_size": 16, "obs_mode": "diff64"}})
+    joined = jax.tree.map(
+        lambda a, b: jnp.concatenate([a, b], axis=1 if a.ndim >= 2 and a.shape[0] == T else 0), batches[0], batches[1]
+    )
+    cfg1 = config_lib.build(
+        None,
+        {
+            "env": {"num_envs": 2 * N},
+            "algo": {"algo": algo, "num_steps": 8, **extra},
+            "model": {"hidden_size": 16, "obs_mode": "diff64"},
+        },
+    )
     t1, m1 = make_prepare(cfg1, apply_fn)(state.params, joined)
     single, _, counts1 = make_optimize(cfg1, apply_fn, opt, LocalComm().allreduce_sum)(state, joined, t1, m1, 1.0, 1.0)
     if abs(float(counts.sum()) - float(counts1.sum())) > 0.5:
         fail(f"{algo}: global valid count {counts} != single-process {counts1}")
     for a, b in zip(jax.tree.leaves(multi.params), jax.tree.leaves(single.params)):
         if not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6):
-            fail(f"{algo}: 2-rank update differs from 1-rank update on concatenated data "
-                 f"(max diff {np.abs(np.asarray(a) - np.asarray(b)).max()})")
+            fail(
+                f"{algo}: 2-rank update differs from 1-rank update on concatenated data "
+                f"(max diff {np.abs(np.asarray(a) - np.asarray(b)).max()})"
+            )
     sums = comm.world.allgather(float(sum(np.asarray(l, np.float64).sum() for l in jax.tree.leaves(multi.params))))
     if sums[0] != sums[1]:
         fail(f"{algo}: ranks hold different parameters after the update: {sums}")
