@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import numpy as np
 from flax import struct
 
 
@@ -19,12 +20,13 @@ class Batch:
     its last filled step, for bootstrapping a trajectory the deadline cut.
     """
 
-    features: jax.Array
-    actions: jax.Array
-    logprobs: jax.Array
-    values: jax.Array
-    rewards: jax.Array
-    dones: jax.Array
-    filled: jax.Array
-    valid: jax.Array
-    bootstrap_features: jax.Array
+    # numpy arrays as the host collects them (rollout.Collector), jax arrays once passed into jit
+    features: jax.Array | np.ndarray
+    actions: jax.Array | np.ndarray
+    logprobs: jax.Array | np.ndarray
+    values: jax.Array | np.ndarray
+    rewards: jax.Array | np.ndarray
+    dones: jax.Array | np.ndarray
+    filled: jax.Array | np.ndarray
+    valid: jax.Array | np.ndarray
+    bootstrap_features: jax.Array | np.ndarray

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ class RawEnv:
         self.ready = self._drain(cfg.env.num_envs)  # env ids holding an observation not acted on yet
 
     def _drain(self, count: int) -> list:
-        ids = []
+        ids: list[int] = []
         while len(ids) < count:
             ids.extend(self.io.recv()[4].tolist())
         return ids
@@ -82,7 +83,7 @@ def _metrics(run_dir: Path) -> list[dict]:
     return lines
 
 
-def trainer_sps(run_dir: Path, paused: list[tuple[float, float]] = (), warmup: int = WARMUP_UPDATES) -> dict:
+def trainer_sps(run_dir: Path, paused: Sequence[tuple[float, float]] = (), warmup: int = WARMUP_UPDATES) -> dict:
     """Steps/s from a run's metrics.jsonl after the `warmup` rounds, not counting the `paused` (start, end)
     wall-clock intervals (time.time()) during which the trainer was stopped."""
     lines = _metrics(run_dir)
@@ -196,9 +197,11 @@ def interleaved_repeat(
             except ProcessLookupError:
                 pass
 
-    paused, raw_steps, raw_s, raw_cpu = [], 0, 0.0, 0.0
+    paused: list[tuple[float, float]] = []  # (start, end) wall-clock intervals the trainer was stopped
+    raw_steps, raw_s, raw_cpu = 0, 0.0, 0.0
     metrics_path = run_dir / "metrics.jsonl"
-    cpu_at = {}  # metrics lines written -> the trainer's CPU seconds within 50 ms after the last of them was
+    # metrics lines written -> the trainer's CPU seconds within 50 ms after the last of them was
+    cpu_at: dict[int, float] = {}
 
     def lines_written() -> int:
         return metrics_path.read_bytes().count(b"\n") if metrics_path.is_file() else 0
@@ -286,7 +289,7 @@ def _process_tree(root: int, leaves: bool = False) -> list[int]:
     """`root` and every process below it (Linux /proc; `leaves`: only those without children, i.e. the
     ranks under mpirun). mpirun's proxies and ranks each start their own session, so the trainer's
     ranks are found by parentage, not by process group."""
-    children = {}
+    children: dict[int, list[int]] = {}  # parent pid -> child pids
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
@@ -546,7 +549,9 @@ def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None
     share = sorted(os.sched_getaffinity(0))[: plan.cores_per_rank]
     one = base / "one_rank"
     _train_subprocess(cfg_dict, one, run_for, prefix=["taskset", "-c", ",".join(map(str, share))])
-    modes = [("deadline", [])] + ([("sync", ["--deadline-s", "0"])] if cfg.dist.slow_rank >= 0 else [])
+    modes: list[tuple[str, list[str]]] = [("deadline", [])] + (
+        [("sync", ["--deadline-s", "0"])] if cfg.dist.slow_rank >= 0 else []
+    )
     results = {"one_rank": {**trainer_sps(one), "ranks": 1}}
     for mode, extra in modes:
         path = base / f"{ranks}_ranks_{mode}"

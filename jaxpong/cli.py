@@ -24,6 +24,8 @@ from jaxpong.stop import EXIT_IO_ERROR, EXIT_PREEMPTED, EXIT_USAGE
 
 
 class _Parser(argparse.ArgumentParser):
+    commands: dict[str, _Parser]  # the top-level parser's: command name -> subparser (set in build_parser)
+
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("allow_abbrev", False)  # a typo such as --num-env must not silently mean --num-envs
         super().__init__(*args, **kwargs)
@@ -69,7 +71,7 @@ def _config_parser(sub, name: str, help: str) -> argparse.ArgumentParser:
     return p
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(prog="jaxpong", description="Learn Atari Pong from pixels with JAX, envpool and MPI.")
     parser.add_argument("--version", action="version", version=f"jaxpong {jaxpong.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)

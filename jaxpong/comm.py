@@ -67,7 +67,7 @@ class LocalComm:
 class MpiComm:
     """Many ranks over MPI. mpi4jax gets a communicator of its own (a clone), as mpi4jax requires."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         import mpi4jax
         from mpi4py import MPI
 
@@ -77,7 +77,7 @@ class MpiComm:
         self.rank, self.size = self.world.Get_rank(), self.world.Get_size()
         self.library = " ".join(MPI.Get_library_version().split()[:3]).rstrip(",")
         self._reductions: dict = {}
-        self._host = None  # this host's ranks (MPI_COMM_TYPE_SHARED), made at the first host_first
+        self._host: MPI.Comm | None = None  # this host's ranks (MPI_COMM_TYPE_SHARED), made at the first host_first
 
     def _clone_with_one_handle(self, attempts: int = 8):
         """(mpi4jax's communicator, whether its handle is the same number on every rank).

@@ -31,7 +31,8 @@ def env_seeds(seed: int, rank: int, resume_count: int, purpose: int, num_envs: i
 
 
 def default_threads(num_envs: int) -> int:
-    """envpool threads: one per core this rank is bound to (its share of the host when unbound), at most one per game."""
+    """envpool threads: one per core this rank is bound to (its share of the host when unbound), at most one per
+    game."""
     return max(1, min(num_envs, placement.this_rank_cores()))
 
 
@@ -154,8 +155,8 @@ class GameScores:
     """
 
     num_envs: int
-    running: np.ndarray = None
-    lengths: np.ndarray = None
+    running: np.ndarray = field(init=False)  # set in __post_init__ (any value passed in was overwritten there)
+    lengths: np.ndarray = field(init=False)
     finished: list = field(default_factory=list)  # (return, length) of games finished since last drain
     truncated: int = 0
 

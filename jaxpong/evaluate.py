@@ -155,7 +155,7 @@ def make_policy_step_for(cfg: Config):
 def format_report(result: EvalResult) -> list[str]:
     """Human-readable lines: one per game, then the summary."""
     lines = []
-    per_env = {}
+    per_env: dict[int, int] = {}
     for i, (ret, n, e) in enumerate(zip(result.returns, result.lengths, result.games_env), 1):
         per_env[e] = per_env.get(e, 0) + 1
         lines.append(f"game {i:3d}  env {e} game {per_env[e]}  return {ret:+5.0f}  ({_score(ret)})  {n} agent steps")

@@ -24,7 +24,7 @@ GREEDY_GAMES = 10
 
 def milestones_from_games(games: list[dict], window: int = WINDOW) -> dict:
     """{"-15": {"time_s", "step"} or None, ...}: first time the mean of the last `window` games >= m."""
-    out = {str(m): None for m in MILESTONES}
+    out: dict[str, dict | None] = {str(m): None for m in MILESTONES}
     returns = []
     for g in games:
         returns.append(g["return"])
@@ -134,7 +134,7 @@ def learning_benchmark(
             text=True,
         )
         greedy = json.loads(ev.stdout.strip().splitlines()[-1]) if ev.returncode == 0 else None
-        row = {
+        row: dict = {
             "seed": seed,
             "milestones": reached,
             "sps": round(sps, 1),

@@ -56,7 +56,7 @@ class _WriterThreadErrors:
     (as one line) and drop tensorboardX's errors at exit, which that line has already reported. They stay
     for the life of the process; everything not from tensorboardX goes to the previous hooks."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.error: BaseException | None = None
         self._previous_thread_hook = threading.excepthook
         self._previous_unraisable_hook = sys.unraisablehook

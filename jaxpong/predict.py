@@ -30,7 +30,7 @@ from jaxpong import batch_rule
 from jaxpong.config import Config, ConfigError
 
 MILESTONES = ("0", "18", "20")
-SEED_2016 = {"ranks": 1536, "milestone": "0", "seconds": 3.9 * 60}  # ARCHER, 2016: a mean above 0 in 3.9 min
+SEED_2016: dict = {"ranks": 1536, "milestone": "0", "seconds": 3.9 * 60}  # ARCHER, 2016: a mean above 0 in 3.9 min
 
 
 @dataclasses.dataclass
@@ -74,7 +74,7 @@ def predict(
 ) -> list[dict]:
     from jaxpong import simulate
 
-    rows = []
+    rows: list[dict] = []
     for n in ranks:
         scaled, _ = batch_rule.apply(cfg, n)
         setup = dataclasses.replace(
@@ -82,7 +82,7 @@ def predict(
         )
         out = simulate.simulate(dataclasses.replace(measured, setup=setup), "deadline", n, rounds=rounds, seed=seed)
         batch = cfg.algo.num_steps * cfg.env.num_envs * n / scaled.algo.num_minibatches
-        row = {
+        row: dict = {
             "ranks": n,
             "samples_per_s": out.samples_per_s,
             "efficiency": out.efficiency,

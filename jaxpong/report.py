@@ -185,7 +185,7 @@ def _floats(values: list) -> np.ndarray:
 class _Columns:
     """ranks.jsonl's numbers, a chunk of records at a time, as float64 columns (8 bytes a value)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.chunks: dict[str, list[np.ndarray]] = {k: [] for k in (*REQUIRED, *OPTIONAL)}
 
     def extend(self, records: list) -> None:
@@ -204,8 +204,20 @@ class _Columns:
     def build(self) -> Rounds:
         if not len(self):
             empty = np.zeros((0, 0))
+            # the eight float fields spelled out: mypy cannot count `*[empty] * 8` between positional arguments
             return Rounds(
-                np.zeros(0, np.int64), np.zeros(0, np.int64), empty.astype(bool), *[empty] * 8, empty.astype(bool)
+                np.zeros(0, np.int64),
+                np.zeros(0, np.int64),
+                empty.astype(bool),
+                empty,
+                empty,
+                empty,
+                empty,
+                empty,
+                empty,
+                empty,
+                empty,
+                empty.astype(bool),
             )
         values = {k: np.concatenate(c) for k, c in self.chunks.items()}
         rank, update = values["rank"].astype(np.int64), values["update"].astype(np.int64)
@@ -494,7 +506,10 @@ def finding(stats: list[RankStats]) -> str:
                 f"{_pct(float(np.mean([s.valid_samples for s in late])) / others_valid)} of the others' samples."
             )
     elif ratio < 1.2 and one and named[0].rank == 0:
-        text += " Its collection is not slower: rank 0's own host work between rounds (logging, checkpoints, evaluations) delays it."
+        text += (
+            " Its collection is not slower: rank 0's own host work between rounds"
+            " (logging, checkpoints, evaluations) delays it."
+        )
     return text + slow_txt + masked_txt
 
 
@@ -708,10 +723,10 @@ def plot_timeline(rounds: Rounds, stats: list[RankStats], path: Path, last_round
             markersize=5,
             label="collection speed / the median rank's (right axis)",
         )
-        for i in np.flatnonzero(ratio < SLOW_COLLECTOR):
+        for position in np.flatnonzero(ratio < SLOW_COLLECTOR):
             cx.annotate(
-                f"{ratio[i]:.2f}x",
-                (x[i], ratio[i]),
+                f"{ratio[position]:.2f}x",
+                (x[position], ratio[position]),
                 xytext=(0, -14),
                 textcoords="offset points",
                 ha="center",
@@ -814,7 +829,7 @@ def plot_heatmap(rounds: Rounds, stats: list[RankStats], path: Path, text: str =
             "their highest",
         ),
     ]
-    axes = []
+    axes: list = []  # the heat maps' matplotlib Axes, left to right
     for (cells, cmap, top, title, bar_label, pick), left in zip(panels, _HEAT_LEFTS):
         ax = fig.add_axes((left, _HEAT_BOTTOM, _HEAT_WIDTH, _HEAT_HEIGHT), sharey=axes[0] if axes else None)
         image = ax.imshow(cells, aspect="auto", interpolation="nearest", cmap=cmap, vmin=0.0, vmax=top, extent=extent)
@@ -1036,7 +1051,8 @@ def make_report(
         trace_rounds = trace_rounds_that_fit(len(stats), all_rounds)
     trace = write_trace(rounds, path / TRACE_NAME, last_rounds=trace_rounds, name=path.resolve().name)
     named = [
-        f"persistent late senders (most often last first): {', '.join(str(s.rank) for s in late_senders(stats)) or 'none'}",
+        "persistent late senders (most often last first): "
+        f"{', '.join(str(s.rank) for s in late_senders(stats)) or 'none'}",
         f"slow collectors (slowest first): {', '.join(str(s.rank) for s in slow_collectors(stats)) or 'none'}",
     ]
     (path / TEXT_NAME).write_text(f"{table(stats)}\n\n" + "\n".join(named) + f"\n\nfinding: {text}\n")

@@ -185,16 +185,18 @@ class Collector:
         self.total_env_steps = 0
         # Reset through send/recv: in async mode a plain reset() returns only one batch of envs.
         env.async_reset()
-        self.pending = None  # frames each env will act on next
+        pending = None  # frames each env will act on next
         received = 0
         while received < self.num_envs:
             obs, _, _, _, ids, _ = self.io.recv()
-            if self.pending is None:
-                self.pending = np.zeros((self.num_envs,) + obs.shape[1:], obs.dtype)
-            self.pending[ids] = obs
+            if pending is None:
+                pending = np.zeros((self.num_envs,) + obs.shape[1:], obs.dtype)
+            pending[ids] = obs
             received += len(ids)
+        assert pending is not None  # num_envs >= 1: the loop received at least one batch
+        self.pending: np.ndarray = pending
         self.pending_terminal = np.zeros(self.num_envs, bool)
-        self._buffers = None
+        self._buffers: bool | None = None
 
     def compile_steps(self, params, key) -> None:
         """Compile, without running, the policy steps a round calls: the packed step on every env (the

@@ -140,6 +140,7 @@ class Training:
                 now = time.perf_counter() - t0
                 eval_metrics = self._between_rounds(record)  # rank 0 only, when due
                 if self.is_main and self.io_failure is None:
+                    assert self.logger is not None  # rank 0 has the logger
                     try:
                         self.logger.log_ranks(out.records)
                         self.logger.log_games(
@@ -213,8 +214,8 @@ class Training:
                 f"stopped: {reason} (update {c.update}, step {c.step:,}, {c.episodes} games, "
                 f"return(last {RECENT_GAMES}) {fmt_return(self.recent_mean())})"
             )
-            now = noise_scale.log_metrics(self.round.noise)
-            if batch_line := useful_ranks_line(now["charts/noise_scale"], now["charts/optimizer_batch"], comm.size):
+            noise = noise_scale.log_metrics(self.round.noise)
+            if batch_line := useful_ranks_line(noise["charts/noise_scale"], noise["charts/optimizer_batch"], comm.size):
                 log_line(batch_line)
             if code != EXIT_IO_ERROR:
                 if comm.size > 1:
@@ -226,6 +227,7 @@ class Training:
                     self.round.policy_step,
                     final_clip=code != EXIT_FAULT and not reason.startswith("signal"),
                 )
+            assert self.logger is not None  # rank 0 has the logger
             self.logger.finish_tracking()  # W&B gets the media now, not at process exit
         self.round.env.close()
         if code == EXIT_OK and reason.startswith("signal"):
@@ -241,6 +243,7 @@ class Training:
         c = self.counters
         metrics: dict = {}
         if eval_due(self.cfg, c.update):
+            assert self.evaluations is not None  # rank 0 has the evaluations
             evaluation = self.evaluations.evaluate(
                 self.state.params, c.update, c.step, self.save, can_write=self.io_failure is None
             )
@@ -258,6 +261,8 @@ class Training:
         """Rank 0 at the end: the last timings, the final checkpoint (unless the last checkpoint write
         failed: the disk is most likely still full), closing the logs. Any failed write makes the exit
         status EXIT_IO_ERROR and the reason one line that says what failed and where to resume from."""
+        logger, checkpoints = self.logger, self.checkpoints
+        assert logger is not None and checkpoints is not None  # rank 0 has both
 
         def attempt(action) -> None:
             try:
@@ -266,15 +271,15 @@ class Training:
                 self.io_failure = self.io_failure or err
 
         if self.io_failure is None:
-            attempt(lambda: self.logger.log_ranks(final_records))
+            attempt(lambda: logger.log_ranks(final_records))
         if code != EXIT_FAULT and (self.io_failure is None or self.io_failure.what != "checkpoint"):
             attempt(self.save)
-        attempt(self.logger.close)
+        attempt(logger.close)
         if self.io_failure is None:
             return code, reason
-        newest = self.checkpoints.newest_complete()
+        newest = checkpoints.newest_complete()
         where = (
-            f"the newest good checkpoint is step {newest:,} ({self.checkpoints.directory / str(newest)}); "
+            f"the newest good checkpoint is step {newest:,} ({checkpoints.directory / str(newest)}); "
             f"fix the cause (free space, permissions), then resume with: jaxpong train --resume {self.run_dir}"
             if newest is not None
             else "no checkpoint was kept; fix the cause and start the run again"
@@ -345,6 +350,7 @@ class Training:
             line["comm/allreduce_ms"] = 1000.0 * min(r["wait_s"] for r in out.records)
         line.update(noise_scale.log_metrics(self.round.noise))
         line.update(extra or {})
+        assert self.logger is not None  # rank 0 alone logs
         self.logger.log(line)
 
     def save(self, checkpoints: Checkpoints | None = None, extra_meta: dict | None = None):
@@ -361,4 +367,6 @@ class Training:
         if self._live_t0 is not None:  # a checkpoint mid-run: count this process's seconds so far
             meta["counters"]["elapsed_s"] = c.elapsed_s + time.perf_counter() - self._live_t0
         meta.update(extra_meta or {})
-        (checkpoints or self.checkpoints).save(c.step, jax.tree.map(np.asarray, self.state), meta)
+        target = checkpoints or self.checkpoints
+        assert target is not None  # rank 0's checkpoints/ unless the caller passes its own
+        target.save(c.step, jax.tree.map(np.asarray, self.state), meta)

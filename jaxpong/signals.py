@@ -18,7 +18,7 @@ class SignalFlag:
     with one unbuffered os.write, which is safe there.
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.received: str | None = None
         self._announced = False
 

@@ -258,7 +258,7 @@ class Outcome:
     samples_per_s: float
     wait_fraction: float  # mean over ranks
     round_s: float  # mean wall-clock seconds per round
-    rank_wait_fraction: np.ndarray = field(repr=False, default=None)
+    rank_wait_fraction: np.ndarray | None = field(repr=False, default=None)
 
     def to_json(self) -> dict:
         return {
@@ -326,6 +326,7 @@ def simulate(
             if ranks > 1:
                 deadline = lower_median(cap * s) * (1.0 + setup.deadline_margin)
         else:
+            assert remaining is not None  # mode == "game"
             steps = remaining.max(axis=1)
             remaining -= steps[:, None]
             just_ended = remaining == 0

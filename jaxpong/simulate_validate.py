@@ -129,6 +129,7 @@ def validate(
         measured = measured_from_run(run_dir, base)
         mode = mode_of(_parse_deadline(deadline))
         outcome = simulate(measured, mode, ranks, rounds=rounds, seed=seed)
+        assert outcome.rank_wait_fraction is not None  # simulate() always sets it
         for s in stats:
             predicted = float(outcome.rank_wait_fraction[s.rank])
             rows.append(

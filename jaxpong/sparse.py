@@ -37,9 +37,10 @@ class SparseBatch:
     lets the sum run as a sorted segment sum. Leading axes, if any, index minibatches.
     """
 
-    rows: jax.Array  # [..., K] int32, sorted
-    cols: jax.Array  # [..., K] int32
-    vals: jax.Array  # [..., K] int8 as built; float32 once `preprocess.to_float` made it a network input
+    # numpy arrays as the host builds them (`minibatches`), jax arrays once passed into jit
+    rows: jax.Array | np.ndarray  # [..., K] int32, sorted
+    cols: jax.Array | np.ndarray  # [..., K] int32
+    vals: jax.Array | np.ndarray  # [..., K] int8 as built; float32 once `preprocess.to_float` made it a network input
     num_rows: int = struct.field(pytree_node=False)
     width: int = struct.field(pytree_node=False)
 

@@ -40,7 +40,7 @@ def _interleaved_us(options: dict, blocks: int = 7, block_s: float = 0.3) -> dic
     `options`: name -> (call, units per call). Returns {name: wall-clock us, name + " cpu": CPU us}: the
     CPU time of this process (all its threads, envpool's and XLA's included), which other programs'
     load does not inflate as it does the wall-clock time."""
-    times = {name: ([], []) for name in options}
+    times: dict[str, tuple[list[float], list[float]]] = {name: ([], []) for name in options}  # wall, cpu
     for _ in range(blocks):
         for name, (call, units) in options.items():
             count, start, cpu = 0, time.perf_counter(), time.process_time()
@@ -50,8 +50,8 @@ def _interleaved_us(options: dict, blocks: int = 7, block_s: float = 0.3) -> dic
             times[name][0].append(elapsed / (count * units) * 1e6)
             times[name][1].append((time.process_time() - cpu) / (count * units) * 1e6)
     out = {}
-    for name, (wall, cpu) in times.items():
-        out[name], out[name + " cpu"] = float(np.median(wall)), float(np.median(cpu))
+    for name, (wall_us, cpu_us) in times.items():
+        out[name], out[name + " cpu"] = float(np.median(wall_us)), float(np.median(cpu_us))
     return out
 
 
@@ -182,7 +182,7 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
             h += dense.mlp.bias
         return np.maximum(h, 0.0)
 
-    dense.mlp.hidden = dense_hidden
+    dense.mlp.hidden = dense_hidden  # type: ignore[method-assign]  # this benchmark's dense twin, on purpose
 
     def dense_call():
         dense.step(frames[next(it) % len(frames)])
@@ -235,7 +235,8 @@ def main(argv=None) -> int:
             r["config"] = path
             results.append(r)
             print(
-                f"{path}: {rows} row(s) per call, {r['obs_mode']}, {r['nonzero_cells_per_row']:.1f} nonzero cells per row"
+                f"{path}: {rows} row(s) per call, {r['obs_mode']}, "
+                f"{r['nonzero_cells_per_row']:.1f} nonzero cells per row"
             )
             for name in ("env", "jit", "jit-aot", "host", "host-dense", "xla-rollout"):
                 if name in r:

@@ -155,7 +155,7 @@ def test_collector_host_path_matches_the_jitted_path_and_follows_parameter_updat
     opt_state = optimizer.init(params)
     key_h = key_j = jax.random.PRNGKey(4)
     seen_kernels = []
-    for round_ in range(3):
+    for _ in range(3):
         batch_h, info_h, key_h = host.collect(params, key_h, deadline_s=None)
         batch_j, info_j, key_j = jitted.collect(params, key_j, deadline_s=None)
         assert (np.asarray(key_h) == np.asarray(key_j)).all()

@@ -79,7 +79,7 @@ def test_slow_factor_divides_the_steps_per_second(num_envs, batch_size):
     collectors = {f: _collector(num_envs, batch_size, num_steps=200, slow_factor=f) for f in (1.0, 3.0)}
     key = jax.random.PRNGKey(3)
     rates = {1.0: [], 3.0: []}
-    for f, (c, state) in collectors.items():
+    for _, (c, state) in collectors.items():
         c.collect(state.params, key, deadline_s=None)  # compiles this collector's policy step
     for _ in range(3):
         for f, (c, state) in collectors.items():
