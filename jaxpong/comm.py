@@ -54,7 +54,7 @@ class LocalComm:
     def bcast(self, obj):
         return obj
 
-    def host_first(self, thunk, timeout_s: float = 300.0, label: str = ""):
+    def host_first(self, thunk, timeout_s: float = 300.0, label: str = "", key: str | None = None):
         return thunk()
 
     def barrier(self):
@@ -162,20 +162,36 @@ class MpiComm:
             time.sleep(pause)
             pause = min(pause * 2, 0.05)
 
-    def host_first(self, thunk, timeout_s: float = 300.0, label: str = "a first compile"):
+    def host_first(self, thunk, timeout_s: float = 300.0, label: str = "a first compile", key: str | None = None):
         """thunk() on this host's first rank, then on the others.
 
         For compiles: N ranks of one host compiling the same program at once share its cores N ways, and
         each one then writes the same persistent-cache entry. Here one compiles with the cores to itself
-        while the others sleep, and they then load its entry (a fraction of a second) in parallel."""
-        if os.environ.get("JAXPONG_SHARED_COMPILE") == "0":  # every rank compiles for itself (bench --startup)
+        while the others sleep, and they then load its entry (a fraction of a second) in parallel.
+        `key` names the program: once this host's first rank has compiled it into the cache (a marker
+        file beside the cache says so), later runs load it on every rank at once, without waiting."""
+        from jaxpong.jaxsetup import compile_cache_dir
+
+        cache = compile_cache_dir()
+        if cache is None or os.environ.get("JAXPONG_SHARED_COMPILE") == "0":  # (bench --startup compares)
             return thunk()
         if self._host is None:
             self._host = self.world.Split_type(self._MPI.COMM_TYPE_SHARED)
         if self._host.Get_size() == 1:
             return thunk()
         first = self._host.Get_rank() == 0
+        marker = cache / "jaxpong-compiled" / key if key else None
+        # The host's first rank decides for all of them: a collective must be entered by all or none.
+        cached = self._host.bcast(bool(marker and marker.exists()) if first else None, root=0)
+        if cached:
+            return thunk()
         out = thunk() if first else None
+        if first and marker is not None:
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+            except OSError:
+                pass  # only a later start's shortcut is lost
         self._wait(self._host.Ibarrier(), self._host, timeout_s, label)
         return out if first else thunk()
 

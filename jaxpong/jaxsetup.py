@@ -34,8 +34,14 @@ def setup_jax(xla_threads: int = 0, platform: str | None = None) -> None:
     # inside the collector the gain was within the machine's noise. Nothing here overlaps host work
     # with a running computation, so nothing is lost either.
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    cache = os.environ.get("JAXPONG_COMPILE_CACHE", str(Path.home() / ".cache" / "jaxpong" / "xla"))
-    if cache and cache != "off":
-        jax.config.update("jax_compilation_cache_dir", cache)
+    cache = compile_cache_dir()
+    if cache is not None:
+        jax.config.update("jax_compilation_cache_dir", str(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.3)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def compile_cache_dir() -> Path | None:
+    """JAX's persistent compilation cache: JAXPONG_COMPILE_CACHE (off = none), else ~/.cache/jaxpong/xla."""
+    cache = os.environ.get("JAXPONG_COMPILE_CACHE", str(Path.home() / ".cache" / "jaxpong" / "xla"))
+    return Path(cache) if cache and cache != "off" else None

@@ -198,14 +198,16 @@ class Collector:
         self.pending_terminal = np.zeros(self.num_envs, bool)
         self._buffers: bool | None = None
 
-    def compile_steps(self, params, key) -> None:
-        """Compile, without running, the policy steps a round calls: the packed step on every env (the
-        round's first action) and on one envpool batch, and the bootstrap step. Run first on one rank of
-        a host (comm.host_first), the others then load them from the persistent compilation cache."""
+    def lowered_steps(self, params, key) -> list:
+        """The policy steps a round calls, lowered (traced, not compiled): the packed step on every env
+        (the round's first action) and on one envpool batch, and the bootstrap step. Round compiles them
+        first on one rank of a host (comm.host_first); the others then load them from the cache."""
+        steps = []
         if self.host is None:
             for rows in sorted({self.num_envs, self.batch_size}):
-                self.packed_step.lower(params, self.pending[:rows], key).compile()
-        self.policy_step.lower(params, self.pending, key).compile()
+                steps.append(self.packed_step.lower(params, self.pending[:rows], key))
+        steps.append(self.policy_step.lower(params, self.pending, key))
+        return steps
 
     def _allocate(self, row_bytes: int):
         T, N = self.num_steps, self.num_envs

@@ -9,6 +9,7 @@ it is given and returns the agreed facts, from which the run loop (jaxpong/run.p
 
 from __future__ import annotations
 
+import hashlib
 import math
 import signal
 import time
@@ -154,6 +155,14 @@ class Round:
             self.cfg.dist.hang_timeout_s, self.rounds_here, self.slowest_round_s, compiles=compiles
         ) + eval_allowance_s(self.cfg, update, self.last_eval_s)
 
+    def _compile_first(self, lowered: list, timeout_s: float, label: str) -> None:
+        """Compile these lowered programs on one rank of this host first, then on the others (which load
+        them from the persistent cache); named by their text, so a later start on a warm cache skips the wait."""
+        if self.comm.size == 1:
+            return
+        key = hashlib.sha256("".join(program.as_text() for program in lowered).encode()).hexdigest()[:40]
+        self.comm.host_first(lambda: [program.compile() for program in lowered], timeout_s, label, key=key)
+
     def play(
         self,
         state: TrainState,
@@ -170,8 +179,8 @@ class Round:
         round_start = time.perf_counter()
         deadline_s = self.deadline.seconds()
         if self.rounds_here == 0:  # one rank per host compiles the policy steps, the others load them
-            self.comm.host_first(
-                lambda: self.collector.compile_steps(state.params, self.sample_key),
+            self._compile_first(
+                self.collector.lowered_steps(state.params, self.sample_key),
                 self.hang_limit(counters.update, compiles=True),
                 "the policy step's first compile",
             )
@@ -227,8 +236,8 @@ class Round:
             batch = batch.replace(features=None)
         batch = jax.tree.map(jnp.asarray, batch)
         if self.rounds_here == 0:
-            self.comm.host_first(
-                lambda: self.prepare_targets.lower(state.params, batch).compile(),
+            self._compile_first(
+                [self.prepare_targets.lower(state.params, batch)],
                 self.hang_limit(0, compiles=True),
                 "the targets' first compile",
             )
@@ -335,8 +344,8 @@ class Round:
         )
         if (self.rounds_here == 0 or compiles) and self.comm.same_program:
             # Lowering and compiling runs no collective, so one rank of each host can go first.
-            self.comm.host_first(
-                lambda: self.optimize.lower(*args, noise=self.noise).compile(),
+            self._compile_first(
+                [self.optimize.lower(*args, noise=self.noise)],
                 self.hang_limit(counters.update, compiles=True),
                 "the update's compile",
             )
