@@ -4,8 +4,8 @@
    distributions) and no tests.
 2. A fresh venv in a temporary folder; the mpich wheel first (it brings mpicc), then the jaxpong wheel with
    its mpich extra, mpi4jax compiled CPU-only against that mpicc: the steps of the README's install section.
-3. From another temporary folder: `jaxpong --help`, `jaxpong --version` (the version of pyproject.toml), and
-   the installed package finds its shipped data.
+3. From another temporary folder: `jaxpong --help`, `jaxpong --version` (the version of pyproject.toml),
+   the installed package finds its shipped data, and the README's "From Python" example runs as written.
 
 Takes several minutes (jax, envpool, a compiled mpi4jax); pip's cache makes a second run faster.
 """
@@ -100,9 +100,15 @@ def main() -> None:
         ).split()
         if any(Path(p).resolve().is_relative_to(REPO) for p in where):
             sys.exit(f"wheel-check: the package was imported from the repository ({where}), not the install")
+        # The README's "From Python" example, as written, from the install (a short training, then play).
+        readme = (REPO / "README.md").read_text().split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
+        example = readme.split("```python\n", 1)[1].split("```", 1)[0]
+        (elsewhere / "example.py").write_text(example)
+        printed = run([python, "example.py"], cwd=elsewhere, env=clean_env).strip().splitlines()[-1]
         print(
             f"wheel-check: ok: {wheel.name} installs with [mpich] into a fresh venv; `jaxpong --help` and "
-            f"`--version` ({version}) work from {elsewhere}; shipped data at {where[1]}"
+            f"`--version` ({version}) work from {elsewhere}; shipped data at {where[1]}; the README's Python "
+            f"example ran there and printed {printed!r}"
         )
     finally:
         if args.keep:
