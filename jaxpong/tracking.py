@@ -27,7 +27,7 @@ from jaxpong.config import ConfigError
 INSTALL_HINT = "pip install 'jaxpong[wandb]'"
 RUN_ID_FILE = "wandb_run_id"
 STEP_METRIC = "step"
-# Files written at the end of training (jaxpong/train.py), logged when the process ends.
+# Files written at the end of training (jaxpong/end_of_run.py), logged when the run finishes.
 END_OF_RUN_MEDIA = {"media/learning_curve": "learning_curve.png", "media/final_video": "videos/final.mp4"}
 
 
