@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -345,7 +346,10 @@ def test_report_names_the_slow_rank_among_16(sixteen_rank_run, tmp_path):
     assert doc["picture"] == "timeline" and doc["num_ranks"] == 16
     if deadline == "0":  # everyone waits for the slow rank every round
         assert doc["late_senders"] == [5], doc["finding"]
-        assert doc["finding"].startswith("rank 5 is the late sender: it arrived last in 100%")
+        # Last in (nearly) every round: the first round's arrivals follow the shared first compiles (one
+        # rank compiles, the others then load), not the games, so it may be someone else there.
+        share = re.match(r"rank 5 is the late sender: it arrived last in (\d+)% of (\d+) rounds", doc["finding"])
+        assert share and int(share[1]) >= 100 * (int(share[2]) - 1) / int(share[2]) - 0.5, doc["finding"]
     else:
         # The auto deadline cuts the slow rank, which arrives on time with fewer samples: it is named as the
         # slow collector (were it not cut, it would be the late sender). Either way, rank 5 alone.
