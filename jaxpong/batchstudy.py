@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxpong import batch_rule
 from jaxpong.config import build
-from jaxpong.learnbench import MILESTONES, milestones_from_games
+from jaxpong.learnbench import MILESTONES, milestones_from_games, read_jsonl
 
 STUDY_MILESTONES = ("0", "18", "20")
 
@@ -35,10 +35,6 @@ def run_args(rule: str, scale: int, cfg) -> list[str]:
             mbs, games, cfg.algo.reference_games, cfg.algo.num_steps * games, cfg.algo.min_rank_minibatch * scale
         )
     return ["--num-envs", str(games), "--num-minibatches", str(mbs), "--batch-rule", "none"]
-
-
-def read_results(path: Path) -> list[dict]:
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
 def summarise(results: list[dict]) -> list[dict]:
@@ -119,7 +115,7 @@ def batch_study(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
-    done = {(r["rule"], r["scale"], r["seed"]) for r in read_results(results_file)}
+    done = {(r["rule"], r["scale"], r["seed"]) for r in read_jsonl(results_file)}
     # Seeds outermost: a study stopped early still has every scale at its first seeds.
     plan = [(rule, scale, seed) for seed in seeds for scale in scales for rule in rules]
     for rule, scale, seed in plan:
@@ -154,8 +150,8 @@ def batch_study(
         if proc.returncode not in (0,):
             print(f"  failed ({proc.returncode}): {proc.stderr.strip()[-600:]}", flush=True)
             return 1
-        games = read_results(run_dir / "games.jsonl")
-        metrics = read_results(run_dir / "metrics.jsonl")
+        games = read_jsonl(run_dir / "games.jsonl")
+        metrics = read_jsonl(run_dir / "metrics.jsonl")
         reached = milestones_from_games(games)
         row = {
             "rule": rule,
@@ -174,7 +170,7 @@ def batch_study(
             + "  ".join(f"{m}: " + (f"{r['step'] / 1e3:.0f}k" if (r := reached[m]) else "-") for m in STUDY_MILESTONES),
             flush=True,
         )
-    results = read_results(results_file)
+    results = read_jsonl(results_file)
     text = table(summarise(results))
     (out / "table.md").write_text(text + "\n")
     plot(results, out / "steps_to_milestones.png")

@@ -48,7 +48,7 @@ def median_milestones(per_seed: list[dict]) -> dict:
     return out
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
@@ -119,8 +119,8 @@ def learning_benchmark(
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"seed {seed}: training failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-        games = _read_jsonl(seed_dir / "games.jsonl")
-        metrics = _read_jsonl(seed_dir / "metrics.jsonl")
+        games = read_jsonl(seed_dir / "games.jsonl")
+        metrics = read_jsonl(seed_dir / "metrics.jsonl")
         reached = milestones_from_games(games)
         sps = (
             (metrics[-1]["step"] - metrics[0]["step"]) / max(metrics[-1]["time_s"] - metrics[0]["time_s"], 1e-9)

@@ -198,7 +198,7 @@ def run(
     """`jaxpong simulate --predict STUDY_DIR --from RUN_DIR`: the table, PNG and JSON of predicted times."""
     from jaxpong import config as config_lib
     from jaxpong import rundir, simulate
-    from jaxpong.batchstudy import read_results
+    from jaxpong.learnbench import read_jsonl
 
     study = Path(study_dir) / "results.jsonl"
     if not study.is_file():
@@ -211,12 +211,10 @@ def run(
     cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))
     measured = simulate.measured_from_run(run_dir)
     if collectives_file:
-        measured = dataclasses.replace(
-            measured, collectives=simulate.Collectives(**json.loads(Path(collectives_file).read_text())["collectives"])
-        )
+        measured = dataclasses.replace(measured, collectives=simulate.load_collectives(collectives_file))
     b_crit = b_crit or noise_scale_of(run_dir)
     startup_s = startup_s if startup_s is not None else startup_of(run_dir)
-    model = steps_model(read_results(study), rule, b_crit, cfg)
+    model = steps_model(read_jsonl(study), rule, b_crit, cfg)
     rows = predict(cfg, measured, model, simulate.parse_ranks(ranks), startup_s, rounds=rounds, seed=seed)
     folder = Path(out) if out else Path(study_dir)
     folder.mkdir(parents=True, exist_ok=True)

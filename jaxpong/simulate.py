@@ -167,6 +167,17 @@ class Measured:
             raise ConfigError(f"{origin}: setup.num_envs and setup.num_steps must be >= 1")
 
 
+def load_collectives(path) -> Collectives:
+    """The collectives `simulate --calibrate` wrote to `path`."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        doc = None
+    if not isinstance(doc, dict) or "collectives" not in doc:
+        raise ConfigError(f"--collectives {str(path)!r}: give the JSON file --calibrate wrote")
+    return Collectives(**doc["collectives"])
+
+
 def load_measured(path=None) -> Measured:
     p = Path(path) if path else DEFAULTS_FILE
     if not p.is_file():

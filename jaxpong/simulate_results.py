@@ -14,9 +14,9 @@ import numpy as np
 from jaxpong.config import ConfigError
 from jaxpong.simulate import (
     MODES,
-    Collectives,
     Measured,
     Outcome,
+    load_collectives,
     load_measured,
     measured_from_run,
     parse_modes,
@@ -130,13 +130,7 @@ def run(
     if from_dir:
         measured = measured_from_run(from_dir, measured)
     if collectives_file:
-        try:
-            doc = json.loads(Path(collectives_file).read_text())
-        except (OSError, json.JSONDecodeError):
-            doc = None
-        if not isinstance(doc, dict) or "collectives" not in doc:
-            raise ConfigError(f"--collectives {collectives_file!r}: give the JSON file --calibrate wrote")
-        measured.collectives = Collectives(**doc["collectives"])
+        measured.collectives = load_collectives(collectives_file)
         measured.source["collectives"] = f"--collectives {collectives_file}"
     c = measured.collectives
     if latency_us is not None:
