@@ -20,18 +20,7 @@ import os
 import sys
 import time
 
-LAUNCHER_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MPI_LOCALNRANKS", "SLURM_NTASKS")
-
-
-def launched_size() -> int:
-    """How many ranks a launcher (mpirun, mpiexec, srun) started, without touching MPI (1 if none)."""
-    if os.environ.get("SLURM_NTASKS") and not os.environ.get("SLURM_STEP_ID"):
-        return 1  # inside an allocation but not under srun: a plain process
-    for var in LAUNCHER_SIZE_VARS:
-        value = os.environ.get(var)
-        if value and value.isdigit():
-            return int(value)
-    return 1
+from jaxpong.placement import launched_size
 
 
 class LocalComm:

@@ -22,7 +22,8 @@ from jaxpong.config import ConfigError
 # Cores per rank of --ranks auto. One rank is one Python thread feeding envpool and XLA: on 16 cores it
 # drove under half of what envpool's raw stepping reaches there, so a host needs several; two cores
 # per rank gives each rank's envpool half of its games to step on one core while its policy acts on the
-# other half. docs/scale.md has the measurements behind it.
+# other half. Measured so far only on 2 cores (`bench --ranks 2`: weak-scaling efficiency 1.015 with one
+# core per rank, but 2 ranks there learned more slowly than 1 before the batch rule); not yet on 16.
 AUTO_CORES_PER_RANK = 2
 
 # Set by launchers for every rank they start: world size first, then the variables that only say
@@ -44,6 +45,11 @@ def launcher_size(environ: Mapping[str, str] = os.environ) -> int | None:
         if environ.get(var, "").isdigit():
             return int(environ[var])
     return None
+
+
+def launched_size(environ: Mapping[str, str] = os.environ) -> int:
+    """How many ranks a launcher started, without touching MPI (1 outside one, e.g. in an sbatch script)."""
+    return (launcher_size(environ) or 1) if under_launcher(environ) else 1
 
 
 def local_ranks(environ: Mapping[str, str] = os.environ) -> int | None:

@@ -21,7 +21,7 @@ from jaxpong.simulate import Collectives
 def calibrate(out_path) -> int:
     """Under `mpirun -n 2` (or more): time allreduce over message sizes and the per-round host gather,
     fit the alpha-beta model, and (rank 0) write the Collectives as JSON."""
-    from jaxpong.comm import launched_size
+    from jaxpong.placement import launched_size
 
     if launched_size() < 2:
         raise ConfigError(

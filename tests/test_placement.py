@@ -23,6 +23,9 @@ def test_launcher_environments():
     assert placement.local_ranks({"MPI_LOCALNRANKS": "8"}) == 8
     assert placement.local_ranks({"SLURM_STEP_TASKS_PER_NODE": "8(x2)"}) == 8
     assert placement.local_ranks({}) is None
+    assert placement.launched_size({"PMI_RANK": "1", "PMI_SIZE": "4", "MPI_LOCALNRANKS": "2"}) == 4
+    assert placement.launched_size({"SLURM_NTASKS": "8", "SLURM_JOB_ID": "9", "SLURM_PROCID": "0"}) == 1  # sbatch
+    assert placement.launched_size({}) == 1
 
 
 @pytest.mark.parametrize(
