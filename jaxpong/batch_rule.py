@@ -1,4 +1,12 @@
-"""The batch-scaling rule: how the update follows the global batch as ranks (or games) are added.
+"""The scaling rules: how the games and the update follow the rank count.
+
+First the games (env.share_games): N ranks share the num_envs games of one rank, so the global batch, and
+with it every sample's worth to learning, stays that of one rank while N ranks step it. On 2 cores, 2
+ranks of 16 games stepped more games per second than one rank of 32 on both cores, with the same update.
+A rank needs min_rank_games games to keep its core busy, so past num_envs / min_rank_games ranks the
+global batch grows instead, and the second rule applies.
+
+Then the update (algo.batch_rule), how it follows a global batch larger than the reference:
 
 N ranks of G games collect an N-times larger round than one rank. With the same number of minibatches,
 each optimizer step then averages N times as many samples, and a sample gets N times fewer optimizer
@@ -14,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxpong.config import Config
+from jaxpong.config import Config, ConfigError, parse_batch_size
 
 
 def scaled_minibatches(
@@ -28,21 +36,57 @@ def scaled_minibatches(
     return min(num_minibatches * factor, cap)
 
 
-def apply(cfg: Config, world_size: int) -> tuple[Config, str | None]:
-    """(the config this process trains with, one line saying what the rule changed, or None)."""
+def rank_games(num_envs: int, world_size: int, min_rank_games: int) -> int:
+    """Games each of `world_size` ranks steps when they share `num_envs`: an equal share rounded up, but no
+    fewer than min_rank_games, and never more than num_envs (a small num_envs is not split)."""
+    return min(num_envs, max(min_rank_games, -(-num_envs // world_size)))
+
+
+def share(cfg: Config, world_size: int) -> tuple[Config, str | None]:
+    """The env.share_games rule: (the config with this rank's games, one line saying so, or None)."""
+    env = cfg.env
+    if not env.share_games or world_size == 1:
+        return cfg, None
+    games = rank_games(env.num_envs, world_size, env.min_rank_games)
+    if games == env.num_envs:
+        return cfg, None
+    try:
+        parse_batch_size(env.batch_size, games)
+    except ConfigError as err:
+        raise ConfigError(
+            f"{err} (env.share_games gives each of {world_size} ranks {games} of the {env.num_envs} games; "
+            f"use --batch-size half, or --share-games false)"
+        ) from None
+    floor = (
+        f"; no rank gets fewer than min_rank_games {env.min_rank_games}"
+        if games > -(-env.num_envs // world_size)
+        else ""
+    )
+    line = (
+        f"share_games: {world_size} ranks share {env.num_envs} games, {games} each ({games * world_size} in all"
+        f"{floor}); --share-games false gives every rank num_envs games"
+    )
+    return dataclasses.replace(cfg, env=dataclasses.replace(env, num_envs=games)), line
+
+
+def apply(cfg: Config, world_size: int) -> tuple[Config, list[str]]:
+    """(the config this process trains with, the lines saying what the rules changed): the games
+    first (share), then the update (the minibatch rule) for the global batch that results."""
+    cfg, share_line = share(cfg, world_size)
+    lines = [share_line] if share_line else []
     algo = cfg.algo
     if algo.algo != "ppo" or algo.batch_rule == "none":
-        return cfg, None
+        return cfg, lines
     games = cfg.env.num_envs * world_size
     rank_samples = algo.num_steps * cfg.env.num_envs
     mbs = scaled_minibatches(algo.num_minibatches, games, algo.reference_games, rank_samples, algo.min_rank_minibatch)
     if mbs == algo.num_minibatches:
-        return cfg, None
+        return cfg, lines
     global_mb = algo.num_steps * games // mbs
-    line = (
+    lines.append(
         f"batch rule minibatch: {games} games in all ({games / algo.reference_games:g}x reference_games "
         f"{algo.reference_games}): {mbs} minibatches per epoch instead of {algo.num_minibatches}, "
         f"{global_mb} samples each ({rank_samples // mbs} from each rank); --batch-rule none keeps "
         f"{algo.num_minibatches}"
     )
-    return dataclasses.replace(cfg, algo=dataclasses.replace(algo, num_minibatches=mbs)), line
+    return dataclasses.replace(cfg, algo=dataclasses.replace(algo, num_minibatches=mbs)), lines

@@ -533,38 +533,67 @@ def _raw_ceiling(cfg: Config, games: int, seconds: float) -> float:
 
 
 def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None = None) -> int:
-    """`jaxpong bench --ranks N`: weak scaling. One rank bound to its share of the cores (cores / N),
-    then N ranks (`train --ranks N`, each bound to its share) with the config's deadline, and raw envpool
-    with N x the games on all the cores as the ceiling. Efficiency = N ranks' valid steps/s over N times
-    the one rank's. With a slow rank (--slow-rank R --slow-factor F) the N ranks also run sync
-    (--deadline-s 0), to show what deadline masking saves."""
-    from jaxpong import placement
+    """`jaxpong bench --ranks N`: what N ranks buy on this host, from three trainer runs and raw envpool.
+    - weak scaling: one rank bound to its share of the cores (cores / N) with a rank's games (env.share_games
+      splits num_envs among the ranks), against N ranks (`train --ranks N`, each bound to its share) with the
+      config's deadline: efficiency = N ranks' valid steps/s over N times the one rank's;
+    - speed-up on the host: the N ranks against one rank with num_envs games on all the cores, which is
+      what `train` without --ranks runs (with shared games, the same global batch, so the same learning);
+    - the ceiling: raw envpool with the N ranks' games on all the cores.
+    With a slow rank (--slow-rank R --slow-factor F) the N ranks also run sync (--deadline-s 0), to show what
+    deadline masking saves."""
+    from jaxpong import batch_rule, placement
 
     cores = len(os.sched_getaffinity(0))
     plan = placement.plan_ranks(str(ranks), cores, oversubscribe=False)
     base = Path(run_dir) if run_dir else Path(tempfile.mkdtemp(prefix="jaxpong-bench-ranks-"))
     base.mkdir(parents=True, exist_ok=True)
     cfg_dict = _bench_config(cfg)
+    rank_cfg, _ = batch_rule.share(cfg, ranks)
+    games_each = rank_cfg.env.num_envs
+    games = games_each * ranks
     run_for = ["--time-limit-s", str(seconds + 15)]
     share = sorted(os.sched_getaffinity(0))[: plan.cores_per_rank]
     one = base / "one_rank"
-    _train_subprocess(cfg_dict, one, run_for, prefix=["taskset", "-c", ",".join(map(str, share))])
+    _train_subprocess(
+        cfg_dict, one, [*run_for, "--num-envs", str(games_each)], prefix=["taskset", "-c", ",".join(map(str, share))]
+    )
+    results = {"one_rank": {**trainer_sps(one), "ranks": 1}}
+    if plan.cores_per_rank < cores:
+        host = base / "one_rank_all_cores"
+        _train_subprocess(cfg_dict, host, run_for)
+        results["all_cores"] = {**trainer_sps(host), "ranks": 1}
     modes: list[tuple[str, list[str]]] = [("deadline", [])] + (
         [("sync", ["--deadline-s", "0"])] if cfg.dist.slow_rank >= 0 else []
     )
-    results = {"one_rank": {**trainer_sps(one), "ranks": 1}}
     for mode, extra in modes:
         path = base / f"{ranks}_ranks_{mode}"
         _train_subprocess(cfg_dict, path, [*run_for, *extra, "--ranks", str(ranks)])
-        results[mode] = {**trainer_sps(path), **rank_stats(path), "ranks": ranks}
-    ceiling = _raw_ceiling(cfg, cfg.env.num_envs * ranks, seconds=min(seconds, 10.0))
+        results[mode] = {**rank_stats(path), "ranks": ranks}
+    ceiling = _raw_ceiling(cfg, games, seconds=min(seconds, 10.0))
     one_sps = results["one_rank"]["sps"]
-    rows = [[f"1 rank on {plan.cores_per_rank} core(s)", one_sps, "1.000", f"{one_sps / ceiling:.3f}", "-", "-"]]
+    host_sps = results["all_cores"]["sps"] if "all_cores" in results else one_sps
+    rows = [
+        [
+            f"1 rank on {plan.cores_per_rank} core(s), {games_each} games",
+            one_sps,
+            "1.000",
+            "-",
+            f"{one_sps / ceiling:.3f}",
+        ]
+    ]
+    if "all_cores" in results:
+        rows.append(
+            [f"1 rank on {cores} cores, {cfg.env.num_envs} games", host_sps, "-", "1.000", f"{host_sps / ceiling:.3f}"]
+        )
     out: dict = {
         "ranks": ranks,
         "cores": cores,
         "cores_per_rank": plan.cores_per_rank,
+        "games_per_rank": games_each,
+        "games": games,
         "one_rank_sps": round(one_sps, 1),
+        "one_rank_all_cores_sps": round(host_sps, 1),
         "raw_envpool_sps": round(ceiling, 1),
     }
     for mode, _ in modes:
@@ -572,9 +601,10 @@ def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None
         eff = r["sps"] / (ranks * one_sps)
         rows.append(
             [
-                f"{ranks} ranks, {mode}",
+                f"{ranks} ranks x {games_each} games, {mode}",
                 r["sps"],
                 f"{eff:.3f}",
+                f"{r['sps'] / host_sps:.2f}x",
                 f"{r['sps'] / ceiling:.3f}",
                 " ".join(f"{w:.3f}" for w in r["wait_fraction"]),
                 " ".join(map(str, r["valid_per_rank"])),
@@ -583,19 +613,23 @@ def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None
         out[mode] = {
             "sps": round(r["sps"], 1),
             "efficiency": round(eff, 3),
+            "speedup_over_one_rank": round(r["sps"] / host_sps, 3),
             "of_raw": round(r["sps"] / ceiling, 3),
             "wait_fraction": r["wait_fraction"],
             "valid_per_rank": r["valid_per_rank"],
         }
-    rows.append([f"raw envpool, {cfg.env.num_envs * ranks} games, {cores} cores", ceiling, "-", "1.000", "-", "-"])
+    rows.append([f"raw envpool, {games} games, {cores} cores", ceiling, "-", "-", "1.000"])
+    rows = [row + ["-", "-"] * (len(row) == 5) for row in rows]
     slow = f", rank {cfg.dist.slow_rank} slowed {cfg.dist.slow_factor:g}x" if cfg.dist.slow_rank >= 0 else ""
     _table(
-        f"jaxpong bench --ranks {ranks}{slow}: {cfg.algo.algo}, {cfg.env.num_envs} games a rank, {cores} cores, "
-        f"runs in {base}",
+        f"jaxpong bench --ranks {ranks}{slow}: {cfg.algo.algo}, {cfg.env.num_envs} games"
+        + (f" shared ({games_each} a rank)" if games_each != cfg.env.num_envs else " a rank")
+        + f", {cores} cores, runs in {base}",
         [
             "run",
             "valid steps/s",
             "weak-scaling efficiency",
+            "speed-up over 1 rank on all cores",
             "of raw envpool",
             "wait fraction per rank",
             "valid samples per rank",
@@ -604,7 +638,16 @@ def ranks_benchmark(cfg: Config, ranks: int, seconds: float, run_dir: str | None
     )
     print(
         f"weak-scaling efficiency at {ranks} ranks: {out['deadline']['efficiency']:.3f} (valid steps/s of "
-        f"{ranks} ranks over {ranks} x one rank on its {plan.cores_per_rank} core(s))"
+        f"{ranks} ranks over {ranks} x one rank on its {plan.cores_per_rank} core(s) with {games_each} games)"
+    )
+    print(
+        f"{ranks} ranks step {out['deadline']['speedup_over_one_rank']:.2f}x the valid steps/s of one rank on all "
+        f"{cores} cores"
+        + (
+            " with the same global batch"
+            if games == cfg.env.num_envs
+            else f" ({games} games in all against {cfg.env.num_envs})"
+        )
     )
     if "sync" in out:
         out["speedup"] = round(out["deadline"]["sps"] / max(out["sync"]["sps"], 1e-9), 3)

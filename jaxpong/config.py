@@ -37,7 +37,25 @@ class EnvConfig:
     """envpool Pong; the defaults are envpool's Pong-v5 defaults."""
 
     env_id: str = _f("Pong-v5", "envpool task id", choices=["Pong-v5"])
-    num_envs: int = _f(32, "games stepped in parallel by this process", min=1)
+    num_envs: int = _f(
+        32,
+        "games stepped in parallel: by this process, or with share_games by all ranks together (each rank "
+        "steps its share)",
+        min=1,
+    )
+    share_games: bool = _f(
+        True,
+        "with several ranks, divide the num_envs games among them (rounded up), so the global batch and its "
+        "learning stay those of one rank while the steps/s grows; no rank gets fewer than min_rank_games, so "
+        "past num_envs / min_rank_games ranks the global batch grows and batch_rule follows it; false = every "
+        "rank steps num_envs games",
+    )
+    min_rank_games: int = _f(
+        16,
+        "share_games never gives a rank fewer games than this (one core's envpool thread and policy step "
+        "stay busy with 16; with 8 they ran at half the steps/s of 32)",
+        min=1,
+    )
     batch_size: str = _f(
         "half",
         "games the policy acts on per step: half = num_envs / 2 (async: the policy acts on one half while envpool "

@@ -76,21 +76,25 @@ def predict(
 
     rows: list[dict] = []
     for n in ranks:
+        # share_games first (N ranks split the games until each has min_rank_games), then the minibatch rule.
+        # A rank's speed is the --from run's, so that run should have a rank's games and cores at scale.
         scaled, _ = batch_rule.apply(cfg, n)
+        games = scaled.env.num_envs * n
         setup = dataclasses.replace(
             measured.setup, optimizer_steps=scaled.algo.update_epochs * scaled.algo.num_minibatches
         )
         out = simulate.simulate(dataclasses.replace(measured, setup=setup), "deadline", n, rounds=rounds, seed=seed)
-        batch = cfg.algo.num_steps * cfg.env.num_envs * n / scaled.algo.num_minibatches
+        batch = cfg.algo.num_steps * games / scaled.algo.num_minibatches
         row: dict = {
             "ranks": n,
+            "games": games,
             "samples_per_s": out.samples_per_s,
             "efficiency": out.efficiency,
             "wait_fraction": out.wait_fraction,
             "optimizer_batch": batch,
         }
         for m in MILESTONES:
-            steps = model.at(m, n, batch)
+            steps = model.at(m, games / cfg.env.num_envs, batch)
             row[f"steps_{m}"] = steps
             row[f"seconds_{m}"] = None if steps is None else startup_s + steps / out.samples_per_s
         first = rows[0] if rows else row

@@ -73,10 +73,12 @@ class Training:
         )
         start = starting_state(cfg, comm, network, optimizer, self.checkpoints, resume_step, resume_fallback)
         self.state, self.counters, self.resumed_from = start.state, start.counters, start.resumed_from
-        # The update follows the global batch (jaxpong/batch_rule.py); the saved config keeps the user's values.
-        round_cfg, rule_line = batch_rule.apply(cfg, comm.size)
-        if self.is_main and rule_line:
-            log_line(rule_line)
+        # The games and the update follow the rank count (jaxpong/batch_rule.py); the saved config keeps the
+        # user's values, so a resume at another rank count derives its own.
+        round_cfg, rule_lines = batch_rule.apply(cfg, comm.size)
+        for line in rule_lines if self.is_main else []:
+            log_line(line)
+        self.round_cfg = round_cfg
         self.round = Round(round_cfg, comm, network, optimizer, self.counters, self.signals)
         self.logger = (
             RunLogger(

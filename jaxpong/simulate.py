@@ -489,17 +489,18 @@ def measured_from_run(run_dir, base: Measured | None = None) -> Measured:
     """The distributions of a real run: per-rank step times and gaps from ranks.jsonl, game lengths
     from metrics.jsonl, the setup from config.yaml; collectives (and game lengths, where the run
     finished no game) from `base` (the shipped defaults)."""
+    from jaxpong import batch_rule, report, rundir
     from jaxpong import config as config_lib
-    from jaxpong import report, rundir
 
     base = base or load_measured()
     path = report.check_run_dir(run_dir)
     records = report.read_ranks(path)
     cfg = config_lib.validate(config_lib.from_dict(rundir.read_config(path), f"{path}/config.yaml"))
-    envs, cap = cfg.env.num_envs, cfg.algo.num_steps
     ranks = sorted({r["rank"] for r in records})
     if ranks != list(range(len(ranks))):
         raise ConfigError(f"{path}/ranks.jsonl: ranks {ranks} are not 0..N-1")
+    cfg, _ = batch_rule.apply(cfg, len(ranks))  # config.yaml keeps the user's values; the ranks ran these
+    envs, cap = cfg.env.num_envs, cfg.algo.num_steps
     steady = report.steady_records(records)
     by_rank = {r: sorted((x for x in records if x["rank"] == r), key=lambda x: x["update"]) for r in ranks}
     steps, gaps = [], []

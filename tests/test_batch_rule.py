@@ -1,4 +1,4 @@
-"""The batch-scaling rule (jaxpong/batch_rule.py): minibatch counts by hand, and the config it returns."""
+"""The scaling rules (jaxpong/batch_rule.py): games per rank and minibatch counts by hand, and the config they give."""
 
 from __future__ import annotations
 
@@ -24,32 +24,76 @@ def test_scaled_minibatches_by_hand(games, rank_samples, expected):
     assert batch_rule.scaled_minibatches(4, games, 32, rank_samples, 64) == expected
 
 
-def _cfg(**algo):
-    return config_lib.build("configs/default.yaml", {"algo": algo} if algo else {})
+def _cfg(env=None, **algo):
+    return config_lib.build("configs/default.yaml", {"algo": algo, "env": env or {}})
 
 
 def test_one_rank_of_the_default_is_unchanged():
     cfg = _cfg()
-    assert batch_rule.apply(cfg, 1) == (cfg, None)
+    assert batch_rule.apply(cfg, 1) == (cfg, [])
+
+
+@pytest.mark.parametrize(
+    "num_envs, ranks, minimum, expected",
+    [
+        (32, 1, 16, 32),  # one rank: all of them
+        (32, 2, 16, 16),  # the default on 2 ranks: 16 each, 32 in all, as on one rank
+        (32, 3, 16, 16),  # 32 / 3 rounds up to 11, below the floor: 16 each, 48 in all
+        (32, 8, 16, 16),  # 8 ranks: the floor, 128 in all
+        (100, 3, 16, 34),  # rounded up: 102 in all, never fewer than asked for
+        (8, 2, 16, 8),  # a small num_envs is not split (and never raised to the floor)
+        (8, 2, 4, 4),  # unless the floor allows it
+    ],
+)
+def test_rank_games_by_hand(num_envs, ranks, minimum, expected):
+    assert batch_rule.rank_games(num_envs, ranks, minimum) == expected
+
+
+def test_two_ranks_share_the_default_games_and_keep_its_update():
+    cfg = _cfg()
+    scaled, lines = batch_rule.apply(cfg, 2)
+    assert scaled.env.num_envs == 16 and cfg.env.num_envs == 32  # the user's config is untouched
+    assert scaled.algo == cfg.algo  # 32 games in all: the reference, so the same minibatches
+    assert lines == [
+        "share_games: 2 ranks share 32 games, 16 each (32 in all); --share-games false gives every rank num_envs games"
+    ]
 
 
 def test_eight_ranks_get_eight_times_the_minibatches_and_say_so():
-    cfg = _cfg()
-    scaled, line = batch_rule.apply(cfg, 8)
+    cfg = _cfg(env={"share_games": False})
+    scaled, lines = batch_rule.apply(cfg, 8)
     assert scaled.algo.num_minibatches == 32 and cfg.algo.num_minibatches == 4  # the user's config is untouched
     assert scaled.algo.learning_rate == cfg.algo.learning_rate and scaled.env == cfg.env
+    (line,) = lines
     assert line.startswith("batch rule minibatch: 256 games in all (8x reference_games 32): 32 minibatches")
     assert "512 samples each (64 from each rank)" in line
 
 
+def test_shared_games_past_the_floor_grow_the_batch_and_the_minibatches():
+    """8 ranks share 32 games down to the floor of 16 each: 128 in all (4x), so 16 minibatches of 512."""
+    scaled, (share_line, rule_line) = batch_rule.apply(_cfg(), 8)
+    assert scaled.env.num_envs == 16 and scaled.algo.num_minibatches == 16
+    assert "16 each (128 in all; no rank gets fewer than min_rank_games 16)" in share_line
+    assert "128 games in all (4x reference_games 32): 16 minibatches" in rule_line
+    assert "512 samples each (64 from each rank)" in rule_line
+
+
+def test_a_batch_size_that_cannot_be_shared_names_the_fields():
+    cfg = _cfg(env={"batch_size": "32", "num_envs": 64})
+    with pytest.raises(
+        config_lib.ConfigError, match=r"env.batch_size: 32 .*each of 4 ranks 16 of the 64 games.*--share-games false"
+    ):
+        batch_rule.apply(cfg, 4)
+
+
 def test_rule_none_and_pg_keep_the_minibatches():
-    assert batch_rule.apply(_cfg(batch_rule="none"), 8)[1] is None
-    assert batch_rule.apply(_cfg(algo="pg"), 8)[1] is None
+    assert batch_rule.apply(_cfg(env={"share_games": False}, batch_rule="none"), 8)[1] == []
+    assert batch_rule.apply(_cfg(env={"share_games": False}, algo="pg"), 8)[1] == []
 
 
 def test_one_process_with_n_times_the_games_gets_what_n_ranks_get():
     """The batch study stands one process in for N ranks: the same global minibatch either way."""
-    cfg = _cfg()
+    cfg = _cfg(env={"share_games": False})
     ranks, _ = batch_rule.apply(cfg, 4)
     one = config_lib.build("configs/default.yaml", {"env": {"num_envs": 128}, "algo": {"min_rank_minibatch": 256}})
     single, _ = batch_rule.apply(one, 1)

@@ -137,8 +137,9 @@ def test_the_plan_line():
 
 
 def test_train_ranks_2_starts_the_job_itself(tmp_path):
-    """`train --ranks 2` with no launcher: mpirun starts 2 ranks bound to a core each, the plan line says
-    so, and both ranks train (every round of ranks.jsonl has rank 0 and rank 1)."""
+    """`train --ranks 2` with no launcher: mpirun starts 2 ranks bound to a core each, they share the 8
+    games (4 each), the plan line says so, and both ranks train (every round of ranks.jsonl has rank 0
+    and rank 1, with at most 40 steps x 4 games of samples, where 8 games would give 256)."""
     import json
 
     run = tmp_path / "run"
@@ -157,6 +158,8 @@ def test_train_ranks_2_starts_the_job_itself(tmp_path):
             "--total-steps",
             "1024",
             "--num-envs",
+            "8",
+            "--min-rank-games",
             "4",
             "--progress",
             "off",
@@ -175,8 +178,11 @@ def test_train_ranks_2_starts_the_job_itself(tmp_path):
     assert f"starting 2 ranks x {share} core(s): " in proc.stderr and f" -bind-to core:{share} " in proc.stderr
     plural = "core" if share == 1 else "cores"
     assert f"{os.cpu_count()} cores: 2 ranks x {share} {plural}, 4 games each, 8 games in all" in proc.stderr
+    assert "share_games: 2 ranks share 8 games, 4 each (8 in all)" in proc.stderr
     rows = [json.loads(line) for line in (run / "ranks.jsonl").read_text().splitlines() if line.strip()]
     by_update: dict = {}
     for r in rows:
         by_update.setdefault(r["update"], set()).add(r["rank"])
     assert by_update and all(ranks == {0, 1} for ranks in by_update.values())
+    samples = [r["valid_samples"] + r["masked_samples"] for r in rows]
+    assert 0 < max(samples) <= 40 * 4, samples  # 4 games x (32 steps + the deadline buffer's 25 % headroom)
