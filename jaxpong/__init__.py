@@ -4,7 +4,16 @@ import time as _time
 
 
 def _process_start() -> float:
-    """Wall-clock time this process started (learning-speed milestones count from here, imports included)."""
+    """Wall-clock time this process started (learning-speed milestones count from here, imports included).
+    A rank that `train --ranks N` started counts from that command's start, mpirun's start-up included."""
+    import os
+
+    launched = os.environ.get("JAXPONG_LAUNCH_START")
+    if launched:
+        try:
+            return float(launched)
+        except ValueError:
+            pass
     try:
         import psutil
 

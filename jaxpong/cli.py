@@ -122,7 +122,9 @@ def build_parser() -> _Parser:
         default=None,
         metavar="N|auto",
         help="throughput: weak scaling of N ranks (each bound to cores / N) against one rank on its share, "
-        "with raw envpool on all the cores as the ceiling; --learn: each seed trains on N ranks",
+        "and their speed-up over one rank on all the cores, with raw envpool as the ceiling; --learn: each "
+        "seed trains on N ranks, or with a list (e.g. 1,2) at each count in turn, seed by seed, with the "
+        "times to each milestone compared to the first count's",
     )
     p.add_argument(
         "--per-core",
@@ -192,6 +194,9 @@ def launch_ranks(args, command: str) -> None:
         file=sys.stderr,
         flush=True,
     )
+    from jaxpong import PROCESS_START
+
+    os.environ["JAXPONG_LAUNCH_START"] = repr(PROCESS_START)  # the ranks' clocks start with this command
     os.execv(cmd[0], cmd)
 
 
@@ -226,6 +231,16 @@ def cmd_bench(args) -> int:
             for r in (args.ranks or "1").split(",")
         ]
         return bench_lib.startup(cfg, counts, run_dir=args.run_dir)
+    if args.learn and args.ranks and "," in args.ranks:
+        if args.seeds < 1:
+            raise ConfigError(f"--seeds: {args.seeds} must be at least 1")
+        counts = [
+            placement.plan_ranks(r, len(os.sched_getaffinity(0)), oversubscribe=False).ranks
+            for r in args.ranks.split(",")
+        ]
+        from jaxpong.learnbench import compare_ranks
+
+        return compare_ranks(cfg, counts, seeds=args.seeds, run_dir=args.run_dir)
     ranks = (
         placement.plan_ranks(args.ranks, len(os.sched_getaffinity(0)), oversubscribe=args.per_core).ranks
         if args.ranks is not None

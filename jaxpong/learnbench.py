@@ -8,6 +8,7 @@ first moment the mean of the last 20 full games reaches each milestone. Then the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -72,92 +73,109 @@ def _plot(per_seed_runs: list[tuple[int, list[dict]]], out: Path, title: str) ->
     ax.set_ylabel(f"mean return, last {WINDOW} full games")
     ax.set_ylim(-21.5, 21.5)
     ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
 
 
-def learning_benchmark(
-    cfg: Config, *, time_limit_s: float, seeds: int, run_dir: str | None, extra_args: list[str] | None = None
-) -> int:
+def _train_seed(
+    cfg_file: Path, seed_dir: Path, seed: int, time_limit_s: float, extra_args: list[str]
+) -> tuple[dict, list]:
+    """Train one seed from scratch in a fresh process, then play GREEDY_GAMES greedy games with the result:
+    (the seed's row, its games)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "jaxpong",
+        "train",
+        "--config",
+        str(cfg_file),
+        "--run-dir",
+        str(seed_dir),
+        "--overwrite",
+        "--seed",
+        str(seed),
+        "--time-limit-s",
+        str(time_limit_s),
+        "--progress",
+        "log",
+        "--checkpoint-every",
+        "1000000000",
+        *extra_args,
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"seed {seed}: training failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
+    games = read_jsonl(seed_dir / "games.jsonl")
+    metrics = read_jsonl(seed_dir / "metrics.jsonl")
+    reached = milestones_from_games(games)
+    sps = (
+        (metrics[-1]["step"] - metrics[0]["step"]) / max(metrics[-1]["time_s"] - metrics[0]["time_s"], 1e-9)
+        if len(metrics) > 1
+        else 0.0
+    )
+    final = float(np.mean([g["return"] for g in games[-WINDOW:]])) if games else None
+    ev = subprocess.run(
+        [sys.executable, "-m", "jaxpong", "eval", str(seed_dir), "--episodes", str(GREEDY_GAMES), "--greedy"],
+        capture_output=True,
+        text=True,
+    )
+    greedy = json.loads(ev.stdout.strip().splitlines()[-1]) if ev.returncode == 0 else None
+    row: dict = {
+        "seed": seed,
+        "milestones": reached,
+        "sps": round(sps, 1),
+        "final_return": final,
+        "games": len(games),
+        "steps": metrics[-1]["step"] if metrics else 0,
+        "greedy_mean": greedy["mean_return"] if greedy else None,
+        "greedy_returns": greedy["returns"] if greedy else None,
+        # A greedy policy can rally with the built-in opponent until envpool truncates the game:
+        # such games have no score, so the mean is over the finished ones; say how many there were.
+        "greedy_truncated": greedy["truncated"] if greedy else None,
+        "run_dir": str(seed_dir),
+    }
+    print(
+        "  "
+        + "  ".join(f"{m:+d}: " + (f"{r['time_s']:.0f}s" if (r := reached[str(m)]) else "-") for m in MILESTONES)
+        + f"  | {sps:,.0f} steps/s | last-20 {final if final is None else round(final, 2)} | greedy "
+        f"{row['greedy_mean']}"
+        + (f" ({row['greedy_truncated']} of {GREEDY_GAMES} truncated)" if row["greedy_truncated"] else ""),
+        flush=True,
+    )
+    return row, games
+
+
+def _base_dir(cfg: Config, run_dir: str | None, kind: str) -> tuple[Path, Path]:
+    """(the benchmark's folder, the config file every run reads), written there."""
     import time
 
     import yaml
 
-    if time_limit_s <= 0:
+    if cfg.run.time_limit_s <= 0:
         raise ConfigError("bench --learn needs --time-limit-s SECONDS > 0 (the wall-clock budget of each seed)")
-    base = Path(run_dir) if run_dir else Path("runs") / f"bench_learn__{cfg.algo.algo}__{int(time.time())}"
+    base = Path(run_dir) if run_dir else Path("runs") / f"{kind}__{cfg.algo.algo}__{int(time.time())}"
     base.mkdir(parents=True, exist_ok=True)
     cfg_file = base / "config.yaml"
     cfg_file.write_text(yaml.safe_dump(to_dict(cfg)))
+    return base, cfg_file
+
+
+def learning_benchmark(
+    cfg: Config, *, time_limit_s: float, seeds: int, run_dir: str | None, extra_args: list[str] | None = None
+) -> int:
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, time_limit_s=time_limit_s))
+    base, cfg_file = _base_dir(cfg, run_dir, "bench_learn")
     per_seed, curves = [], []
     for k in range(seeds):
         seed = cfg.run.seed + k
         seed_dir = base / f"seed_{seed}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "jaxpong",
-            "train",
-            "--config",
-            str(cfg_file),
-            "--run-dir",
-            str(seed_dir),
-            "--overwrite",
-            "--seed",
-            str(seed),
-            "--time-limit-s",
-            str(time_limit_s),
-            "--progress",
-            "log",
-            "--checkpoint-every",
-            "1000000000",
-            *(extra_args or []),
-        ]
         print(f"seed {seed}: training for {time_limit_s:g} s -> {seed_dir}", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"seed {seed}: training failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-        games = read_jsonl(seed_dir / "games.jsonl")
-        metrics = read_jsonl(seed_dir / "metrics.jsonl")
-        reached = milestones_from_games(games)
-        sps = (
-            (metrics[-1]["step"] - metrics[0]["step"]) / max(metrics[-1]["time_s"] - metrics[0]["time_s"], 1e-9)
-            if len(metrics) > 1
-            else 0.0
-        )
-        final = float(np.mean([g["return"] for g in games[-WINDOW:]])) if games else None
-        ev = subprocess.run(
-            [sys.executable, "-m", "jaxpong", "eval", str(seed_dir), "--episodes", str(GREEDY_GAMES), "--greedy"],
-            capture_output=True,
-            text=True,
-        )
-        greedy = json.loads(ev.stdout.strip().splitlines()[-1]) if ev.returncode == 0 else None
-        row: dict = {
-            "seed": seed,
-            "milestones": reached,
-            "sps": round(sps, 1),
-            "final_return": final,
-            "games": len(games),
-            "steps": metrics[-1]["step"] if metrics else 0,
-            "greedy_mean": greedy["mean_return"] if greedy else None,
-            "greedy_returns": greedy["returns"] if greedy else None,
-            # A greedy policy can rally with the built-in opponent until envpool truncates the game:
-            # such games have no score, so the mean is over the finished ones; say how many there were.
-            "greedy_truncated": greedy["truncated"] if greedy else None,
-            "run_dir": str(seed_dir),
-        }
+        row, games = _train_seed(cfg_file, seed_dir, seed, time_limit_s, extra_args or [])
         per_seed.append(row)
         curves.append((seed, games))
-        print(
-            "  "
-            + "  ".join(f"{m:+d}: " + (f"{r['time_s']:.0f}s" if (r := reached[str(m)]) else "-") for m in MILESTONES)
-            + f"  | {sps:,.0f} steps/s | last-20 {final if final is None else round(final, 2)} | greedy "
-            f"{row['greedy_mean']}"
-            + (f" ({row['greedy_truncated']} of {GREEDY_GAMES} truncated)" if row["greedy_truncated"] else ""),
-            flush=True,
-        )
     med = median_milestones([r["milestones"] for r in per_seed])
     png = base / "learning_curve.png"
     _plot(
@@ -183,6 +201,78 @@ def learning_benchmark(
                 "greedy_mean": float(np.median(greedy)) if greedy else None,
                 "time_limit_s": time_limit_s,
                 "run_dir": str(base),
+            }
+        )
+    )
+    return 0
+
+
+def compare_ranks(cfg: Config, counts: list[int], *, seeds: int, run_dir: str | None) -> int:
+    """`jaxpong bench --learn --ranks 1,2`: the same config trained at each rank count, seed by seed and
+    interleaved (seed 1 at every count, then seed 2, ...), so that drifts in the machine's speed fall on
+    every count alike. Reports each count's median milestones in seconds and agent steps, and per seed the
+    ratio of each count's time to each milestone over the first count's, with their median."""
+    base, cfg_file = _base_dir(cfg, run_dir, "bench_learn_ranks")
+    rows: dict[int, list[dict]] = {n: [] for n in counts}
+    curves: dict[int, list] = {n: [] for n in counts}
+    for k in range(seeds):
+        seed = cfg.run.seed + k
+        for n in counts:
+            seed_dir = base / f"ranks_{n}" / f"seed_{seed}"
+            print(f"seed {seed}, {n} rank(s): training for {cfg.run.time_limit_s:g} s -> {seed_dir}", flush=True)
+            row, games = _train_seed(
+                cfg_file, seed_dir, seed, cfg.run.time_limit_s, ["--ranks", str(n)] if n > 1 else []
+            )
+            rows[n].append(row)
+            curves[n].append((seed, games))
+            (base / "results.json").write_text(json.dumps({"counts": counts, "per_count": rows}, indent=1))
+    first = counts[0]
+    summary: dict = {"counts": counts, "time_limit_s": cfg.run.time_limit_s, "run_dir": str(base), "per_count": {}}
+    for n in counts:
+        med = median_milestones([r["milestones"] for r in rows[n]])
+        ratios = {}
+        for m in ("0", "18", "20"):
+            per_seed = [
+                a["milestones"][m]["time_s"] / b["milestones"][m]["time_s"]
+                if a["milestones"][m] and b["milestones"][m]
+                else None
+                for a, b in zip(rows[n], rows[first])
+            ]
+            known = sorted(x if x is not None else np.inf for x in per_seed)
+            mid = known[(len(known) - 1) // 2] if known else np.inf
+            ratios[m] = {"per_seed": per_seed, "median": None if not np.isfinite(mid) else round(float(mid), 3)}
+        summary["per_count"][str(n)] = {
+            "milestones": med,
+            "sps": round(float(np.median([r["sps"] for r in rows[n]])), 1),
+            "time_ratio_to_first": ratios,
+            "per_seed": rows[n],
+        }
+        _plot(curves[n], base / f"learning_curve_ranks_{n}.png", f"{n} rank(s): {seeds} seed(s)")
+        print(
+            f"{n} rank(s): median "
+            + ", ".join(
+                f"{m}: {v['time_s']}s at {v['step']:,} steps" if v else f"{m}: -"
+                for m, v in med.items()
+                if m in ("0", "18", "20")
+            )
+            + f" | {summary['per_count'][str(n)]['sps']:,.0f} steps/s"
+            + (
+                ""
+                if n == first
+                else " | time over "
+                + f"{first} rank(s), median of the seeds' ratios: "
+                + ", ".join(f"{m}: {r['median']}" for m, r in ratios.items())
+            ),
+            flush=True,
+        )
+    (base / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(
+        json.dumps(
+            {k: v for k, v in summary.items() if k != "per_count"}
+            | {
+                "per_count": {
+                    n: {k: v for k, v in c.items() if k != "per_seed"} for n, c in summary["per_count"].items()
+                }
             }
         )
     )
