@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test test-scale lint wheel-check bench bench-learn bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
+.PHONY: install train test test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
 
 install: $(STAMP)
 
@@ -49,7 +49,7 @@ train: install
 
 # make test leaves out the tests marked `scale` (16 ranks oversubscribed on 2 cores); make test-scale runs only those.
 test: install
-	$(PY) -m pytest -q -m "not scale" tests $(ARGS)
+	$(PY) -m pytest -q -m "not scale" --durations=25 tests $(ARGS)
 
 test-scale: install
 	$(PY) -m pytest -q -m scale tests $(ARGS)
@@ -82,13 +82,18 @@ bench-ranks: install
 bench-scaling: install
 	$(PY) -m jaxpong bench --ranks $(or $(RANKS),2) --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
 
+# Time to +18 at 1 rank on all the cores against RANKS ranks (default 2) sharing its games: each seed at
+# both counts in turn, milestones in seconds and agent steps, the median of the seeds' time ratios.
+bench-learn-ranks: install
+	$(PY) -m jaxpong bench --learn --ranks 1,$(or $(RANKS),2) --config $(CONFIG) --seeds $(SEEDS) --time-limit-s 600 --target-return 18 --run-dir runs/learn_ranks_1v$(or $(RANKS),2) $(ARGS)
+
 # Launch to first update at 1, 4 and 16 ranks (oversubscribed on small hosts), cold and warm compilation cache,
 # one rank per host compiling first against every rank compiling.
 bench-startup: install
 	$(PY) -m jaxpong bench --startup --ranks 1,4,16 --config configs/smoke.yaml $(ARGS)
 
-# Agent steps to 0, +18 and +20 with 1x..16x the default's games in one process (what N ranks do), under the
-# batch rule; resumable (results.jsonl), then simulate --predict turns it into wall-clock per rank count.
+# Agent steps to 0, +18 and +20 with 1x..16x the default's games in one process (the global batch of 2N ranks
+# of 16 games, the share_games floor), under the batch rule; resumable (results.jsonl), then simulate --predict turns it into wall-clock per rank count.
 bench-batch: install
 	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 1,2,4,8,16 --seeds 1,2 --out runs/batch_study $(ARGS)
 	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 3 --out runs/batch_study $(ARGS)

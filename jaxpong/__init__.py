@@ -8,18 +8,18 @@ def _process_start() -> float:
     A rank that `train --ranks N` started counts from that command's start, mpirun's start-up included."""
     import os
 
-    launched = os.environ.get("JAXPONG_LAUNCH_START")
-    if launched:
-        try:
-            return float(launched)
-        except ValueError:
-            pass
     try:
         import psutil
 
-        return float(psutil.Process().create_time())
+        own = float(psutil.Process().create_time())
     except Exception:  # psutil missing or restricted: the package import is the next best mark
-        return _time.time()
+        own = _time.time()
+    # Taken, not read, so that nothing this rank starts inherits it; a stale or foreign value is ignored.
+    launched = os.environ.pop("JAXPONG_LAUNCH_START", "")
+    try:
+        return float(launched) if own - 600 < float(launched) <= own else own
+    except ValueError:
+        return own
 
 
 PROCESS_START = _process_start()

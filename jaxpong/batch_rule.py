@@ -43,30 +43,41 @@ def rank_games(num_envs: int, world_size: int, min_rank_games: int) -> int:
 
 
 def share(cfg: Config, world_size: int) -> tuple[Config, str | None]:
-    """The env.share_games rule: (the config with this rank's games, one line saying so, or None)."""
+    """The env.share_games rule: (the config with this rank's games, one line saying so, or None). An async
+    config stays async: with batch_size half a share is rounded up to an even count, and an explicit
+    batch_size keeps its fraction of the games."""
     env = cfg.env
     if not env.share_games or world_size == 1:
         return cfg, None
     games = rank_games(env.num_envs, world_size, env.min_rank_games)
     if games == env.num_envs:
         return cfg, None
-    try:
-        parse_batch_size(env.batch_size, games)
-    except ConfigError as err:
-        raise ConfigError(
-            f"{err} (env.share_games gives each of {world_size} ranks {games} of the {env.num_envs} games; "
-            f"use --batch-size half, or --share-games false)"
-        ) from None
+    batch = parse_batch_size(env.batch_size, env.num_envs)
+    batch_size = env.batch_size
+    if batch == env.num_envs:  # sync stays sync, whatever the share
+        batch_size = "0"
+    else:  # async stays async
+        if str(env.batch_size) == "half":
+            games += games % 2
+        elif (batch * games) % env.num_envs or games % (batch * games // env.num_envs):
+            raise ConfigError(
+                f"env.batch_size: {env.batch_size} of {env.num_envs} games cannot keep its share of the {games} "
+                f"games each of {world_size} ranks gets from env.share_games; use --batch-size half, or "
+                "--share-games false"
+            )
+        else:
+            batch_size = str(batch * games // env.num_envs)
     floor = (
         f"; no rank gets fewer than min_rank_games {env.min_rank_games}"
         if games > -(-env.num_envs // world_size)
         else ""
     )
+    async_note = f", batch_size {batch_size}" if batch_size != env.batch_size else ""
     line = (
-        f"share_games: {world_size} ranks share {env.num_envs} games, {games} each ({games * world_size} in all"
-        f"{floor}); --share-games false gives every rank num_envs games"
+        f"share_games: {world_size} ranks share {env.num_envs} games, {games} each{async_note} "
+        f"({games * world_size} in all{floor}); --share-games false gives every rank num_envs games"
     )
-    return dataclasses.replace(cfg, env=dataclasses.replace(env, num_envs=games)), line
+    return dataclasses.replace(cfg, env=dataclasses.replace(env, num_envs=games, batch_size=batch_size)), line
 
 
 def apply(cfg: Config, world_size: int) -> tuple[Config, list[str]]:

@@ -25,15 +25,26 @@ from jaxpong.learnbench import MILESTONES, milestones_from_games, read_jsonl
 STUDY_MILESTONES = ("0", "18", "20")
 
 
+def study_minibatches(rule: str, scale: int, cfg) -> int:
+    """Minibatches per epoch of one process standing in for `scale` ranks of the config's games each:
+    what the update rule (jaxpong/batch_rule.py) gives that global batch."""
+    games = cfg.env.num_envs * scale
+    if rule != "minibatch":
+        return cfg.algo.num_minibatches
+    return batch_rule.scaled_minibatches(
+        cfg.algo.num_minibatches,
+        games,
+        cfg.algo.reference_games,
+        cfg.algo.num_steps * games,
+        cfg.algo.min_rank_minibatch * scale,
+    )
+
+
 def run_args(rule: str, scale: int, cfg) -> list[str]:
     """Flags that make one process stand in for `scale` ranks of the config's games each, under `rule`:
-    the minibatch count the rule (jaxpong/batch_rule.py) gives `scale` ranks, passed explicitly."""
+    the minibatch count passed explicitly."""
     games = cfg.env.num_envs * scale
-    mbs = cfg.algo.num_minibatches
-    if rule == "minibatch":
-        mbs = batch_rule.scaled_minibatches(
-            mbs, games, cfg.algo.reference_games, cfg.algo.num_steps * games, cfg.algo.min_rank_minibatch * scale
-        )
+    mbs = study_minibatches(rule, scale, cfg)
     return ["--num-envs", str(games), "--num-minibatches", str(mbs), "--batch-rule", "none"]
 
 

@@ -450,6 +450,7 @@ def per_core(cfg: Config, ranks: int, seconds: float, run_dir: str | None = None
         raise ConfigError(f"--per-core --ranks {ranks}: only {len(cores)} cores are available to this process")
     cfg_dict = _bench_config(cfg)
     cfg_dict["env"]["num_threads"] = 1
+    cfg_dict["env"]["share_games"] = False  # each rank steps the config's games, as raw envpool does per core
     cfg_dict["run"]["xla_threads"] = 1
     raw_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, num_threads=1))
     raw = PinnedRawEnvs(raw_cfg, cores)

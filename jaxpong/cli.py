@@ -168,7 +168,7 @@ def _add_launch_flags(p) -> None:
     )
 
 
-def launch_ranks(args, command: str) -> None:
+def launch_ranks(args, command: str, cfg=None) -> None:
     """`--ranks N` outside a launcher: replace this process with mpirun starting N ranks of the same command
     (returns when there is nothing to launch). Ctrl-C and SIGTERM then reach mpirun, which passes them on."""
     if args.ranks is None:
@@ -185,6 +185,10 @@ def launch_ranks(args, command: str) -> None:
     plan = placement.plan_ranks(args.ranks, cores, args.oversubscribe)
     if plan.ranks == 1 and not args.mpirun:
         return  # one rank needs no launcher
+    if cfg is not None:  # a config the ranks cannot share fails here, once, not on N ranks
+        from jaxpong import batch_rule
+
+        batch_rule.apply(cfg, plan.ranks)
     mpirun = placement.find_mpirun(args.mpirun)
     argv = placement.strip_launch_flags(args.argv)
     cmd = placement.mpirun_command(mpirun, placement.mpi_flavour(mpirun), plan, argv, args.oversubscribe)
@@ -208,7 +212,7 @@ def cmd_train(args) -> int:
     from jaxpong import api, launch
 
     cfg = launch.train_config(args.config, _overrides(args), run_dir=args.run_dir, resume=args.resume)
-    launch_ranks(args, "train")  # after the config is checked: a bad flag fails here, once, not on N ranks
+    launch_ranks(args, "train", cfg)  # after the config is checked: a bad flag fails here, once, not on N ranks
     result = api.train(  # the Python API's jaxpong.train
         cfg,
         run_dir=args.resume or args.run_dir,
@@ -234,10 +238,12 @@ def cmd_bench(args) -> int:
     if args.learn and args.ranks and "," in args.ranks:
         if args.seeds < 1:
             raise ConfigError(f"--seeds: {args.seeds} must be at least 1")
-        counts = [
-            placement.plan_ranks(r, len(os.sched_getaffinity(0)), oversubscribe=False).ranks
-            for r in args.ranks.split(",")
-        ]
+        counts = list(
+            dict.fromkeys(  # in the order given, each once
+                placement.plan_ranks(r, len(os.sched_getaffinity(0)), oversubscribe=False).ranks
+                for r in args.ranks.split(",")
+            )
+        )
         from jaxpong.learnbench import compare_ranks
 
         return compare_ranks(cfg, counts, seeds=args.seeds, run_dir=args.run_dir)

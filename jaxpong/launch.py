@@ -131,7 +131,7 @@ def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_f
         log_line(
             f"run directory {path}  |  {comm.size} rank(s), MPI: {comm.library}  |  algo {cfg.algo.algo}, "
             f"{cfg.model.network} on {cfg.model.obs_mode}, {training.round_cfg.env.num_envs} envs "
-            f"({'async' if cfg.is_async else 'sync'}), preset {cfg.preset_name}"
+            f"({'async' if training.round_cfg.is_async else 'sync'}), preset {cfg.preset_name}"
         )
         if resume:
             log_line(

@@ -207,6 +207,13 @@ def learning_benchmark(
     return 0
 
 
+def _ratio(reached: dict | None, baseline: dict | None) -> float:
+    """Time to a milestone over the baseline's, a run that never got there counting as infinitely slow."""
+    if reached and baseline:
+        return reached["time_s"] / baseline["time_s"]
+    return 0.0 if reached else np.inf
+
+
 def compare_ranks(cfg: Config, counts: list[int], *, seeds: int, run_dir: str | None) -> int:
     """`jaxpong bench --learn --ranks 1,2`: the same config trained at each rank count, seed by seed and
     interleaved (seed 1 at every count, then seed 2, ...), so that drifts in the machine's speed fall on
@@ -232,15 +239,15 @@ def compare_ranks(cfg: Config, counts: list[int], *, seeds: int, run_dir: str | 
         med = median_milestones([r["milestones"] for r in rows[n]])
         ratios = {}
         for m in ("0", "18", "20"):
-            per_seed = [
-                a["milestones"][m]["time_s"] / b["milestones"][m]["time_s"]
-                if a["milestones"][m] and b["milestones"][m]
-                else None
-                for a, b in zip(rows[n], rows[first])
-            ]
-            known = sorted(x if x is not None else np.inf for x in per_seed)
-            mid = known[(len(known) - 1) // 2] if known else np.inf
-            ratios[m] = {"per_seed": per_seed, "median": None if not np.isfinite(mid) else round(float(mid), 3)}
+            # A run that never got there took infinitely long: its ratio is inf (this count missed it),
+            # 0 (only the first count missed it), or unknown (both missed it, counted as inf).
+            per_seed = [_ratio(a["milestones"][m], b["milestones"][m]) for a, b in zip(rows[n], rows[first])]
+            known = sorted(per_seed)
+            mid = known[(len(known) - 1) // 2]
+            ratios[m] = {
+                "per_seed": [round(x, 3) if np.isfinite(x) else None for x in per_seed],
+                "median": round(float(mid), 3) if np.isfinite(mid) else None,
+            }
         summary["per_count"][str(n)] = {
             "milestones": med,
             "sps": round(float(np.median([r["sps"] for r in rows[n]])), 1),

@@ -56,16 +56,13 @@ class StepsModel:
 
 
 def steps_model(results: list[dict], rule: str, b_crit: float, cfg: Config) -> StepsModel:
-    from jaxpong.batchstudy import summarise
+    from jaxpong.batchstudy import study_minibatches, summarise
 
     rows = [r for r in summarise(results) if r["rule"] == rule]
     if not rows:
         raise ConfigError(f"the batch study has no runs with rule {rule!r}; run python -m jaxpong.batchstudy first")
     scales = [r["scale"] for r in rows]
-    minibatch = []
-    for s in scales:
-        scaled, _ = batch_rule.apply(cfg, s) if rule == "minibatch" else (cfg, None)
-        minibatch.append(cfg.algo.num_steps * cfg.env.num_envs * s // scaled.algo.num_minibatches)
+    minibatch = [cfg.algo.num_steps * cfg.env.num_envs * s // study_minibatches(rule, s, cfg) for s in scales]
     return StepsModel(scales, {m: [r[f"steps_{m}"] for r in rows] for m in MILESTONES}, minibatch, b_crit)
 
 
@@ -227,7 +224,8 @@ def run(
     plot(
         rows,
         folder / "prediction.png",
-        f"predicted wall-clock to each milestone: {cfg.algo.algo}, {cfg.env.num_envs} games a rank, batch rule {rule}; "
+        f"predicted wall-clock to each milestone: {cfg.algo.algo}, {cfg.env.num_envs} games"
+        f"{' shared by the ranks' if cfg.env.share_games else ' a rank'}, batch rule {rule}; "
         f"B_crit {b_crit:,.0f}, start-up {startup_s:.0f} s",
     )
     print(text)

@@ -212,4 +212,7 @@ def read_config(run_dir: Path) -> dict:
     if not isinstance(doc, dict):
         raise ConfigError(f"{str(path)!r} does not hold a jaxpong config")
     doc.pop("_record", None)
+    env = doc.get("env")
+    if isinstance(env, dict) and "num_envs" in env and "share_games" not in env:
+        env["share_games"] = False  # written before env.share_games existed: every rank stepped num_envs games
     return doc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from jaxpong import batch_rule
@@ -78,12 +80,29 @@ def test_shared_games_past_the_floor_grow_the_batch_and_the_minibatches():
     assert "512 samples each (64 from each rank)" in rule_line
 
 
+@pytest.mark.parametrize(
+    "env, ranks, games, batch_size",
+    [
+        ({"num_envs": 34}, 2, 18, "half"),  # 17 each would run sync: rounded up to 18, still async
+        ({"num_envs": 32, "batch_size": "16"}, 2, 16, "8"),  # an explicit batch keeps its half of the games
+        ({"num_envs": 64, "batch_size": "16"}, 2, 32, "8"),  # ... or its quarter
+        ({"num_envs": 32, "batch_size": "32"}, 2, 16, "0"),  # sync stays sync
+        ({"num_envs": 33}, 4, 16, "0"),  # odd with half is sync (envpool needs halves); so is its share
+    ],
+)
+def test_a_shared_config_stays_async_or_sync(env, ranks, games, batch_size):
+    scaled, lines = batch_rule.apply(_cfg(env=env), ranks)
+    assert (scaled.env.num_envs, scaled.env.batch_size) == (games, batch_size)
+    assert scaled.is_async == _cfg(env=env).is_async
+    assert f"{games} each" in lines[0]
+
+
 def test_a_batch_size_that_cannot_be_shared_names_the_fields():
-    cfg = _cfg(env={"batch_size": "32", "num_envs": 64})
+    cfg = _cfg(env={"batch_size": "8", "num_envs": 24})  # 3 ranks: 8 games each, 8 x 8 / 24 is no whole batch
     with pytest.raises(
-        config_lib.ConfigError, match=r"env.batch_size: 32 .*each of 4 ranks 16 of the 64 games.*--share-games false"
+        config_lib.ConfigError, match=r"env.batch_size: 8 of 24 games .* 8 games each of 3 ranks .*--share-games false"
     ):
-        batch_rule.apply(cfg, 4)
+        batch_rule.apply(dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, min_rank_games=8)), 3)
 
 
 def test_rule_none_and_pg_keep_the_minibatches():
@@ -98,3 +117,13 @@ def test_one_process_with_n_times_the_games_gets_what_n_ranks_get():
     one = config_lib.build("configs/default.yaml", {"env": {"num_envs": 128}, "algo": {"min_rank_minibatch": 256}})
     single, _ = batch_rule.apply(one, 1)
     assert single.algo.num_minibatches == ranks.algo.num_minibatches == 16
+
+
+def test_a_run_saved_before_share_games_keeps_every_ranks_games(tmp_path):
+    """Its ranks each stepped num_envs games: a resume, simulate or report reads it that way."""
+    from jaxpong import rundir
+
+    (tmp_path / "config.yaml").write_text("env:\n  num_envs: 32\nalgo:\n  num_steps: 64\n")
+    assert rundir.read_config(tmp_path)["env"]["share_games"] is False
+    (tmp_path / "config.yaml").write_text("env:\n  num_envs: 32\n  share_games: true\n")
+    assert rundir.read_config(tmp_path)["env"]["share_games"] is True

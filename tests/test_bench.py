@@ -33,3 +33,33 @@ def test_trainer_sps_needs_rounds_after_the_warm_up(tmp_path):
     )
     with pytest.raises(RuntimeError, match="more --seconds"):
         trainer_sps(tmp_path)
+
+
+def test_time_ratios_count_a_missed_milestone_as_infinitely_slow():
+    from jaxpong.learnbench import _ratio
+
+    assert _ratio({"time_s": 90.0}, {"time_s": 120.0}) == pytest.approx(0.75)
+    assert _ratio(None, {"time_s": 120.0}) == float("inf")  # this count never got there
+    assert _ratio({"time_s": 90.0}, None) == 0.0  # only the baseline missed it
+    assert _ratio(None, None) == float("inf")  # neither: unknown, counted against the count compared
+
+
+def test_ranks_count_from_the_launchers_start_and_pass_it_on_to_nothing(tmp_path):
+    """A rank that `train --ranks N` started takes JAXPONG_LAUNCH_START (the launcher's own start) as its
+    start and removes it, so nothing it starts inherits it; a value from the future or from long ago is
+    someone else's and is ignored."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    probe = "import os, jaxpong; print(jaxpong.PROCESS_START, os.environ.get('JAXPONG_LAUNCH_START'))"
+    for given, taken in ((time.time() - 5, True), (time.time() + 100, False), (time.time() - 10_000, False)):
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env={**os.environ, "JAXPONG_LAUNCH_START": repr(given)},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert (float(out[0]) == pytest.approx(given, abs=1e-6)) == taken and out[1] == "None"

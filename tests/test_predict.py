@@ -31,3 +31,15 @@ def test_what_limits_a_rank_count():
     assert limit(0.80, 0.15, 1.0) == "late senders"  # 0.15 of the 0.20 lost is waiting
     assert limit(0.80, 0.02, 1.0) == "collectives"
     assert limit(0.80, 0.15, 3.0) == "critical batch"  # 3x the samples outweighs 1.25x the time
+
+
+def test_the_study_scales_minibatch_is_the_one_the_study_trained_with():
+    """The study's one process at scale k runs k x 32 games with the minibatch rule's count (k x 4), so its
+    optimizer steps average 512 samples at every scale up to 8x, however the ranks would share games."""
+    from jaxpong.config import build
+    from jaxpong.predict import steps_model
+
+    reached = {"0": {"step": 500_000}, "18": {"step": 900_000}, "20": None}
+    results = [{"rule": "minibatch", "scale": s, "seed": 1, "milestones": reached} for s in (1, 2, 4, 8, 16)]
+    model = steps_model(results, "minibatch", 1000.0, build("configs/default.yaml", {}))
+    assert model.minibatch == [512, 512, 512, 512, 1024]
