@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
+.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
 
 install: $(STAMP)
 
@@ -47,9 +47,13 @@ RANKS ?=
 train: install
 	JAXPONG_UNDER_MAKE=1 exec $(PY) -m jaxpong train $(if $(RESUME),--resume $(RESUME),--config $(CONFIG)) $(if $(RANKS),--ranks $(RANKS)) $(ARGS)
 
-# make test leaves out the tests marked `scale` (16 ranks oversubscribed on 2 cores); make test-scale runs only those.
+# make test leaves out the tests marked `scale` (16 ranks oversubscribed on 2 cores) and `slow` (long end-to-end
+# checks), to stay within 15 minutes on 2 cores; make test-scale and make test-slow run those.
 test: install
-	$(PY) -m pytest -q -m "not scale" --durations=25 tests $(ARGS)
+	$(PY) -m pytest -q -m "not scale and not slow" --durations=25 tests $(ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow --durations=25 tests $(ARGS)
 
 test-scale: install
 	$(PY) -m pytest -q -m scale tests $(ARGS)

@@ -9,6 +9,8 @@ import pytest
 
 from conftest import read_jsonl
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_per_core_bench_end_to_end(jaxpong_cli, tmp_path, ranks):

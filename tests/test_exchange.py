@@ -117,7 +117,7 @@ def test_rows_carry_records_and_games_to_rank_0():
         record_row(layout, record, [(1.0, 900)] * 5)  # more games than the row holds: the caller keeps the rest
 
 
-@pytest.mark.parametrize("ranks", [3, 16])
+@pytest.mark.parametrize("ranks", [3, pytest.param(16, marks=pytest.mark.slow)])
 def test_exchange_on_real_mpi(ranks):
     proc = subprocess.run(
         [str(MPIRUN), "-n", str(ranks), sys.executable, str(REPO / "tests" / "mpi" / "check_exchange.py")],

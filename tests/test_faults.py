@@ -45,6 +45,7 @@ def test_sigterm_finishes_the_round_checkpoints_and_exits_75(preempted_run):
     assert steps and steps[-1] == last["step"]  # the checkpoint holds exactly the last logged update
 
 
+@pytest.mark.slow
 def test_resume_on_two_ranks_then_one(preempted_run, tmp_path):
     """1 -> 2 -> 1 ranks: counters continue, the log says so, no update is logged twice."""
     src, _, _, _ = preempted_run
@@ -181,7 +182,7 @@ def test_run_dir_problems_before_training(tmp_path, preempted_run):
     assert code == 2 and "not a jaxpong run directory" in err
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGSTOP"])
+@pytest.mark.parametrize("how", ["SIGKILL", pytest.param("SIGSTOP", marks=pytest.mark.slow)])
 def test_dead_or_hung_rank_ends_the_job(tmp_path, how):
     """A rank killed (the launcher notices) or frozen (the others' watchdog notices): the job ends non-zero
     within 60 s, and the log says which rank and how far training got."""

@@ -258,6 +258,7 @@ def test_the_extra_scalars_travel_in_the_fused_allreduce():
     assert float(now["batch"]) == 2 * n
 
 
+@pytest.mark.slow
 def test_two_real_ranks_measure_across_ranks():
     """mpirun -n 2: the state equals the estimate from both ranks' own gradient sums, on both ranks."""
     env_cache = {"JAXPONG_COMPILE_CACHE": str(Path("/tmp") / "jaxpong-test-cache")}

@@ -40,6 +40,7 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 # -- one owner per run directory ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_second_training_on_a_live_run_dir_is_refused_and_the_first_finishes(tmp_path):
     run_dir = tmp_path / "run"
     log = tmp_path / "first.log"
@@ -285,6 +286,7 @@ def test_hang_limit_gives_every_process_its_compile_allowance():
     assert hang_limit(30.0, rounds_done=7, slowest_round_s=1.0, compiles=True) == 300.0
 
 
+@pytest.mark.slow
 def test_a_resumed_multi_rank_run_gets_the_compile_allowance(tmp_path):
     """2 ranks, the dense update (it compiles for seconds: ~10 s here without a compile cache) and
     --hang-timeout-s 3: the fresh run and its resume both finish. A resumed process used to get 3 s for

@@ -383,6 +383,7 @@ def test_simulate_from_a_synthetic_run(tmp_path, capsys):
 
 # -- one real run ------------------------------------------------------------------------------------
 @pytest.mark.skipif(not MPIRUN.exists(), reason="needs the venv's mpirun (mpich wheel)")
+@pytest.mark.slow
 def test_real_two_rank_run_with_a_slow_rank(tmp_path):
     """A 2-rank run whose rank 1 steps 3x slower: train writes imbalance.png itself, and report names rank 1.
     (--time-limit-s counts from process start: about 20 s of start-up, then some 10 s of rounds.)"""

@@ -71,6 +71,7 @@ def test_deadline_cuts_the_round():
     assert _is_prefix(np.asarray(batch.filled))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_envs, batch_size", [(8, 8), (16, 8)], ids=["sync", "async"])
 def test_slow_factor_divides_the_steps_per_second(num_envs, batch_size):
     """A slow rank with factor 3 steps a third as fast, with async envs too (where the games in flight keep

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from wandb.proto import wandb_internal_pb2  # wandb is in the test extra: these tests run, never skip
 
@@ -110,6 +111,7 @@ def assert_same_scalars(history: list[dict], lines: list[dict]) -> None:
         assert {k for k in line if k.startswith(("charts/", "losses/"))} <= row.keys()
 
 
+@pytest.mark.slow
 def test_track_offline_mirrors_metrics_config_media_and_resumes(tmp_path):
     run_dir = tmp_path / "run"
     env = offline_env(tmp_path)

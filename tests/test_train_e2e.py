@@ -295,6 +295,7 @@ def test_time_limit_stops_the_run(jaxpong_cli, tmp_path):
     assert checkpoint_steps(tmp_path / "run") == [lines[-1]["step"]]
 
 
+@pytest.mark.slow
 def test_throughput_bench_end_to_end(jaxpong_cli, tmp_path):
     """`jaxpong bench` as `make bench` runs it (one short repeat): a real trainer subprocess with
     --total-steps 10**12 (its learning-rate schedule must cope with such counts), stopped with SIGSTOP
