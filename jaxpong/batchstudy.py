@@ -20,7 +20,7 @@ import numpy as np
 
 from jaxpong import batch_rule
 from jaxpong.config import build
-from jaxpong.learnbench import MILESTONES, milestones_from_games, read_jsonl
+from jaxpong.learnbench import MILESTONES, milestones_from_games, read_jsonl, train_argv
 
 STUDY_MILESTONES = ("0", "18", "20")
 
@@ -133,16 +133,9 @@ def batch_study(
         if (rule, scale, seed) in done:
             continue
         run_dir = out / f"{rule}_x{scale}_seed{seed}"
-        cmd = [
-            sys.executable,
-            "-m",
-            "jaxpong",
-            "train",
-            "--config",
+        cmd = train_argv(
             config_file,
-            "--run-dir",
-            str(run_dir),
-            "--overwrite",
+            run_dir,
             "--seed",
             str(seed),
             "--total-steps",
@@ -155,7 +148,7 @@ def batch_study(
             "1000000000",
             *run_args(rule, scale, cfg),
             *(extra_args or []),
-        ]
+        )
         print(f"{rule} x{scale} seed {seed}: {' '.join(cmd[3:])}", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode not in (0,):

@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -108,20 +107,9 @@ def _train_command(cfg_dict: dict, run_dir: Path, extra: list[str], ranks: int =
 
     cfg_file = run_dir.parent / f"{run_dir.name}.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg_dict))
-    cmd = [
-        sys.executable,
-        "-m",
-        "jaxpong",
-        "train",
-        "--config",
-        str(cfg_file),
-        "--run-dir",
-        str(run_dir),
-        "--overwrite",
-        "--progress",
-        "off",
-        *extra,
-    ]
+    from jaxpong.learnbench import train_argv
+
+    cmd = train_argv(cfg_file, run_dir, "--progress", "off", *extra)
     return cmd + ["--ranks", str(ranks)] if ranks > 1 else cmd
 
 

@@ -80,21 +80,31 @@ def _plot(per_seed_runs: list[tuple[int, list[dict]]], out: Path, title: str) ->
     plt.close(fig)
 
 
-def _train_seed(
-    cfg_file: Path, seed_dir: Path, seed: int, time_limit_s: float, extra_args: list[str]
-) -> tuple[dict, list]:
-    """Train one seed from scratch in a fresh process, then play GREEDY_GAMES greedy games with the result:
-    (the seed's row, its games)."""
-    cmd = [
+def train_argv(config_file, run_dir, *extra: str) -> list[str]:
+    """`python -m jaxpong train` from `config_file` into `run_dir` (overwritten), as a user would start it,
+    with `extra` flags after: the command line every benchmark's training run shares."""
+    return [
         sys.executable,
         "-m",
         "jaxpong",
         "train",
         "--config",
-        str(cfg_file),
+        str(config_file),
         "--run-dir",
-        str(seed_dir),
+        str(run_dir),
         "--overwrite",
+        *extra,
+    ]
+
+
+def _train_seed(
+    cfg_file: Path, seed_dir: Path, seed: int, time_limit_s: float, extra_args: list[str]
+) -> tuple[dict, list]:
+    """Train one seed from scratch in a fresh process, then play GREEDY_GAMES greedy games with the result:
+    (the seed's row, its games)."""
+    cmd = train_argv(
+        cfg_file,
+        seed_dir,
         "--seed",
         str(seed),
         "--time-limit-s",
@@ -104,7 +114,7 @@ def _train_seed(
         "--checkpoint-every",
         "1000000000",
         *extra_args,
-    ]
+    )
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"seed {seed}: training failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
