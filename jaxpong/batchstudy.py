@@ -6,7 +6,10 @@ gradients), so the learning side of scaling is measured here in one process: the
 the machine is, so these runs may share a machine; their seconds are reported but not compared.
 
 The study is resumable: every finished run appends one line to OUT/results.jsonl, and a rerun skips
-the (rule, scale, seed) triples already there.
+the (rule, scale, seed) triples already there. A run stops at its target return (+20 unless --target says
+otherwise); a milestone above a run's target was not measured by that run and is left out of that
+milestone's median, where a milestone the run missed counts as infinitely slow. --jobs N trains N runs at
+once: agent steps do not depend on the machine's speed, and two runs keep 2 cores busier than one.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -48,18 +52,27 @@ def run_args(rule: str, scale: int, cfg) -> list[str]:
     return ["--num-envs", str(games), "--num-minibatches", str(mbs), "--batch-rule", "none"]
 
 
+def measured(run: dict, milestone: str) -> bool:
+    """Whether `run` could have reached `milestone`: it trained on past it unless it stopped at a lower
+    target (rows written before targets were recorded all ran to +20)."""
+    return float(milestone) <= run.get("target", 20)
+
+
 def summarise(results: list[dict]) -> list[dict]:
-    """One row per (rule, scale): the median over seeds of the agent steps to each milestone. A seed that
-    never got there counts as infinitely slow, so the median is None when fewer than half did."""
+    """One row per (rule, scale): the median over the seeds that measured a milestone of the agent steps
+    to it. A seed that never got there counts as infinitely slow, so the median is None when fewer than
+    half did."""
     rows = []
     for rule, scale in sorted({(r["rule"], r["scale"]) for r in results}):
         runs = [r for r in results if r["rule"] == rule and r["scale"] == scale]
         row = {"rule": rule, "scale": scale, "seeds": len(runs)}
         for m in STUDY_MILESTONES:
-            steps = sorted(r["milestones"][m]["step"] if r["milestones"].get(m) else np.inf for r in runs)
-            mid = steps[(len(steps) - 1) // 2]  # the lower median: an observed seed, never an average
+            mine = [r for r in runs if measured(r, m)]
+            steps = sorted(r["milestones"][m]["step"] if r["milestones"].get(m) else np.inf for r in mine)
+            mid = steps[(len(steps) - 1) // 2] if steps else np.inf  # the lower median: an observed seed
             row[f"steps_{m}"] = None if not np.isfinite(mid) else int(mid)
             row[f"reached_{m}"] = sum(np.isfinite(s) for s in steps)
+            row[f"measured_{m}"] = len(mine)
         rows.append(row)
     return rows
 
@@ -70,7 +83,8 @@ def table(rows: list[dict]) -> str:
 
     ref = {r["rule"]: r for r in rows if r["scale"] == 1}
     lines = [
-        "| rule | games (x default) | seeds | steps to 0 | steps to +18 | steps to +20 | +18 against 1x |",
+        "| rule | games (x default) | seeds | steps to 0 | steps to +18 (reached/ran to it) "
+        "| steps to +20 (reached/ran to it) | +18 against 1x |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -78,7 +92,8 @@ def table(rows: list[dict]) -> str:
         ratio = f"{r['steps_18'] / base['steps_18']:.2f}x" if r["steps_18"] and base.get("steps_18") else "-"
         lines.append(
             f"| {r['rule']} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
-            f"({r['reached_18']}/{r['seeds']}) | {fmt(r['steps_20'])} ({r['reached_20']}/{r['seeds']}) | {ratio} |"
+            f"({r['reached_18']}/{r['measured_18']}) | {fmt(r['steps_20'])} "
+            f"({r['reached_20']}/{r['measured_20']}) | {ratio} |"
         )
     return "\n".join(lines)
 
@@ -111,6 +126,24 @@ def plot(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def _row(rule: str, scale: int, seed: int, games: int, run_dir: Path, max_steps: int, target: float) -> dict:
+    """The results line of one finished run, read from its games.jsonl and metrics.jsonl."""
+    played = read_jsonl(run_dir / "games.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    reached = milestones_from_games(played)
+    return {
+        "rule": rule,
+        "scale": scale,
+        "seed": seed,
+        "games": games,
+        "milestones": {m: reached[m] for m in map(str, MILESTONES)},
+        "steps": metrics[-1]["step"] if metrics else 0,
+        "time_s": metrics[-1]["time_s"] if metrics else 0.0,
+        "max_steps": max_steps,
+        "target": target,
+    }
+
+
 def batch_study(
     config_file: str,
     *,
@@ -119,6 +152,8 @@ def batch_study(
     rules: list[str],
     max_steps: int,
     out_dir: str,
+    target: float = 20,
+    jobs: int = 1,
     extra_args: list[str] | None = None,
 ) -> int:
     cfg = build(config_file, {})
@@ -129,51 +164,55 @@ def batch_study(
     done = {(r["rule"], r["scale"], r["seed"]) for r in read_jsonl(results_file)}
     # Seeds outermost: a study stopped early still has every scale at its first seeds.
     plan = [(rule, scale, seed) for seed in seeds for scale in scales for rule in rules]
-    for rule, scale, seed in plan:
-        if (rule, scale, seed) in done:
-            continue
-        run_dir = out / f"{rule}_x{scale}_seed{seed}"
-        cmd = train_argv(
-            config_file,
-            run_dir,
-            "--seed",
-            str(seed),
-            "--total-steps",
-            str(max_steps),
-            "--target-return",
-            "20",
-            "--progress",
-            "off",
-            "--checkpoint-every",
-            "1000000000",
-            *run_args(rule, scale, cfg),
-            *(extra_args or []),
-        )
-        print(f"{rule} x{scale} seed {seed}: {' '.join(cmd[3:])}", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode not in (0,):
-            print(f"  failed ({proc.returncode}): {proc.stderr.strip()[-600:]}", flush=True)
-            return 1
-        games = read_jsonl(run_dir / "games.jsonl")
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
-        reached = milestones_from_games(games)
-        row = {
-            "rule": rule,
-            "scale": scale,
-            "seed": seed,
-            "games": base_games * scale,
-            "milestones": {m: reached[m] for m in map(str, MILESTONES)},
-            "steps": metrics[-1]["step"] if metrics else 0,
-            "time_s": metrics[-1]["time_s"] if metrics else 0.0,
-            "max_steps": max_steps,
-        }
-        with results_file.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(
-            "  "
-            + "  ".join(f"{m}: " + (f"{r['step'] / 1e3:.0f}k" if (r := reached[m]) else "-") for m in STUDY_MILESTONES),
-            flush=True,
-        )
+    todo = [p for p in plan if p not in done]
+    running: list[tuple[tuple[str, int, int], Path, subprocess.Popen]] = []
+    failed = False
+    while (todo and not failed) or running:
+        while todo and not failed and len(running) < jobs:
+            rule, scale, seed = todo.pop(0)
+            run_dir = out / f"{rule}_x{scale}_seed{seed}"
+            cmd = train_argv(
+                config_file,
+                run_dir,
+                "--seed",
+                str(seed),
+                "--total-steps",
+                str(max_steps),
+                "--target-return",
+                f"{target:g}",
+                "--progress",
+                "off",
+                "--checkpoint-every",
+                "1000000000",
+                *run_args(rule, scale, cfg),
+                *(extra_args or []),
+            )
+            print(f"{rule} x{scale} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+            # Output goes to a file, not a pipe nobody reads while the run is going.
+            log = (out / f"{run_dir.name}.log").open("w")
+            running.append(((rule, scale, seed), run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+        time.sleep(2)
+        for item in [r for r in running if r[2].poll() is not None]:
+            running.remove(item)
+            (rule, scale, seed), run_dir, proc = item
+            if proc.returncode != 0:
+                tail = (out / f"{run_dir.name}.log").read_text()[-600:]
+                print(f"{rule} x{scale} seed {seed} failed ({proc.returncode}): {tail.strip()}", flush=True)
+                failed = True
+                continue
+            row = _row(rule, scale, seed, base_games * scale, run_dir, max_steps, target)
+            with results_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            reached = row["milestones"]
+            print(
+                f"{rule} x{scale} seed {seed} done:  "
+                + "  ".join(
+                    f"{m}: " + (f"{r['step'] / 1e3:.0f}k" if (r := reached[m]) else "-") for m in STUDY_MILESTONES
+                ),
+                flush=True,
+            )
+    if failed:
+        return 1
     results = read_jsonl(results_file)
     text = table(summarise(results))
     (out / "table.md").write_text(text + "\n")
@@ -193,6 +232,8 @@ if __name__ == "__main__":  # a study can run before it has a place in the comma
     p.add_argument("--rules", default="minibatch")
     p.add_argument("--max-steps", type=int, default=3_000_000)
     p.add_argument("--out", default="runs/batch_study")
+    p.add_argument("--target", type=float, default=20, help="stop each run at this last-20 mean return")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     a, extra = p.parse_known_args()
     sys.exit(
         batch_study(
@@ -202,6 +243,8 @@ if __name__ == "__main__":  # a study can run before it has a place in the comma
             rules=a.rules.split(","),
             max_steps=a.max_steps,
             out_dir=a.out,
+            target=a.target,
+            jobs=a.jobs,
             extra_args=extra,
         )
     )
