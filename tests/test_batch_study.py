@@ -1,0 +1,62 @@
+"""The batch study's summary (jaxpong/batchstudy.py): medians of agent steps over seeds, where a seed that
+missed a milestone counts as infinitely slow and a seed that stopped at a lower target is left out."""
+
+from __future__ import annotations
+
+from jaxpong.batchstudy import summarise, table
+
+
+def _run(scale: int, seed: int, m0, m18, m20, target: float | None = None) -> dict:
+    def hit(step):
+        return None if step is None else {"time_s": 1.0, "step": step}
+
+    row = {
+        "rule": "minibatch",
+        "scale": scale,
+        "seed": seed,
+        "milestones": {"0": hit(m0), "18": hit(m18), "20": hit(m20)},
+    }
+    if target is not None:
+        row["target"] = target
+    return row
+
+
+def test_the_median_is_an_observed_seed_and_a_miss_is_infinitely_slow():
+    rows = summarise(
+        [
+            _run(1, 1, 300_000, 900_000, 1_300_000),
+            _run(1, 2, 200_000, 800_000, None),  # never reached +20 within its steps
+            _run(1, 3, 400_000, 1_000_000, 2_300_000),
+        ]
+    )
+    (r,) = rows
+    assert (r["seeds"], r["steps_0"], r["steps_18"]) == (3, 300_000, 900_000)  # sorted middles
+    # +20: 1.3M, 2.3M, inf -> the lower median of three is the middle one, 2.3M
+    assert (r["steps_20"], r["reached_20"], r["measured_20"]) == (2_300_000, 2, 3)
+
+
+def test_fewer_than_half_reaching_gives_no_median():
+    rows = summarise([_run(2, 1, 400_000, None, None), _run(2, 2, 500_000, 1_100_000, None)])
+    # two seeds: the lower median is the first of [1.1M, inf] = 1.1M for +18; +20 [inf, inf] -> None
+    assert rows[0]["steps_18"] == 1_100_000 and rows[0]["steps_20"] is None and rows[0]["reached_20"] == 0
+
+
+def test_a_run_that_stopped_at_plus_18_leaves_plus_20_unmeasured_not_missed():
+    rows = summarise(
+        [
+            _run(4, 1, 500_000, 1_200_000, 2_000_000),  # an older row: ran on to +20
+            _run(4, 2, 450_000, 1_400_000, None, target=18),
+            _run(4, 3, 600_000, 1_300_000, None, target=18),
+        ]
+    )
+    r = rows[0]
+    assert (r["steps_18"], r["reached_18"], r["measured_18"]) == (1_300_000, 3, 3)
+    # Only seed 1 ran to +20, and it got there: a median of one, not a miss counted twice.
+    assert (r["steps_20"], r["reached_20"], r["measured_20"]) == (2_000_000, 1, 1)
+    assert "| 2,000k (1/1) |" in table(rows)
+
+
+def test_the_table_gives_each_scale_against_1x():
+    rows = summarise([_run(1, 1, 300_000, 800_000, None), _run(2, 1, 400_000, 1_000_000, None)])
+    text = table(rows)
+    assert "| minibatch | 2x | 1 | 400k | 1,000k (1/1) | - (0/1) | 1.25x |" in text
