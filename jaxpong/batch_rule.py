@@ -101,3 +101,38 @@ def apply(cfg: Config, world_size: int) -> tuple[Config, list[str]]:
         f"{algo.num_minibatches}"
     )
     return dataclasses.replace(cfg, algo=dataclasses.replace(algo, num_minibatches=mbs)), lines
+
+
+def optimizer_batch(cfg: Config, world_size: int) -> float:
+    """Samples per optimizer step, all ranks together, when `world_size` ranks train the user's config `cfg`
+    under its rules (before any deadline masking)."""
+    rank_cfg, _ = apply(cfg, world_size)
+    steps_per_epoch = rank_cfg.algo.num_minibatches if rank_cfg.algo.algo == "ppo" else 1
+    return rank_cfg.algo.num_steps * rank_cfg.env.num_envs * world_size / steps_per_epoch
+
+
+def useful_ranks(cfg: Config, world_size: int, measured_batch: float, b_crit: float, most: int = 1 << 14) -> int:
+    """The most ranks (up to `most`) before the optimizer batch that cfg's rules give first grows past the
+    critical batch b_crit: as long as a step averages no more than about b_crit samples, more samples buy
+    nearly proportionally fewer steps (McCandlish et al. 2018). `measured_batch` is what `world_size` ranks
+    averaged (valid samples, so after masking); other counts are scaled from it by the rules' nominal
+    batches. 0 when one rank is already past it."""
+    here = optimizer_batch(cfg, world_size)
+
+    def within(n: int) -> bool:
+        try:
+            return measured_batch * optimizer_batch(cfg, n) / here <= b_crit
+        except ConfigError:  # a game count the config cannot share this many ways
+            return False
+
+    if not within(1):
+        return 0
+    # The batch grows with the rank count (up to the rounding of shares), so double, then bisect.
+    low = 1
+    while low < most and within(min(2 * low, most)):
+        low = min(2 * low, most)
+    high = min(2 * low, most + 1)  # not within (or past `most`)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if within(mid) else (low, mid)
+    return low

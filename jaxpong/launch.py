@@ -117,7 +117,7 @@ def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_f
                 hosts,
                 os.cpu_count() or affinity,
                 seat[0][1],
-                training.round_cfg.env.num_envs,
+                training.round.cfg.env.num_envs,
                 bound=all(b for _, _, b in seat),
             )
             + (f"  |  {platform_line}" if platform_line else "")
@@ -130,8 +130,8 @@ def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_f
             training.io_failure = rundir.WriteFailed("config", path / "config.yaml", rundir.write_failure_reason(err))
         log_line(
             f"run directory {path}  |  {comm.size} rank(s), MPI: {comm.library}  |  algo {cfg.algo.algo}, "
-            f"{cfg.model.network} on {cfg.model.obs_mode}, {training.round_cfg.env.num_envs} envs "
-            f"({'async' if training.round_cfg.is_async else 'sync'}), preset {cfg.preset_name}"
+            f"{cfg.model.network} on {cfg.model.obs_mode}, {training.round.cfg.env.num_envs} envs "
+            f"({'async' if training.round.cfg.is_async else 'sync'}), preset {cfg.preset_name}"
         )
         if resume:
             log_line(

@@ -28,7 +28,7 @@ The picture depends on the rank count (`--picture auto`):
   figure says how.
 
 Where the run measured the gradient noise scale (charts/noise_scale), one more line says how many ranks
-its critical batch makes useful (useful_ranks).
+its critical batch makes useful under the run's batch rules (batch_rule.useful_ranks).
 
 The first round includes compilation and is left out of every number and picture (not of the trace).
 ranks.jsonl is read in chunks of lines into one numpy matrix per field (ranks x rounds): a 1,536-rank
@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.config import ConfigError
+from jaxpong import batch_rule
+from jaxpong.config import Config, ConfigError
 
 COLOURS = {
     "collect": "#59a14f",
@@ -513,38 +514,45 @@ def finding(stats: list[RankStats]) -> str:
     return text + slow_txt + masked_txt
 
 
-def useful_ranks(noise_scale: float, samples_per_rank_step: float) -> float:
-    """Ranks the measured critical batch makes useful: B_crit ~ B_simple, the gradient noise scale in samples
-    per optimizer step (McCandlish et al. 2018), over one rank's valid samples per optimizer step. Up to
-    about this many ranks, a step's larger batch buys nearly proportionally fewer steps; beyond it, little.
-    nan when either is unknown."""
-    if not (noise_scale > 0 and samples_per_rank_step > 0):
-        return math.nan
-    return noise_scale / samples_per_rank_step
-
-
-def useful_ranks_line(noise_scale: float, samples_per_step: float, ranks: int) -> str | None:
-    """The one plain line on it, from the run's charts/noise_scale, charts/optimizer_batch (valid samples
-    per optimizer step, all ranks) and rank count; None when the noise scale was not measured."""
-    per_rank = samples_per_step / max(ranks, 1)
-    useful = useful_ranks(noise_scale, per_rank)
-    if not math.isfinite(useful):
+def useful_ranks_line(noise_scale: float, samples_per_step: float, ranks: int, cfg: Config) -> str | None:
+    """The one plain line on how many ranks the critical batch makes useful, from the run's
+    charts/noise_scale (B_simple, which approximates the critical batch), charts/optimizer_batch (valid
+    samples per optimizer step, all ranks), rank count and user config (whose rules say how the optimizer
+    batch follows the rank count); None when the noise scale was not measured."""
+    if not (noise_scale > 0 and samples_per_step > 0):
         return None
+    useful = batch_rule.useful_ranks(cfg, ranks, samples_per_step, noise_scale)
     head = (
         f"critical batch about {noise_scale:,.0f} samples per optimizer step (gradient noise scale); "
-        f"one rank gives {per_rank:,.0f}"
+        f"this run's steps averaged {samples_per_step:,.0f}"
     )
     if useful < 1:
         return f"{head}, already past it: more ranks would add samples that buy little (this run: {ranks})."
-    return f"{head}: up to about {useful:.1f} ranks are useful (this run: {ranks})."
+    most = "at least " if useful == 1 << 14 else "about "
+    return (
+        f"{head}: up to {most}{useful:,} ranks keep their optimizer steps within it under this config's batch "
+        f"rules (this run: {ranks})."
+    )
 
 
-def noise_scale_line(metrics: list[dict]) -> str | None:
-    """useful_ranks_line from the last metrics line that measured the noise scale (None if none did)."""
+def noise_scale_line(metrics: list[dict], run_dir: Path) -> str | None:
+    """useful_ranks_line from the last metrics line that measured the noise scale, under the rules of the
+    config the run was started with (its config.yaml); None if none did, or the config cannot be read."""
+    from jaxpong import config as config_lib
+    from jaxpong import rundir
+
     for line in reversed(metrics):
         if "charts/noise_scale" in line and "charts/optimizer_batch" in line:
+            try:
+                saved = rundir.read_config(run_dir)
+                cfg = config_lib.validate(config_lib.from_dict(saved, f"{run_dir}/config.yaml"))
+            except ConfigError:  # the per-rank report stands without this one line
+                return None
             return useful_ranks_line(
-                line["charts/noise_scale"], line["charts/optimizer_batch"], int(line.get("comm/world_size", 1))
+                line["charts/noise_scale"],
+                line["charts/optimizer_batch"],
+                int(line.get("comm/world_size", 1)),
+                cfg,
             )
     return None
 
@@ -1063,7 +1071,7 @@ def make_report(
     result["trace_events"] = trace["events"]
     result["trace_rounds"] = trace["rounds"]
     result["rounds"] = all_rounds
-    result["batch"] = noise_scale_line(read_metrics(path))
+    result["batch"] = noise_scale_line(read_metrics(path), path)
     return {"summary": result, "table": table(stats, limit=TABLE_TOP if len(stats) > TABLE_MAX_RANKS else None)}
 
 

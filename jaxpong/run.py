@@ -78,7 +78,6 @@ class Training:
         round_cfg, rule_lines = batch_rule.apply(cfg, comm.size)
         for line in rule_lines if self.is_main else []:
             log_line(line)
-        self.round_cfg = round_cfg
         self.round = Round(round_cfg, comm, network, optimizer, self.counters, self.signals)
         self.logger = (
             RunLogger(
@@ -217,7 +216,9 @@ class Training:
                 f"return(last {RECENT_GAMES}) {fmt_return(self.recent_mean())})"
             )
             noise = noise_scale.log_metrics(self.round.noise)
-            if batch_line := useful_ranks_line(noise["charts/noise_scale"], noise["charts/optimizer_batch"], comm.size):
+            if batch_line := useful_ranks_line(
+                noise["charts/noise_scale"], noise["charts/optimizer_batch"], comm.size, cfg
+            ):
                 log_line(batch_line)
             if code != EXIT_IO_ERROR:
                 if comm.size > 1:

@@ -281,21 +281,55 @@ def test_two_real_ranks_measure_across_ranks():
 
 
 # -- what it means for ranks (report) ------------------------------------------------------------
-def test_useful_ranks_from_the_critical_batch():
-    from jaxpong.report import noise_scale_line, useful_ranks, useful_ranks_line
+def test_useful_ranks_follow_the_batch_rules():
+    """The default (32 games shared, 16 at least a rank, 64 steps, 4 minibatches at 32 games, a rank's share
+    of a minibatch at least 64 samples): up to 2 ranks share 32 games; from 4 ranks each has 16; the minibatch
+    rule keeps 512 samples a step while 16N games give 2N minibatches, up to a rank's 1,024 / 64 = 16; past 8
+    ranks a step averages 64N samples, so a critical batch of 2,140 allows N <= 33."""
+    from jaxpong import batch_rule
+    from jaxpong.config import build
 
-    assert useful_ranks(3000.0, 500.0) == pytest.approx(6.0)  # B_crit ~ B_simple samples, 500 a rank per step
-    assert np.isnan(useful_ranks(float("nan"), 500.0)) and np.isnan(useful_ranks(-4.0, 500.0))
-    assert useful_ranks_line(3000.0, 1000.0, 2) == (
-        "critical batch about 3,000 samples per optimizer step (gradient "
-        "noise scale); one rank gives 500: up to about 6.0 ranks are useful "
-        "(this run: 2)."
+    cfg = build("configs/default.yaml", {})
+    assert [batch_rule.optimizer_batch(cfg, n) for n in (1, 2, 4, 8, 9, 16, 33, 34)] == [
+        512,
+        512,
+        512,
+        512,
+        576,
+        1024,
+        2112,
+        2176,
+    ]
+    assert batch_rule.useful_ranks(cfg, 1, 512.0, 2140.0) == 33
+    # Valid samples after deadline masking scale the nominal ones: 2 ranks measured 480 of 512 (x 15/16).
+    assert batch_rule.useful_ranks(cfg, 2, 480.0, 2140.0) == 35  # 64N x 15/16 = 60N <= 2,140 -> N <= 35
+    assert batch_rule.useful_ranks(cfg, 1, 512.0, 400.0) == 0  # one rank's 512 is already past 400
+    # Without the minibatch rule, a step's batch grows with the games: 32 x 64 / 4 = 512 up to 2 ranks,
+    # 16N x 64 / 4 = 256N past it, so 2,140 allows 8.
+    none = build("configs/default.yaml", {"algo": {"batch_rule": "none"}})
+    assert batch_rule.useful_ranks(none, 1, 512.0, 2140.0) == 8
+
+
+def test_the_useful_ranks_line(tmp_path):
+    from jaxpong import rundir
+    from jaxpong.config import build
+    from jaxpong.report import noise_scale_line, useful_ranks_line
+
+    cfg = build("configs/default.yaml", {})
+    assert useful_ranks_line(2140.0, 512.0, 1, cfg) == (
+        "critical batch about 2,140 samples per optimizer step (gradient noise scale); this run's steps "
+        "averaged 512: up to about 33 ranks keep their optimizer steps within it under this config's batch "
+        "rules (this run: 1)."
     )
-    assert "already past it" in useful_ranks_line(90.0, 512.0, 1)
-    assert useful_ranks_line(float("nan"), 512.0, 1) is None
+    assert "already past it" in useful_ranks_line(90.0, 512.0, 1, cfg)
+    assert useful_ranks_line(float("nan"), 512.0, 1, cfg) is None
+    assert useful_ranks_line(-4.0, 512.0, 1, cfg) is None
+    assert "at least 16,384 ranks" in useful_ranks_line(1e12, 512.0, 1, cfg)
     metrics = [
-        {"charts/noise_scale": 1024.0, "charts/optimizer_batch": 512.0, "comm/world_size": 1},
+        {"charts/noise_scale": 1088.0, "charts/optimizer_batch": 512.0, "comm/world_size": 1},
         {"update": 7},
     ]  # the last line without a measurement (nothing measured yet, or dropped as nan)
-    assert "up to about 2.0 ranks" in noise_scale_line(metrics)
-    assert noise_scale_line([{"update": 1}]) is None
+    assert noise_scale_line(metrics, tmp_path) is None  # no config.yaml: the report goes on without the line
+    rundir.write_config(tmp_path, cfg, 1)
+    assert "up to about 17 ranks" in noise_scale_line(metrics, tmp_path)  # 64 x 17 = 1,088
+    assert noise_scale_line([{"update": 1}], tmp_path) is None
