@@ -1,4 +1,4 @@
-"""`jaxpong bench --batch-study`: agent steps to each milestone as the global batch grows.
+"""`python -m jaxpong.batchstudy` (`make bench-batch`): agent steps to each milestone as the global batch grows.
 
 N ranks do exactly what one process does with N times the games (tests/test_mpi.py proves it for the
 gradients), so the learning side of scaling is measured here in one process: the default config with
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxpong import batch_rule
-from jaxpong.config import build
+from jaxpong.config import ConfigError, build
 from jaxpong.learnbench import MILESTONES, milestones_from_games, read_jsonl, train_argv
 
 STUDY_MILESTONES = ("0", "18", "20")
@@ -222,29 +222,56 @@ def batch_study(
     return 0
 
 
-if __name__ == "__main__":  # a study can run before it has a place in the command line
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not a comma-separated list of whole numbers (e.g. 1,2,4)") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{flag}: {text!r}: every value must be at least 1")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser()
-    p.add_argument("--config", default="configs/default.yaml")
-    p.add_argument("--scales", default="1,2,4,8,16")
-    p.add_argument("--seeds", default="1,2,3")
-    p.add_argument("--rules", default="minibatch")
-    p.add_argument("--max-steps", type=int, default=3_000_000)
-    p.add_argument("--out", default="runs/batch_study")
+    p = argparse.ArgumentParser(
+        prog="python -m jaxpong.batchstudy",
+        description="Agent steps to a mean of 0, +18 and +20 over the last 20 games, with k x the config's "
+        "games in one process (the global batch of k x its ranks), under each batch rule. Resumable: runs "
+        "already in OUT/results.jsonl are skipped. Flags it does not know go to every `jaxpong train`.",
+    )
+    p.add_argument("--config", default="configs/default.yaml", help="the config every run starts from")
+    p.add_argument("--scales", default="1,2,4,8,16", help="k: the multiples of the config's games")
+    p.add_argument("--seeds", default="1,2,3", help="the seeds each scale trains")
+    p.add_argument("--rules", default="minibatch", help="batch rules to compare: minibatch, none, or both")
+    p.add_argument("--max-steps", type=int, default=3_000_000, help="agent steps after which a run stops")
+    p.add_argument("--out", default="runs/batch_study", help="folder of the runs, results.jsonl and table.md")
     p.add_argument("--target", type=float, default=20, help="stop each run at this last-20 mean return")
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
-    a, extra = p.parse_known_args()
-    sys.exit(
-        batch_study(
+    a, extra = p.parse_known_args(argv)
+    try:
+        scales, seeds = _ints("--scales", a.scales), _ints("--seeds", a.seeds)
+        rules = a.rules.split(",")
+        if bad := [r for r in rules if r not in ("minibatch", "none")]:
+            raise ConfigError(f"--rules: {','.join(bad)} unknown; use minibatch, none or minibatch,none")
+        if a.jobs < 1 or a.max_steps < 1:
+            raise ConfigError("--jobs and --max-steps must be at least 1")
+        return batch_study(
             a.config,
-            scales=[int(x) for x in a.scales.split(",")],
-            seeds=[int(x) for x in a.seeds.split(",")],
-            rules=a.rules.split(","),
+            scales=scales,
+            seeds=seeds,
+            rules=rules,
             max_steps=a.max_steps,
             out_dir=a.out,
             target=a.target,
             jobs=a.jobs,
             extra_args=extra,
         )
-    )
+    except ConfigError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

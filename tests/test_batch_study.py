@@ -60,3 +60,16 @@ def test_the_table_gives_each_scale_against_1x():
     rows = summarise([_run(1, 1, 300_000, 800_000, None), _run(2, 1, 400_000, 1_000_000, None)])
     text = table(rows)
     assert "| minibatch | 2x | 1 | 400k | 1,000k (1/1) | - (0/1) | 1.25x |" in text
+
+
+def test_bad_study_flags_get_one_line(capsys):
+    from jaxpong.batchstudy import main
+
+    assert main(["--scales", "1,x"]) == 2
+    assert "--scales: '1,x' is not a comma-separated list" in capsys.readouterr().err
+    assert main(["--seeds", "0"]) == 2
+    assert "--seeds: '0': every value must be at least 1" in capsys.readouterr().err
+    assert main(["--rules", "sqrt"]) == 2
+    assert "--rules: sqrt unknown" in capsys.readouterr().err
+    assert main(["--config", "nope.yaml", "--out", "/nonexistent/x"]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
