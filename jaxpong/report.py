@@ -530,8 +530,9 @@ def useful_ranks_line(noise_scale: float, samples_per_step: float, ranks: int, c
         return f"{head}, already past it: more ranks would add samples that buy little (this run: {ranks})."
     most = "at least " if useful == 1 << 14 else "about "
     return (
-        f"{head}: up to {most}{useful:,} ranks keep their optimizer steps within it under this config's batch "
-        f"rules (this run: {ranks})."
+        f"{head}: up to {most}{useful:,} rank{'s' if useful > 1 else ''} keep{'' if useful > 1 else 's'} "
+        f"{'their' if useful > 1 else 'its'} optimizer steps within it under this config's batch rules "
+        f"(this run: {ranks})."
     )
 
 

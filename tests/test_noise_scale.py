@@ -333,3 +333,5 @@ def test_the_useful_ranks_line(tmp_path):
     rundir.write_config(tmp_path, cfg, 1)
     assert "up to about 17 ranks" in noise_scale_line(metrics, tmp_path)  # 64 x 17 = 1,088
     assert noise_scale_line([{"update": 1}], tmp_path) is None
+    plain = build("configs/default.yaml", {"algo": {"batch_rule": "none"}, "env": {"share_games": False}})
+    assert "up to about 1 rank keeps its optimizer steps within it" in useful_ranks_line(600.0, 512.0, 1, plain)
