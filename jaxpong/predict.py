@@ -55,6 +55,19 @@ class StepsModel:
         return e_min * (1.0 + batch / self.b_crit)
 
 
+def milestone_steps(model: StepsModel, scale: float, batch: float) -> dict[str, float | None]:
+    """Agent steps to each milestone at `scale` x the config's games and `batch` samples per optimizer step.
+    A higher milestone measured at fewer scales (runs that stopped at +18) can extrapolate below a lower
+    one; it is never reached sooner, so it is floored at the one before."""
+    out: dict[str, float | None] = {}
+    earlier = 0.0
+    for m in MILESTONES:
+        steps = model.at(m, scale, batch)
+        out[m] = None if steps is None else max(steps, earlier)
+        earlier = out[m] or earlier
+    return out
+
+
 def steps_model(results: list[dict], rule: str, b_crit: float, cfg: Config) -> StepsModel:
     from jaxpong.batchstudy import study_minibatches, summarise
 
@@ -90,8 +103,7 @@ def predict(
             "wait_fraction": out.wait_fraction,
             "optimizer_batch": batch,
         }
-        for m in MILESTONES:
-            steps = model.at(m, games / cfg.env.num_envs, batch)
+        for m, steps in milestone_steps(model, games / cfg.env.num_envs, batch).items():
             row[f"steps_{m}"] = steps
             row[f"seconds_{m}"] = None if steps is None else startup_s + steps / out.samples_per_s
         first = rows[0] if rows else row

@@ -43,3 +43,16 @@ def test_the_study_scales_minibatch_is_the_one_the_study_trained_with():
     results = [{"rule": "minibatch", "scale": s, "seed": 1, "milestones": reached} for s in (1, 2, 4, 8, 16)]
     model = steps_model(results, "minibatch", 1000.0, build("configs/default.yaml", {}))
     assert model.minibatch == [512, 512, 512, 512, 1024]
+
+
+def test_a_higher_milestone_is_never_predicted_sooner_than_a_lower_one():
+    """+20 measured only at 1x (runs that stopped at +18 elsewhere) extrapolates from 1x with E_min (1 + B /
+    B_crit): at scale 4 and the same batch it stays 1.2M, below the +18 of 1.6M measured there; it is
+    floored at +18's."""
+    from jaxpong.predict import milestone_steps
+
+    steps = {"0": [300_000, 600_000], "18": [800_000, 1_600_000], "20": [1_200_000, None]}
+    model = StepsModel(scales=[1, 4], steps=steps, minibatch=[512, 512], b_crit=1024.0)
+    assert model.at("20", 4, 512) == pytest.approx(1_200_000)
+    assert milestone_steps(model, 4, 512) == pytest.approx({"0": 600_000, "18": 1_600_000, "20": 1_600_000})
+    assert milestone_steps(model, 1, 512) == pytest.approx({"0": 300_000, "18": 800_000, "20": 1_200_000})
