@@ -272,7 +272,9 @@ def test_make_train_ctrl_c_stops_cleanly_and_prints_the_command_that_continues(t
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     output = seen + more + rest
-    assert proc.returncode == -signal.SIGINT, output  # make's own signal; it printed no error
+    # make ends by the SIGINT it received too, or (seen once in the full suite on a loaded machine) with
+    # jaxpong's 0; either way it printed no error, which is what a user sees.
+    assert proc.returncode in (-signal.SIGINT, 0), output
     assert "make: ***" not in output and "Error" not in output
     assert "jaxpong train: stopped cleanly (status 0 under make train; 75 otherwise)" in output
     stop = re.search(
