@@ -103,6 +103,9 @@ def apply(cfg: Config, world_size: int) -> tuple[Config, list[str]]:
     return dataclasses.replace(cfg, algo=dataclasses.replace(algo, num_minibatches=mbs)), lines
 
 
+MOST_RANKS = 1 << 14  # where useful_ranks stops counting
+
+
 def optimizer_batch(cfg: Config, world_size: int) -> float:
     """Samples per optimizer step, all ranks together, when `world_size` ranks train the user's config `cfg`
     under its rules (before any deadline masking)."""
@@ -111,7 +114,7 @@ def optimizer_batch(cfg: Config, world_size: int) -> float:
     return rank_cfg.algo.num_steps * rank_cfg.env.num_envs * world_size / steps_per_epoch
 
 
-def useful_ranks(cfg: Config, world_size: int, measured_batch: float, b_crit: float, most: int = 1 << 14) -> int:
+def useful_ranks(cfg: Config, world_size: int, measured_batch: float, b_crit: float, most: int = MOST_RANKS) -> int:
     """The most ranks (up to `most`) before the optimizer batch that cfg's rules give first grows past the
     critical batch b_crit: as long as a step averages no more than about b_crit samples, more samples buy
     nearly proportionally fewer steps (McCandlish et al. 2018). `measured_batch` is what `world_size` ranks

@@ -9,8 +9,8 @@ The study is resumable: every finished run appends one line to OUT/results.jsonl
 the (rule, scale, seed) triples already there. A run stops at its target return (+20 unless --target says
 otherwise); a milestone above a run's target was not measured by that run and is left out of that
 milestone's median, where a milestone the run missed counts as infinitely slow. --jobs N trains N runs at
-once: agent steps do not depend on the machine's speed (on 2 cores, two runs together stepped about 2,100
-steps/s, one alone about 2,000: a gain only where one run leaves cores idle).
+once: agent steps do not depend on the machine's speed. On 2 cores it bought little: a 2x and a 4x run
+together stepped about 2,100 steps/s, a 1x run alone about 2,000 and a 16x run alone about 2,600.
 """
 
 from __future__ import annotations
@@ -190,8 +190,9 @@ def batch_study(
             )
             print(f"{rule} x{scale} seed {seed}: {' '.join(cmd[3:])}", flush=True)
             # Output goes to a file, not a pipe nobody reads while the run is going.
-            log = (out / f"{run_dir.name}.log").open("w")
-            running.append(((rule, scale, seed), run_dir, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
+            with (out / f"{run_dir.name}.log").open("w") as log:  # the child keeps its own copy of the file
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            running.append(((rule, scale, seed), run_dir, proc))
         time.sleep(2)
         for item in [r for r in running if r[2].poll() is not None]:
             running.remove(item)

@@ -528,7 +528,7 @@ def useful_ranks_line(noise_scale: float, samples_per_step: float, ranks: int, c
     )
     if useful < 1:
         return f"{head}, already past it: more ranks would add samples that buy little (this run: {ranks})."
-    most = "at least " if useful == 1 << 14 else "about "
+    most = "at least " if useful == batch_rule.MOST_RANKS else "about "
     return (
         f"{head}: up to {most}{useful:,} rank{'s' if useful > 1 else ''} keep{'' if useful > 1 else 's'} "
         f"{'their' if useful > 1 else 'its'} optimizer steps within it under this config's batch rules "
@@ -539,14 +539,10 @@ def useful_ranks_line(noise_scale: float, samples_per_step: float, ranks: int, c
 def noise_scale_line(metrics: list[dict], run_dir: Path) -> str | None:
     """useful_ranks_line from the last metrics line that measured the noise scale, under the rules of the
     config the run was started with (its config.yaml); None if none did, or the config cannot be read."""
-    from jaxpong import config as config_lib
-    from jaxpong import rundir
-
     for line in reversed(metrics):
         if "charts/noise_scale" in line and "charts/optimizer_batch" in line:
             try:
-                saved = rundir.read_config(run_dir)
-                cfg = config_lib.validate(config_lib.from_dict(saved, f"{run_dir}/config.yaml"))
+                cfg = Config.from_run(run_dir)
             except ConfigError:  # the per-rank report stands without this one line
                 return None
             return useful_ranks_line(

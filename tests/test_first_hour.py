@@ -272,7 +272,7 @@ def test_make_train_ctrl_c_stops_cleanly_and_prints_the_command_that_continues(t
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     output = seen + more + rest
-    # make ends by the SIGINT it received too, or (seen once in the full suite on a loaded machine) with
+    # make ends by the SIGINT it received too, or (seen once in the full suite, cause not found) with
     # jaxpong's 0; either way it printed no error, which is what a user sees.
     assert proc.returncode in (-signal.SIGINT, 0), output
     assert "make: ***" not in output and "Error" not in output
