@@ -17,7 +17,9 @@ class Batch:
     `filled` marks collected steps (a prefix of each env's row; the rest is padding), `valid` the
     filled steps that carry gradient weight (envpool's automatic-reset steps, whose action the
     emulator ignores, are filled but not valid). `bootstrap_features[e]` is what env e sees after
-    its last filled step, for bootstrapping a trajectory the deadline cut.
+    its last filled step, for bootstrapping a trajectory the deadline cut. `game_ids[e]` is env e's
+    index among the games of all ranks (None: 0..N-1), so that the update can treat a game alike
+    whichever rank played it.
     """
 
     # numpy arrays as the host collects them (rollout.Collector), jax arrays once passed into jit
@@ -30,3 +32,4 @@ class Batch:
     filled: jax.Array | np.ndarray
     valid: jax.Array | np.ndarray
     bootstrap_features: jax.Array | np.ndarray
+    game_ids: jax.Array | np.ndarray | None = None

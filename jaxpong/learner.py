@@ -8,6 +8,7 @@ two more scalars: jaxpong/noise_scale.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -102,26 +103,67 @@ def mirrored(samples: dict, actions: list) -> dict:
     return {k: jnp.concatenate([samples[k], mirror[k]]) for k in samples}
 
 
-def minibatch_order(key: jax.Array, size: int, epochs: int, minibatches: int) -> tuple[jax.Array, jax.Array]:
-    """(next key, [epochs * minibatches, size // minibatches] sample indices): a fresh permutation of the
-    `size` samples each epoch, cut into minibatches (the remainder of an uneven split sits out)."""
+def order_group(num_rows: int, num_games: int, minibatches: int) -> int:
+    """How many neighbouring games (columns) share one shuffle in `minibatch_order`: the fewest whose
+    `num_rows` samples each split evenly into `minibatches` (1 when num_rows is a multiple of it). When
+    the games a rank holds cannot be cut into such groups, all of them form one."""
+    group = minibatches // math.gcd(minibatches, num_rows)
+    return group if num_games % group == 0 else num_games
+
+
+def minibatch_order(
+    key: jax.Array, num_rows: int, game_ids: jax.Array, epochs: int, minibatches: int, copies: int = 1
+) -> tuple[jax.Array, jax.Array]:
+    """(next key, [epochs * minibatches, per-minibatch] indices into a round's flat samples).
+
+    The samples are `copies` x [num_rows, games] flattened (index c * rows * games + t * games + e;
+    copies 2 with mirror_augment). Each epoch, every group of `order_group` neighbouring games shuffles
+    its own samples, from a key named by the group's global game ids, and gives each minibatch an equal
+    share of them (the remainder of an uneven split sits out). So a minibatch is made of the same
+    games' samples whether one process holds all the games or ranks hold them in blocks: N ranks
+    draw exactly the minibatches one process with all their games would (tests/mpi/check_training_path.py).
+    Each minibatch also holds an equal share of every group's steps: a stratified draw.
+    """
     key, perm_key = jax.random.split(key)
-    per_mb = size // minibatches
+    games = game_ids.shape[0]
     if minibatches == 1 and epochs == 1:
-        return key, jnp.arange(size)[None]
-    order = jax.vmap(lambda k: jax.random.permutation(k, size))(jax.random.split(perm_key, epochs))
-    return key, order[:, : per_mb * minibatches].reshape(epochs * minibatches, per_mb)
+        return key, jnp.arange(copies * num_rows * games)[None]
+    group = order_group(copies * num_rows, games, minibatches)
+    groups, column = games // group, copies * num_rows * group
+    share = column // minibatches
+    # members[k, p]: the flat index of group k's p-th sample, p = (c * num_rows + t) * group + j.
+    row, within = np.divmod(np.arange(column), group)
+    members = jnp.asarray(
+        (row // num_rows) * num_rows * games + (row % num_rows) * games + np.arange(groups)[:, None] * group + within
+    )
+    names = game_ids[::group] // group  # the same for a group wherever its games are played
+
+    def epoch(epoch_key):
+        keys = jax.vmap(lambda name: jax.random.fold_in(epoch_key, name))(names)
+        shuffled = jnp.take_along_axis(members, jax.vmap(lambda k: jax.random.permutation(k, column))(keys), axis=1)
+        parts = shuffled[:, : share * minibatches].reshape(groups, minibatches, share)
+        return parts.transpose(1, 0, 2).reshape(minibatches, groups * share)
+
+    order = jax.vmap(epoch)(jax.random.split(perm_key, epochs))
+    return key, order.reshape(epochs * minibatches, groups * share)
 
 
-_host_minibatch_order = jax.jit(minibatch_order, static_argnums=(1, 2, 3))
+_host_minibatch_order = jax.jit(minibatch_order, static_argnums=(1, 3, 4, 5))
 
 
-def sparse_round(cfg: Config, key: jax.Array, features: np.ndarray, keep: np.ndarray) -> tuple[RoundCells, np.ndarray]:
-    """The host side of the update's sparse first layer: the cells of a round's [S, ...] features (samples
-    with `keep` only) and the minibatch order `optimize` will draw from `key` (its state's key), so
+def game_ids_of(batch: Batch) -> jax.Array:
+    """The global ids of a batch's games (its columns): 0..N-1 where the batch does not name them."""
+    n = batch.actions.shape[1]
+    return jnp.arange(n, dtype=jnp.int32) if batch.game_ids is None else jnp.asarray(batch.game_ids, jnp.int32)
+
+
+def sparse_round(cfg: Config, key: jax.Array, batch: Batch) -> tuple[RoundCells, np.ndarray]:
+    """The host side of the update's sparse first layer: the cells of a round's features (samples that
+    carry weight only) and the minibatch order `optimize` will draw from `key` (its state's key), so
     that `cells.minibatches(order)` lists each minibatch's cells in the update's order."""
-    _, order = _host_minibatch_order(key, features.shape[0], *schedule(cfg))
-    return RoundCells(features, keep), np.asarray(order)
+    T, N = batch.actions.shape
+    _, order = _host_minibatch_order(key, T, game_ids_of(batch), *schedule(cfg), 1)
+    return RoundCells(batch.features.reshape(T * N, -1), batch.valid.reshape(-1)), np.asarray(order)
 
 
 def make_optimize(
@@ -183,7 +225,8 @@ def make_optimize(
             if sparse_features is not None:
                 raise ValueError("mirror_augment flips dense frames; give the update dense features")
             samples, size = mirrored(samples, cfg.model.actions), 2 * size
-        key, order = minibatch_order(state.key, size, epochs, minibatches)
+        copies = size // (T * N)
+        key, order = minibatch_order(state.key, T, game_ids_of(batch), epochs, minibatches, copies)
         # Where each epoch starts: the running gradient sum of the across-minibatches estimate restarts there.
         starts = jnp.arange(epochs * minibatches) % minibatches == 0 if measure else None
 

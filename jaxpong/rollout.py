@@ -167,8 +167,10 @@ class Collector:
     scores of finished games) is computed then, once, with whole-array numpy.
     """
 
-    def __init__(self, env, cfg, policy_step, *, num_steps: int, slow_factor: float = 1.0):
+    def __init__(self, env, cfg, policy_step, *, num_steps: int, slow_factor: float = 1.0, first_game: int = 0):
         self.env = env
+        # This rank's games among all ranks' (every rank holds num_envs of them, in rank order).
+        self.game_ids = np.arange(first_game, first_game + cfg.env.num_envs, dtype=np.int32)
         self.io = EnvIO(env)
         self.num_envs = cfg.env.num_envs
         self.batch_size = cfg.env_batch_size
@@ -320,6 +322,11 @@ class Collector:
         features, actions, logprobs, values = unpack_rows(
             self.packed_rows, bootstrap.shape[1:], bootstrap.dtype, used=int(cursor.max())
         )
+        # Rows past an env's cursor still hold an earlier round's steps: zero them, so that nothing stale
+        # (a log-probability whose ratio overflows, say) reaches the update, even where it is masked.
+        padding = ~filled
+        for array in (features, actions, logprobs, values):
+            array[padding] = 0
         batch = Batch(
             features=features,
             actions=actions,
@@ -330,6 +337,7 @@ class Collector:
             filled=filled,
             valid=valid,
             bootstrap_features=bootstrap,
+            game_ids=self.game_ids,
         )
         info = RoundInfo(
             collect_s=time.perf_counter() - start,

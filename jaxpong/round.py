@@ -135,7 +135,12 @@ class Round:
         slow = cfg.dist.slow_factor if cfg.dist.slow_rank == comm.rank else 1.0
         self.deadline = Deadline(cfg.deadline, cfg.dist.deadline_margin, comm.size)
         self.collector = Collector(
-            self.env, cfg, self.policy_step, num_steps=buffer_steps(cfg, self.deadline), slow_factor=slow
+            self.env,
+            cfg,
+            self.policy_step,
+            num_steps=buffer_steps(cfg, self.deadline),
+            slow_factor=slow,
+            first_game=comm.rank * cfg.env.num_envs,
         )
         self.agreed_layout: Layout | None = None  # made at the first round, when the moments' size is known
         self.game_slots = games_per_row(cfg.env.num_envs, buffer_steps(cfg, self.deadline))
@@ -231,8 +236,7 @@ class Round:
         if self.sparse_input:
             # The nonzero cells of the samples that carry weight, and the order the update will draw
             # its minibatches in from the same key; the lists themselves are made after the exchange.
-            T, N = batch.actions.shape
-            sparse = sparse_round(self.cfg, state.key, batch.features.reshape(T * N, -1), batch.valid.reshape(-1))
+            sparse = sparse_round(self.cfg, state.key, batch)
             batch = batch.replace(features=None)
         batch = jax.tree.map(jnp.asarray, batch)
         if self.rounds_here == 0:

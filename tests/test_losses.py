@@ -327,3 +327,20 @@ def test_learning_rate_fraction_by_hand():
     # Beyond int32: the benchmarks run with --total-steps 10**12, long cluster runs pass 2**31 steps.
     cfg = config_lib.build(None, {"run": {"total_steps": 10**12}})
     assert lr_fraction(cfg, 3 * 10**9) == pytest.approx(1.0 - 3e-3)
+
+
+def test_a_stale_log_probability_in_a_masked_sample_cannot_poison_the_update():
+    """A masked sample whose old log-probability is absurd (exp of its log-ratio overflows float32) leaves the
+    loss, the metrics and the gradient exactly as if it were not there: no 0 x inf."""
+    samples = ppo_samples()
+    poisoned = dict(samples, logprobs=np.where(samples["valid"], samples["logprobs"], -500.0).astype(np.float32))
+    norm = jnp.array([4.0, 1.0, 3.0])
+    grad_fn = jax.jit(jax.value_and_grad(lambda p, s: ppo.loss_sums(logits_apply, p, s, norm, ppo_cfg()), has_aux=True))
+    (loss, (count, metrics)), grads = grad_fn(PARAMS, poisoned)
+    (loss_ref, (count_ref, metrics_ref)), grads_ref = grad_fn(PARAMS, subset(samples, slice(0, 4)))
+    assert np.isfinite(float(loss)) and all(np.isfinite(float(g)) for g in grads.values())
+    assert float(count) == float(count_ref) == 4.0
+    np.testing.assert_allclose(float(loss), float(loss_ref), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(metrics), np.asarray(metrics_ref), rtol=1e-6)
+    for k in PARAMS:
+        np.testing.assert_allclose(float(grads[k]), float(grads_ref[k]), rtol=1e-6)

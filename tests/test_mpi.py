@@ -34,6 +34,18 @@ def test_collectives_maths_across_two_ranks():
         assert f"OK {name}" in proc.stdout
 
 
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_two_ranks_update_like_one_process_on_the_training_path(path):
+    """One real round of 32 games (a deadline round: padded rows) learnt by 1 process and by 2 ranks holding
+    16 games each, through the trainer's own Round steps (sparse lists, noise-scale sums, the exchange): the
+    same agreed facts, parameters, optimizer state and metrics."""
+    args = [sys.executable, str(ROOT / "tests" / "mpi" / "check_training_path.py")]
+    proc = _mpirun(args + (["--dense"] if path == "dense" else []))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    for name in ("agreed_facts_equal", "parameters_and_optimizer_state_equal", "metrics_equal"):
+        assert f"OK {name}" in proc.stdout
+
+
 @pytest.fixture(scope="module")
 def slow_rank_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mpi") / "run"

@@ -219,7 +219,7 @@ def minibatch_grad_sums(cfg, apply_fn, state, batch, targets, norm, epochs, mini
         **{k: v for k, v in targets.items() if k != "masked"},
     }
     samples = {k: np.asarray(v).reshape((T * N,) + np.shape(v)[2:]) for k, v in samples.items()}
-    _, order = minibatch_order(state.key, T * N, epochs, minibatches)
+    _, order = minibatch_order(state.key, T, jnp.arange(N), epochs, minibatches)
     grad = jax.jit(jax.grad(lambda p, s: ppo.loss_sums(apply_fn, p, s, norm, cfg), has_aux=True))
     out = []
     for idx in np.asarray(order):

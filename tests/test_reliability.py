@@ -357,7 +357,7 @@ def test_random_streams_never_share_a_key():
     used = {"init": [init_key], "update": []}
     key = update_key
     for _ in range(6):  # six rounds of the update: the state's key, its permutation key, the epochs' keys
-        next_key, _ = minibatch_order(key, 64, epochs, 2)
+        next_key, _ = minibatch_order(key, 64, np.arange(1), epochs, 2)
         carried, perm = jax.random.split(key)
         assert _key_id(next_key) == _key_id(carried)  # the learner derives its keys as modelled here
         used["update"] += [key, perm, *jax.random.split(perm, epochs)]

@@ -71,6 +71,23 @@ def test_deadline_cuts_the_round():
     assert _is_prefix(np.asarray(batch.filled))
 
 
+def test_unfilled_rows_hold_zeros_not_an_earlier_rounds_steps():
+    """A round cut short leaves rows that the previous, full round wrote: they come out as zeros (features,
+    actions, log-probabilities, values), while the filled rows keep what was played."""
+    collector, state = _collector(4, 4, num_steps=64)
+    key = jax.random.PRNGKey(3)
+    full, _, key = collector.collect(state.params, key, deadline_s=None)
+    assert np.asarray(full.filled).all() and (np.asarray(full.logprobs) < 0).all()  # every row written
+    cut, info, key = collector.collect(state.params, key, deadline_s=0.0)  # stops after the first batch
+    filled = np.asarray(cut.filled)
+    assert info.cut_by_deadline and 0 < filled.sum() < filled.size
+    for name in ("features", "actions", "logprobs", "values"):
+        array = np.asarray(getattr(cut, name))
+        assert not array[~filled].any(), f"{name} of unfilled rows are not zero"
+    assert (np.asarray(cut.logprobs)[filled] < 0).all()  # the played steps keep their log-probabilities
+    collector.env.close()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("num_envs, batch_size", [(8, 8), (16, 8)], ids=["sync", "async"])
 def test_slow_factor_divides_the_steps_per_second(num_envs, batch_size):

@@ -143,7 +143,7 @@ def test_sparse_update_equals_the_dense_update(algo, epochs, minibatches):
         state, jax.tree.map(jnp.asarray, batch), targets, norm, 1.0, 1.0
     )
     # As the trainer does it: cells of the valid samples only, in the order drawn from the state's key.
-    cells, order = sparse_round(cfg, state.key, batch.features.reshape(T * N, -1), batch.valid.reshape(-1))
+    cells, order = sparse_round(cfg, state.key, batch)
     assert order.shape == (epochs * minibatches, T * N // minibatches)
     assert cells.count.sum() < (batch.features != 0).sum()  # invalid samples' cells were left out
     cells = cells.minibatches(order)

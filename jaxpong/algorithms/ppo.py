@@ -43,7 +43,9 @@ def loss_sums(apply_fn, params, samples, norm, cfg):
     logits, value = apply_fn(params, to_float(samples["features"]))
     logp_all = jax.nn.log_softmax(logits)
     logp = jnp.take_along_axis(logp_all, samples["actions"][:, None], axis=-1)[:, 0]
-    log_ratio = logp - samples["logprobs"]
+    # Zero where a sample carries no weight: its ratio is then 1, so neither the loss nor its gradient
+    # can meet 0 x inf there, whatever the sample holds.
+    log_ratio = jnp.where(w > 0, logp - samples["logprobs"], 0.0)
     ratio = jnp.exp(log_ratio)
     pg_loss = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1 - a.clip_coef, 1 + a.clip_coef))
     returns, old_values = samples["returns"], samples["values"]
