@@ -163,7 +163,8 @@ def sparse_round(cfg: Config, key: jax.Array, batch: Batch) -> tuple[RoundCells,
     that `cells.minibatches(order)` lists each minibatch's cells in the update's order."""
     T, N = batch.actions.shape
     _, order = _host_minibatch_order(key, T, game_ids_of(batch), *schedule(cfg), 1)
-    return RoundCells(batch.features.reshape(T * N, -1), batch.valid.reshape(-1)), np.asarray(order)
+    features, valid = np.asarray(batch.features), np.asarray(batch.valid)
+    return RoundCells(features.reshape(T * N, -1), valid.reshape(-1)), np.asarray(order)
 
 
 def make_optimize(
