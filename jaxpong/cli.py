@@ -118,6 +118,13 @@ def build_parser() -> _Parser:
     )
     p.add_argument("--seeds", type=int, default=1, metavar="K", help="with --learn: seeds run one after another")
     p.add_argument(
+        "--greedy-games",
+        type=int,
+        default=10,
+        metavar="G",
+        help="with --learn --ranks A,B: greedy games each trained policy plays at the end (0: none)",
+    )
+    p.add_argument(
         "--ranks",
         default=None,
         metavar="N|auto",
@@ -246,7 +253,9 @@ def cmd_bench(args) -> int:
         )
         from jaxpong.learnbench import compare_ranks
 
-        return compare_ranks(cfg, counts, seeds=args.seeds, run_dir=args.run_dir)
+        if args.greedy_games < 0:
+            raise ConfigError(f"--greedy-games: {args.greedy_games} must be 0 or more")
+        return compare_ranks(cfg, counts, seeds=args.seeds, run_dir=args.run_dir, greedy_games=args.greedy_games)
     ranks = (
         placement.plan_ranks(args.ranks, len(os.sched_getaffinity(0)), oversubscribe=args.per_core).ranks
         if args.ranks is not None

@@ -49,6 +49,39 @@ def median_milestones(per_seed: list[dict]) -> dict:
     return out
 
 
+def trailing_means(games: list[dict], window: int = WINDOW) -> list[tuple[int, float]]:
+    """(agent step, mean of the last `window` full games) after each game from the `window`-th on."""
+    returns = [g["return"] for g in games]
+    return [
+        (int(games[i]["step"]), float(np.mean(returns[i - window + 1 : i + 1]))) for i in range(window - 1, len(games))
+    ]
+
+
+def best_mean(games: list[dict], window: int = WINDOW) -> float | None:
+    """The best mean of `window` consecutive full games (None before the first `window`)."""
+    means = [m for _, m in trailing_means(games, window)]
+    return max(means) if means else None
+
+
+def mean_at_step(games: list[dict], step: int, window: int = WINDOW) -> float | None:
+    """The mean of the last `window` full games finished by agent step `step` (None with fewer): runs compared
+    at equal agent steps, whatever their speed."""
+    before = [g for g in games if g["step"] <= step]
+    return float(np.mean([g["return"] for g in before[-window:]])) if len(before) >= window else None
+
+
+def rank_sum_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided Mann-Whitney rank-sum p-value of two samples (exact for small samples without ties); a
+    miss is passed as inf and ranks as the slowest. None when a side is empty."""
+    from scipy.stats import mannwhitneyu
+
+    if not a or not b:
+        return None
+    big = 1e30  # scipy ranks inf, but its exact method wants finite values
+    a2, b2 = ([min(x, big) for x in v] for v in (a, b))
+    return float(mannwhitneyu(a2, b2, alternative="two-sided").pvalue)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
@@ -98,10 +131,15 @@ def train_argv(config_file, run_dir, *extra: str) -> list[str]:
 
 
 def _train_seed(
-    cfg_file: Path, seed_dir: Path, seed: int, time_limit_s: float, extra_args: list[str]
+    cfg_file: Path,
+    seed_dir: Path,
+    seed: int,
+    time_limit_s: float,
+    extra_args: list[str],
+    greedy_games: int = GREEDY_GAMES,
 ) -> tuple[dict, list]:
-    """Train one seed from scratch in a fresh process, then play GREEDY_GAMES greedy games with the result:
-    (the seed's row, its games)."""
+    """Train one seed from scratch in a fresh process, then play `greedy_games` greedy games with the result
+    (none for 0): (the seed's row, its games)."""
     cmd = train_argv(
         cfg_file,
         seed_dir,
@@ -127,17 +165,21 @@ def _train_seed(
         else 0.0
     )
     final = float(np.mean([g["return"] for g in games[-WINDOW:]])) if games else None
-    ev = subprocess.run(
-        [sys.executable, "-m", "jaxpong", "eval", str(seed_dir), "--episodes", str(GREEDY_GAMES), "--greedy"],
-        capture_output=True,
-        text=True,
-    )
-    greedy = json.loads(ev.stdout.strip().splitlines()[-1]) if ev.returncode == 0 else None
+    best = best_mean(games)
+    greedy = None
+    if greedy_games > 0:
+        ev = subprocess.run(
+            [sys.executable, "-m", "jaxpong", "eval", str(seed_dir), "--episodes", str(greedy_games), "--greedy"],
+            capture_output=True,
+            text=True,
+        )
+        greedy = json.loads(ev.stdout.strip().splitlines()[-1]) if ev.returncode == 0 else None
     row: dict = {
         "seed": seed,
         "milestones": reached,
         "sps": round(sps, 1),
         "final_return": final,
+        "best_return": best,
         "games": len(games),
         "steps": metrics[-1]["step"] if metrics else 0,
         "greedy_mean": greedy["mean_return"] if greedy else None,
@@ -152,7 +194,7 @@ def _train_seed(
         + "  ".join(f"{m:+d}: " + (f"{r['time_s']:.0f}s" if (r := reached[str(m)]) else "-") for m in MILESTONES)
         + f"  | {sps:,.0f} steps/s | last-20 {final if final is None else round(final, 2)} | greedy "
         f"{row['greedy_mean']}"
-        + (f" ({row['greedy_truncated']} of {GREEDY_GAMES} truncated)" if row["greedy_truncated"] else ""),
+        + (f" ({row['greedy_truncated']} of {greedy_games} truncated)" if row["greedy_truncated"] else ""),
         flush=True,
     )
     return row, games
@@ -224,25 +266,62 @@ def _ratio(reached: dict | None, baseline: dict | None) -> float:
     return 0.0 if reached else np.inf
 
 
-def compare_ranks(cfg: Config, counts: list[int], *, seeds: int, run_dir: str | None) -> int:
+# Agent steps at which runs are compared on their last-20 mean (each only where every run got there).
+COMPARE_AT_STEPS = (300_000, 500_000, 800_000, 1_000_000)
+
+
+def compare_in_steps(first: list[dict], other: list[dict], curves_first: list, curves_other: list) -> dict:
+    """The other count against the first in agent steps, seed rows and their games side by side: per
+    milestone the medians and the rank-sum p of the steps to it (a miss counts as never), and the last-20
+    mean at each of COMPARE_AT_STEPS that every run reached, with its rank-sum p."""
+    out: dict = {"steps_to": {}, "mean_at": {}}
+    for m in ("0", "18", "20"):
+        a, b = ([r["milestones"][m]["step"] if r["milestones"][m] else np.inf for r in rows] for rows in (first, other))
+        out["steps_to"][m] = {"first": a, "other": b, "p": rank_sum_p(a, b)}
+    reached = min(r["steps"] for r in first + other) if first and other else 0
+    for step in COMPARE_AT_STEPS:
+        if step > reached:
+            continue
+        means = [[mean_at_step(games, step) for _, games in curves] for curves in (curves_first, curves_other)]
+        a, b = ([x for x in side if x is not None] for side in means)
+        if len(a) == len(curves_first) and len(b) == len(curves_other):
+            out["mean_at"][str(step)] = {"first": a, "other": b, "p": rank_sum_p(a, b)}
+    return out
+
+
+def compare_ranks(
+    cfg: Config, counts: list[int], *, seeds: int, run_dir: str | None, greedy_games: int = GREEDY_GAMES
+) -> int:
     """`jaxpong bench --learn --ranks 1,2`: the same config trained at each rank count, seed by seed and
     interleaved (seed 1 at every count, then seed 2, ...), so that drifts in the machine's speed fall on
-    every count alike. Reports each count's median milestones in seconds and agent steps, and per seed the
-    ratio of each count's time to each milestone over the first count's, with their median."""
+    every count alike. Reports each count's median milestones in seconds and agent steps, per seed the
+    ratio of each count's time to each milestone over the first count's with their median, and in agent
+    steps (which the ranks' speed does not touch) the steps to 0, +18 and +20 and the last-20 mean at equal
+    steps, each with a rank-sum p against the first count. Resumable: a seed already in DIR/results.json
+    (same flags) is not trained again."""
     base, cfg_file = _base_dir(cfg, run_dir, "bench_learn_ranks")
     rows: dict[int, list[dict]] = {n: [] for n in counts}
     curves: dict[int, list] = {n: [] for n in counts}
+    done = {}
+    results = base / "results.json"
+    if results.exists():
+        saved = json.loads(results.read_text())
+        done = {(int(n), r["seed"]): r for n, per in saved.get("per_count", {}).items() for r in per}
     for k in range(seeds):
         seed = cfg.run.seed + k
         for n in counts:
             seed_dir = base / f"ranks_{n}" / f"seed_{seed}"
-            print(f"seed {seed}, {n} rank(s): training for {cfg.run.time_limit_s:g} s -> {seed_dir}", flush=True)
-            row, games = _train_seed(
-                cfg_file, seed_dir, seed, cfg.run.time_limit_s, ["--ranks", str(n)] if n > 1 else []
-            )
+            if (n, seed) in done and (seed_dir / "games.jsonl").exists():
+                print(f"seed {seed}, {n} rank(s): already trained ({seed_dir})", flush=True)
+                row, games = done[(n, seed)], read_jsonl(seed_dir / "games.jsonl")
+            else:
+                print(f"seed {seed}, {n} rank(s): training for {cfg.run.time_limit_s:g} s -> {seed_dir}", flush=True)
+                row, games = _train_seed(
+                    cfg_file, seed_dir, seed, cfg.run.time_limit_s, ["--ranks", str(n)] if n > 1 else [], greedy_games
+                )
             rows[n].append(row)
             curves[n].append((seed, games))
-            (base / "results.json").write_text(json.dumps({"counts": counts, "per_count": rows}, indent=1))
+            results.write_text(json.dumps({"counts": counts, "per_count": rows}, indent=1))
     first = counts[0]
     summary: dict = {"counts": counts, "time_limit_s": cfg.run.time_limit_s, "run_dir": str(base), "per_count": {}}
     for n in counts:
@@ -262,8 +341,13 @@ def compare_ranks(cfg: Config, counts: list[int], *, seeds: int, run_dir: str | 
             "milestones": med,
             "sps": round(float(np.median([r["sps"] for r in rows[n]])), 1),
             "time_ratio_to_first": ratios,
+            "best_return": [r.get("best_return") for r in rows[n]],
             "per_seed": rows[n],
         }
+        if n != first:
+            summary["per_count"][str(n)]["in_steps_against_first"] = compare_in_steps(
+                rows[first], rows[n], curves[first], curves[n]
+            )
         _plot(curves[n], base / f"learning_curve_ranks_{n}.png", f"{n} rank(s): {seeds} seed(s)")
         print(
             f"{n} rank(s): median "
@@ -282,6 +366,8 @@ def compare_ranks(cfg: Config, counts: list[int], *, seeds: int, run_dir: str | 
             ),
             flush=True,
         )
+        if n != first:
+            print(_steps_line(first, n, summary["per_count"][str(n)]["in_steps_against_first"]), flush=True)
     (base / "summary.json").write_text(json.dumps(summary, indent=1))
     print(
         json.dumps(
@@ -294,3 +380,23 @@ def compare_ranks(cfg: Config, counts: list[int], *, seeds: int, run_dir: str | 
         )
     )
     return 0
+
+
+def _steps_line(first: int, n: int, cmp: dict) -> str:
+    """One line: the counts compared in agent steps, lower medians (an observed seed) and rank-sum p."""
+
+    def median(values):
+        return sorted(values)[(len(values) - 1) // 2]
+
+    def steps(v):
+        return f"{v / 1e3:,.0f}k" if np.isfinite(v) else "never"
+
+    parts = [
+        f"{int(m):+d} at {steps(median(d['first']))} / {steps(median(d['other']))} steps (p {d['p']:.2f})"
+        for m, d in cmp["steps_to"].items()
+    ]
+    parts += [
+        f"last-20 at {int(at) / 1e3:,.0f}k steps {median(d['first']):+.2f} / {median(d['other']):+.2f} (p {d['p']:.2f})"
+        for at, d in cmp["mean_at"].items()
+    ]
+    return f"in agent steps, {first} / {n} rank(s), medians: " + "; ".join(parts)
