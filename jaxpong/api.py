@@ -17,6 +17,7 @@ import gc
 import os
 import signal
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     resume_fallback: bool = False,
+    clock_start: float | None = None,
 ) -> RunResult:
     """Train with `config` in `run_dir` (default runs/<env>__<algo>__<seed>__<unix time>) and return how it
     ended; the command line's `jaxpong train`.
@@ -63,11 +65,13 @@ def train(
 
     While it trains, Ctrl-C or SIGTERM stop it cleanly at the end of the round with a checkpoint (exit
     status 75 in the result); the process's own handlers are back when it returns. `time_limit_s` counts
-    from the process's start, as on the command line. Bad input raises ConfigError (one line) before
+    from the start of this call (`clock_start`, a time.time() value, moves that moment: the command line
+    passes its process's start, so that start-up counts there). Bad input raises ConfigError (one line) before
     anything is trained; a failed write before training raises jaxpong.rundir.WriteFailed.
     """
     from jaxpong import launch
 
+    clock_start = time.time() if clock_start is None else clock_start
     if threading.current_thread() is not threading.main_thread():
         raise ConfigError(
             "jaxpong.train must be called from the main thread (it handles SIGINT and SIGTERM "
@@ -90,6 +94,7 @@ def train(
             resume=resume,
             overwrite=overwrite,
             resume_fallback=resume_fallback,
+            clock_start=clock_start,
         )
     finally:
         # The run's clean-stop handlers and its frozen set-up objects are this run's, not the caller's.

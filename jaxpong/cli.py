@@ -216,7 +216,7 @@ def _overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from jaxpong import api, launch
+    from jaxpong import PROCESS_START, api, launch
 
     cfg = launch.train_config(args.config, _overrides(args), run_dir=args.run_dir, resume=args.resume)
     launch_ranks(args, "train", cfg)  # after the config is checked: a bad flag fails here, once, not on N ranks
@@ -226,6 +226,7 @@ def cmd_train(args) -> int:
         resume=bool(args.resume),
         overwrite=args.overwrite,
         resume_fallback=args.resume_fallback,
+        clock_start=PROCESS_START,  # on the command line the time limit counts start-up and compiles too
     )
     return result.exit_status
 

@@ -106,7 +106,7 @@ def agreed_layout(num_moments: int) -> Layout:
             ("masked", 1, SUM),  # samples masked out of the loss
             ("games", 1, SUM),  # full games finished this round
             ("window_reward", 1, SUM),  # the 2016 criterion, per game stepped, summed over ranks
-            ("rank0_process_s", 1, SUM),  # rank 0's seconds since its process started (others send 0)
+            ("rank0_process_s", 1, SUM),  # rank 0's seconds on the --time-limit-s clock (others send 0)
             ("fill_counts", FILL_BINS, SUM),  # histogram of the ranks' fill-time estimates
             ("signal", 1, MAX),  # a termination signal's number, 0 for none
             ("io_failure", 1, MAX),  # 1: rank 0 could not write a file of the run

@@ -33,10 +33,18 @@ def train_config(
     return config_lib.build(config_file, overrides, base=base)
 
 
-def train(cfg: Config, run_dir=None, resume: bool = False, overwrite: bool = False, resume_fallback: bool = False):
+def train(
+    cfg: Config,
+    run_dir=None,
+    resume: bool = False,
+    overwrite: bool = False,
+    resume_fallback: bool = False,
+    clock_start: float | None = None,
+):
     """Train with `cfg` on the ranks this process was launched with (one, or mpirun/srun's), in `run_dir`
     (default runs/<env>__<algo>__<seed>__<unix time>); with `resume`, continue `run_dir` from its latest
-    checkpoint. Returns how it ended (jaxpong.run.RunEnd: exit status, reason, run directory, counters)."""
+    checkpoint; --time-limit-s counts from `clock_start` (time.time(); default the process's start).
+    Returns how it ended (jaxpong.run.RunEnd: exit status, reason, run directory, counters)."""
     from jaxpong import placement
     from jaxpong.jaxsetup import setup_jax
 
@@ -52,6 +60,7 @@ def train(cfg: Config, run_dir=None, resume: bool = False, overwrite: bool = Fal
         overwrite=overwrite,
         resume_fallback=resume_fallback,
         platform_line=f"JAX on {platform} ({why})",
+        clock_start=clock_start,
     )
 
 
@@ -63,6 +72,7 @@ def run_training(
     overwrite: bool = False,
     resume_fallback: bool = False,
     platform_line: str = "",
+    clock_start: float | None = None,
 ):
     """Check the run directory on rank 0, then train on every rank (-> jaxpong.run.RunEnd)."""
     from jaxpong import rundir
@@ -94,13 +104,22 @@ def run_training(
     path = Path(decision["run_dir"])
 
     try:
-        return _train_in(path, cfg, comm, decision["resume_step"], resume, resume_fallback, platform_line)
+        return _train_in(path, cfg, comm, decision["resume_step"], resume, resume_fallback, platform_line, clock_start)
     finally:
         if lock is not None:
             lock.release()
 
 
-def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_fallback: bool, platform_line: str = ""):
+def _train_in(
+    path: Path,
+    cfg: Config,
+    comm,
+    resume_step,
+    resume: bool,
+    resume_fallback: bool,
+    platform_line: str = "",
+    clock_start: float | None = None,
+):
     from jaxpong import placement, rundir
     from jaxpong.logger import log_line
     from jaxpong.run import Training
@@ -140,7 +159,7 @@ def _train_in(path: Path, cfg: Config, comm, resume_step, resume: bool, resume_f
             )
     # After a resume --time-limit-s counts only this process; --total-steps counts the whole run.
     try:
-        end = training.run()
+        end = training.run(clock_start=clock_start)
         end.counters.recent_returns = list(training.recent)  # also where no final checkpoint took them along
         return end
     except Exception:

@@ -237,12 +237,21 @@ def format_eta(seconds: float) -> str:
 class Progress:
     """A live rich bar on a terminal; plain lines every few seconds otherwise. Called once per round."""
 
-    def __init__(self, mode: str, total_steps: int, every_s: float, enabled: bool = True, time_limit_s: float = 0.0):
+    def __init__(
+        self,
+        mode: str,
+        total_steps: int,
+        every_s: float,
+        enabled: bool = True,
+        time_limit_s: float = 0.0,
+        clock_start: float | None = None,
+    ):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
         self.mode = mode if enabled else "off"
         self.total = total_steps
         self.time_limit_s = time_limit_s
+        self.clock_start = clock_start  # when the time limit started counting (None: the process's start)
         self.every_s = every_s
         self.last_print = 0.0
         self.bar = None
@@ -266,7 +275,8 @@ class Progress:
     def eta(self, step: int, sps: float) -> str:
         from jaxpong import PROCESS_START
 
-        seconds, rule = eta_seconds(self.total, step, sps, self.time_limit_s, time.time() - PROCESS_START)
+        start = PROCESS_START if self.clock_start is None else self.clock_start
+        seconds, rule = eta_seconds(self.total, step, sps, self.time_limit_s, time.time() - start)
         return format_eta(seconds) + (" (time limit)" if rule == "time limit" else "")
 
     def update(self, step: int, sps: float, recent_return: float | None, elapsed_s: float) -> None:

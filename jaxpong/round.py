@@ -152,6 +152,9 @@ class Round:
         # from the next exchange, and the hang limits allow for it.
         self.last_eval_s = 0.0
         self.watchdog = Watchdog(comm)
+        # When --time-limit-s started counting (time.time()): this process's start on the command line, the
+        # call's start in the Python API (Training.run sets it).
+        self.clock_start = PROCESS_START
 
     def hang_limit(self, update: int, compiles: bool = False) -> float:
         """How long one collective may block before the job is declared dead or hung (`compiles`: the
@@ -282,7 +285,7 @@ class Round:
                 "games": len(games_sent),
                 # The 2016 criterion: reward summed over this round's window of play, per game stepped.
                 "window_reward": float(np.asarray(batch.rewards)[np.asarray(batch.filled)].sum()) / cfg.env.num_envs,
-                "rank0_process_s": time.time() - PROCESS_START if self.is_main else 0.0,
+                "rank0_process_s": time.time() - self.clock_start if self.is_main else 0.0,
                 "fill_counts": fill_counts,
                 "signal": int(signal.Signals[signal_now]) if signal_now else 0,
                 "io_failure": float(io_failure),

@@ -100,10 +100,12 @@ class Training:
         self.consecutive_skips = 0
         self._live_t0: float | None = None  # set while run() is training
 
-    def run(self, time_limit_s: float | None = None) -> RunEnd:
+    def run(self, time_limit_s: float | None = None, clock_start: float | None = None) -> RunEnd:
         """Rounds until a stop rule holds; then the final exchange, the last files and pictures.
-        `time_limit_s` replaces the configured --time-limit-s."""
+        `time_limit_s` replaces the configured --time-limit-s; `clock_start` (time.time()) is when it
+        started counting (default: this process's start)."""
         cfg, comm, c = self.cfg, self.comm, self.counters
+        self.round.clock_start = PROCESS_START if clock_start is None else clock_start
         self.signals.install()
         # Everything alive now (modules, jitted functions, the network) lives for the whole run: keep it
         # out of the cyclic garbage collector's scans, which otherwise revisit it from the hot loop.
@@ -118,6 +120,7 @@ class Training:
             cfg.run.progress_every_s,
             enabled=self.is_main,
             time_limit_s=time_limit_s if time_limit_s is not None else cfg.run.time_limit_s,
+            clock_start=self.round.clock_start,
         )
         pending: dict | None = None  # this rank's previous round's record, sent with the next exchange
         code, reason = EXIT_OK, ""

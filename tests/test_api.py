@@ -144,6 +144,28 @@ def test_a_second_training_in_the_same_process_resumes_the_first(example):
     assert jaxpong.load_policy(run_dir).step == second.agent_steps
 
 
+def test_a_calls_time_limit_counts_from_the_call_not_the_process(example, tmp_path):
+    """Two trainings in one process with a pause between: the second, started when the process is already
+    older than its time limit, still trains for its own budget (counted from process start it would stop
+    after its first round), then stops on the time limit."""
+    import time
+
+    from jaxpong import PROCESS_START
+
+    limit = 20.0  # longer than a first round with its compiles, on a busy 2-core machine too
+    time.sleep(max(0.0, limit + 1.0 - (time.time() - PROCESS_START)))  # the pause: the process is past the limit
+    config = jaxpong.Config.from_yaml(REPO / "configs" / "smoke.yaml", total_steps=10**9, time_limit_s=limit)
+    start = time.time()
+    result = jaxpong.train(config, run_dir=tmp_path / "second")
+    took = time.time() - start
+    assert result.ok and result.reason == f"reached --time-limit-s {limit:g}"
+    assert result.updates > 1
+    assert took >= limit  # it trained until its own budget ran out
+    # The clock a call is given (the command line gives its process start) is the one it stops on.
+    early = jaxpong.train(config, run_dir=tmp_path / "third", clock_start=time.time() - 2 * limit)
+    assert early.ok and early.updates == 1
+
+
 # -- bad input: the command line's one line ---------------------------------------------------------------
 
 BAD_VALUES = [
