@@ -211,7 +211,11 @@ class RunConfig:
         "included (0 = none); after --resume it counts only the resumed process",
         min=0.0,
     )
-    target_return: float = _f(math.nan, "stop once the mean of the last 20 full games >= this (nan = never)")
+    target_return: float = _f(
+        20.0,
+        "stop once the mean of the last 20 full games >= this; the default +20 stops when Pong is won (games "
+        "of 21 points won by 20 on average), with total_steps as the ceiling (nan = never, train to total_steps)",
+    )
     log_every: int = _f(1, "write a metrics line every N updates", min=1)
     noise_scale_decay: float = _f(
         0.95,

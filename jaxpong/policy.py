@@ -185,16 +185,27 @@ def _quiet_orbax():
         absl_logger.setLevel(level)
 
 
+# How often a reader of a live run takes the newest checkpoint again after the run rotated the one it read
+# away; each retry means the writer saved (and rotated) while this reader read, so a few always suffice.
+READ_ATTEMPTS = 8
+
+
 def checkpoint_steps(directory: Path) -> list[int]:
     """Agent steps of the checkpoints saved in `directory` ([] if none)."""
     if not directory.is_dir():
         return []
     from jaxpong.checkpoint import Checkpoints
 
-    try:
-        return Checkpoints(directory, read_only=True).steps()
-    except Exception as err:  # orbax raises several kinds for a folder that is not its own
-        raise ConfigError(f"{str(directory)!r} cannot be read as a checkpoint folder ({type(err).__name__})") from None
+    for _ in range(READ_ATTEMPTS):
+        try:
+            return Checkpoints(directory, read_only=True).steps()
+        except FileNotFoundError:  # a live run removed a checkpoint while orbax listed the folder: list again
+            continue
+        except Exception as err:  # orbax raises several kinds for a folder that is not its own
+            raise ConfigError(
+                f"{str(directory)!r} cannot be read as a checkpoint folder ({type(err).__name__})"
+            ) from None
+    raise ConfigError(f"{str(directory)!r} changed {READ_ATTEMPTS} times while it was listed; try again")
 
 
 def _choose_step(run_dir: Path, checkpoint: str | None) -> tuple[Path, int]:
@@ -255,11 +266,45 @@ def _network_template(cfg: Config):
 
 
 def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
+    """The policy of a run directory's checkpoint. A run that is still training rotates its checkpoints (it
+    keeps the newest keep_checkpoints, the best one is replaced by a better one), possibly while this reads
+    one: a read that fails because its checkpoint went away (or was replaced) takes the newest one again,
+    and only a checkpoint that is still there and cannot be read is reported as unreadable. The writer
+    never waits for readers."""
     from jaxpong import rundir
-    from jaxpong.checkpoint import Checkpoints
 
     saved = rundir.read_config(run_dir)  # a clear error when this is not a run directory
-    directory, step = _choose_step(run_dir, checkpoint)
+    for _ in range(READ_ATTEMPTS):
+        directory, step = _choose_step(run_dir, checkpoint)
+        before = _identity(directory / str(step))
+        try:
+            return _read_checkpoint(directory, step, saved)
+        except ConfigError:
+            if _identity(directory / str(step)) == before and before is not None:
+                raise  # still there, unchanged: the checkpoint itself is the problem
+            if checkpoint not in (None, "latest", "best"):
+                raise ConfigError(
+                    f"--checkpoint {step}: the run removed that checkpoint while it was read (it keeps only its "
+                    f"newest ones while it trains); give a newer one: {_listing(checkpoint_steps(directory))}"
+                ) from None
+    raise ConfigError(
+        f"{str(run_dir)!r} replaced its newest checkpoint {READ_ATTEMPTS} times while it was read; try again, "
+        "or checkpoint less often (--checkpoint-every)"
+    )
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(inode, change time) of a checkpoint folder, None when it is gone: a replaced folder differs."""
+    try:
+        status = path.stat()
+    except OSError:
+        return None
+    return status.st_ino, status.st_ctime_ns
+
+
+def _read_checkpoint(directory: Path, step: int, saved: dict) -> Policy:
+    from jaxpong.checkpoint import Checkpoints
+
     checkpoints = Checkpoints(directory, read_only=True)
     meta = checkpoints.read_meta(step)
     # The checkpoint's own config is the one its parameters were trained under (config.yaml is rewritten

@@ -39,6 +39,9 @@ from jaxpong.stop import (
     EXIT_PREEMPTED,
     RECENT_GAMES,
     Stop,
+    next_line,
+    resume_command,
+    stop_kind,
     stop_reason,
     target_reached,
 )
@@ -235,6 +238,18 @@ class Training:
                 )
             assert self.logger is not None  # rank 0 has the logger
             self.logger.finish_tracking()  # W&B gets the media now, not at process exit
+            if code != EXIT_IO_ERROR:  # (an I/O failure's stop line says where to resume from)
+                assert self.checkpoints is not None  # rank 0 has them
+                last = next_line(
+                    stop_kind(reason, code),
+                    cfg,
+                    self.run_dir,
+                    comm.size,
+                    self.recent_mean(),
+                    has_checkpoint=self.checkpoints.newest_complete() is not None,
+                )
+                if last:
+                    log_line(last)
         self.round.env.close()
         if code == EXIT_OK and reason.startswith("signal"):
             code = EXIT_PREEMPTED
@@ -286,7 +301,7 @@ class Training:
         newest = checkpoints.newest_complete()
         where = (
             f"the newest good checkpoint is step {newest:,} ({checkpoints.directory / str(newest)}); "
-            f"fix the cause (free space, permissions), then resume with: jaxpong train --resume {self.run_dir}"
+            f"fix the cause (free space, permissions), then resume with: {resume_command(self.run_dir, self.comm.size)}"
             if newest is not None
             else "no checkpoint was kept; fix the cause and start the run again"
         )

@@ -66,18 +66,67 @@ def stop_reason(
     return ""
 
 
-def resume_command(run_dir, ranks: int = 1) -> str:
-    """The command that continues `run_dir`, as this process was started (console script or python -m)."""
-    if os.environ.get("JAXPONG_UNDER_MAKE"):  # set by `make train`
-        return f"make train RESUME={shlex.quote(str(run_dir))}"
+def program() -> str:
+    """How this process's jaxpong is typed again: the console script, or python -m jaxpong."""
     if Path(sys.argv[0]).name == "jaxpong":
-        program = "jaxpong"
-    else:
-        python = Path(sys.executable)
-        try:  # the venv's python, as typed from the repository: .venv/bin/python
-            python = python.relative_to(Path.cwd())
-        except ValueError:
-            pass
-        program = f"{shlex.quote(str(python))} -m jaxpong"
-    launcher = f"mpirun -n {ranks} " if ranks > 1 else ""
-    return f"{launcher}{program} train --resume {shlex.quote(str(run_dir))}"
+        return "jaxpong"
+    python = Path(sys.executable)
+    try:  # the venv's python, as typed from the repository: .venv/bin/python
+        python = python.relative_to(Path.cwd())
+    except ValueError:
+        pass
+    return f"{shlex.quote(str(python))} -m jaxpong"
+
+
+def resume_command(run_dir, ranks: int = 1, flags: tuple[str, ...] = ()) -> str:
+    """The command that continues `run_dir` with `flags` added, as this process was started: `make train`,
+    `train --ranks N`, mpirun (or srun) around `train`, or plain `train`."""
+    run = shlex.quote(str(run_dir))
+    by_ranks = ranks > 1 and "JAXPONG_LAUNCH_START" in os.environ  # started by `train --ranks N` (jaxpong/cli.py)
+    if os.environ.get("JAXPONG_UNDER_MAKE"):  # set by `make train`
+        args = f" ARGS={shlex.quote(' '.join(flags))}" if flags else ""
+        return f"make train RESUME={run}" + (f" RANKS={ranks}" if ranks > 1 else "") + args
+    launcher = f"mpirun -n {ranks} " if ranks > 1 and not by_ranks else ""
+    extra = (f" --ranks {ranks}" if by_ranks else "") + "".join(f" {shlex.quote(f)}" for f in flags)
+    return f"{launcher}{program()} train --resume {run}{extra}"
+
+
+# How a run stopped, for the line that says what to do next (`next_line`).
+SIGNAL, TOTAL_STEPS, TIME_LIMIT, TARGET, FAILED = "signal", "total_steps", "time_limit", "target", "failed"
+
+
+def stop_kind(reason: str, code: int) -> str:
+    """The kind of a stop, from its exit status and the reason `stop_reason` (or a Stop) gave."""
+    if code != EXIT_OK:
+        return FAILED
+    for prefix, kind in (
+        ("signal ", SIGNAL),
+        ("reached --total-steps", TOTAL_STEPS),
+        ("reached --time-limit-s", TIME_LIMIT),
+        ("reached --target-return", TARGET),
+    ):
+        if reason.startswith(prefix):
+            return kind
+    return FAILED
+
+
+def next_line(
+    kind: str, cfg: Config, run_dir, ranks: int, recent_mean: float | None, has_checkpoint: bool = True
+) -> str | None:
+    """The run's last line: how to go on from this stop (None where the stop line says it already: a signal,
+    an I/O failure), and after a reached target, where the agent is and how to watch it."""
+    if kind == SIGNAL or not has_checkpoint:
+        return None
+    if kind == TOTAL_STEPS:
+        more = 2 * cfg.run.total_steps
+        return f"to train further: {resume_command(run_dir, ranks, ('--total-steps', str(more)))}"
+    if kind == TARGET:
+        target = cfg.run.target_return
+        mean = f"the last {RECENT_GAMES} games averaged {recent_mean:+.2f}, " if recent_mean is not None else ""
+        what = "won Pong" if target >= 20 else f"reached --target-return {target:g}"
+        run = shlex.quote(str(run_dir))
+        return (
+            f"{what} ({mean}target {target:+g}); the agent is in {run}: watch it with `{program()} eval {run}` "
+            f"or `{program()} video {run}`; to train on: {resume_command(run_dir, ranks, ('--target-return', 'nan'))}"
+        )
+    return f"to continue: {resume_command(run_dir, ranks)}"

@@ -212,7 +212,7 @@ def test_config_from_yaml_dict_and_keywords_agree(tmp_path):
     assert from_yaml.run.total_steps == 512 and from_yaml.env.num_envs == 4 and from_yaml.model.obs_mode == "diff64"
     assert nan_equal(jaxpong.Config.from_dict(from_yaml.to_dict()).to_dict(), from_yaml.to_dict())
     default_yaml = jaxpong.Config.from_yaml(REPO / "configs" / "default.yaml")
-    assert nan_equal(jaxpong.Config.default().to_dict(), default_yaml.to_dict())  # target_return: nan
+    assert nan_equal(jaxpong.Config.default().to_dict(), default_yaml.to_dict())
     assert jaxpong.Config.default(num_envs="16").env.num_envs == 16  # coerced as a flag's text is
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import jaxpong
 from conftest import REPO, SMOKE_CONFIG, read_jsonl
 from jaxpong import cli, stop
 from jaxpong import config as config_lib
@@ -195,6 +196,7 @@ def test_eta_is_the_earlier_of_the_step_total_and_the_time_limit():
 
 def test_resume_command_is_the_one_that_started_the_run(monkeypatch, tmp_path):
     monkeypatch.delenv("JAXPONG_UNDER_MAKE", raising=False)
+    monkeypatch.delenv("JAXPONG_LAUNCH_START", raising=False)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))
     monkeypatch.setattr(sys, "argv", ["/somewhere/jaxpong/__main__.py", "train"])
@@ -204,8 +206,50 @@ def test_resume_command_is_the_one_that_started_the_run(monkeypatch, tmp_path):
     assert stop.resume_command("runs/x") == "/opt/py/bin/python3 -m jaxpong train --resume runs/x"
     monkeypatch.setattr(sys, "argv", [str(tmp_path / ".venv" / "bin" / "jaxpong"), "train"])  # the console script
     assert stop.resume_command("runs/x") == "jaxpong train --resume runs/x"
+    assert stop.resume_command("runs/x", 1, ("--total-steps", "20")) == "jaxpong train --resume runs/x --total-steps 20"
+    monkeypatch.setenv("JAXPONG_LAUNCH_START", "1.0")  # the ranks of `train --ranks 4`
+    assert stop.resume_command("runs/x", ranks=4) == "jaxpong train --resume runs/x --ranks 4"
     monkeypatch.setenv("JAXPONG_UNDER_MAKE", "1")  # as `make train` sets it
+    assert stop.resume_command("runs/x", ranks=4) == "make train RESUME=runs/x RANKS=4"
+    monkeypatch.delenv("JAXPONG_LAUNCH_START")
     assert stop.resume_command("runs/x") == "make train RESUME=runs/x"
+    assert (
+        stop.resume_command("runs/x", 1, ("--target-return", "nan"))
+        == "make train RESUME=runs/x ARGS='--target-return nan'"
+    )
+
+
+def test_every_stop_ends_with_the_line_that_says_how_to_go_on(monkeypatch, tmp_path):
+    """The last line for each way a run stops (the signal's and the I/O failure's stop lines carry it)."""
+    monkeypatch.delenv("JAXPONG_UNDER_MAKE", raising=False)
+    monkeypatch.delenv("JAXPONG_LAUNCH_START", raising=False)
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "jaxpong"), "train"])
+    cfg = jaxpong.Config.default()
+    cfg.run.total_steps, cfg.run.target_return = 1_000_000, 20.0
+
+    def last(reason, code=0, ranks=1, mean=None, checkpoint=True):
+        return stop.next_line(stop.stop_kind(reason, code), cfg, "runs/x", ranks, mean, checkpoint)
+
+    assert last("reached --time-limit-s 60") == "to continue: jaxpong train --resume runs/x"
+    assert last("reached --total-steps 1,000,000") == (
+        "to train further: jaxpong train --resume runs/x --total-steps 2000000"
+    )
+    assert last("reached --target-return 20 (mean of the last 20 games +20.15)", mean=20.15) == (
+        "won Pong (the last 20 games averaged +20.15, target +20); the agent is in runs/x: watch it with "
+        "`jaxpong eval runs/x` or `jaxpong video runs/x`; to train on: "
+        "jaxpong train --resume runs/x --target-return nan"
+    )
+    assert last("2 consecutive updates had non-finite gradients; ...", code=1, ranks=2) == (
+        "to continue: mpirun -n 2 jaxpong train --resume runs/x"
+    )
+    assert last("signal SIGTERM received; checkpoint written; to continue: ...") is None
+    assert last("reached --time-limit-s 60", checkpoint=False) is None  # nothing to continue from
+    cfg.run.target_return = 0.0
+    assert last("reached --target-return 0", mean=3.5).startswith("reached --target-return 0 (the last 20")
+    monkeypatch.setenv("JAXPONG_UNDER_MAKE", "1")
+    assert last("reached --total-steps 1,000,000") == (
+        "to train further: make train RESUME=runs/x ARGS='--total-steps 2000000'"
+    )
 
 
 def _read_until(proc, pattern: str, timeout: float) -> tuple[str, re.Match | None]:

@@ -174,7 +174,8 @@ def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(small_disk, tm
     assert "No space left on device" in line and str(run_dir) in line
     steps = _checkpoint_steps(run_dir)
     assert steps and f"the newest good checkpoint is step {steps[-1]:,}" in line
-    assert f"resume with: jaxpong train --resume {run_dir}" in line
+    # The command that continues it, as it was started (mpirun around python -m jaxpong).
+    assert "resume with: mpirun -n 2 " in line and f"-m jaxpong train --resume {run_dir}" in line
     leftovers = [p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.isdigit()]
     assert leftovers == [], leftovers  # no partial checkpoint folder left behind
 
@@ -240,7 +241,10 @@ def test_resume_changes_lists_allowed_changes_and_refuses_every_defining_field()
         "algo.num_steps 64 -> 32",
         "run.time_limit_s 0.0 -> 60.0",
     ]
-    assert resume_changes(saved, Config(), Path("ck/8")) == []  # nan target_return equals itself
+    assert resume_changes(saved, Config(), Path("ck/8")) == []
+    never = Config()
+    never.run.target_return = float("nan")
+    assert resume_changes(to_dict(never), never, Path("ck/8")) == []  # a nan target_return equals itself
     for section, name in DEFINING_FIELDS:
         cfg = Config()
         old = getattr(getattr(cfg, section), name)

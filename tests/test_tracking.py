@@ -86,7 +86,7 @@ def offline_run(path: Path) -> dict:
 
 
 def nan_to_none(value):
-    """W&B stores a config's NaN (run.target_return's default) as JSON null."""
+    """W&B stores a config's NaN (run.target_return: nan, say) as JSON null."""
     if isinstance(value, dict):
         return {k: nan_to_none(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -1,0 +1,110 @@
+"""Watching a run while it trains: readers (jaxpong.load_policy, eval, export) of a real training that checkpoints
+every update and rotates its checkpoints never fail, and a checkpoint removed under a reader is taken again, never
+reported as another model."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import jaxpong
+from conftest import REPO, SMOKE_CONFIG, wait_for
+from jaxpong import policy as policy_lib
+
+READS = 50
+
+
+def test_readers_of_a_live_run_never_fail(tmp_path, monkeypatch):
+    run_dir = tmp_path / "live"
+    log = open(tmp_path / "train.log", "w")
+    trainer = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "jaxpong",
+            "train",
+            "--config",
+            str(SMOKE_CONFIG),
+            "--run-dir",
+            str(run_dir),
+            "--total-steps",
+            "100000000",
+            "--checkpoint-every",
+            "1",
+            "--keep-checkpoints",
+            "1",  # the newest is removed as soon as the next is written: the narrowest window a reader has
+            "--time-limit-s",
+            "400",
+        ],
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    reads, steps = [], set()
+    real_read = policy_lib._read_checkpoint
+
+    def counted(*args):  # every attempt, to see how often the writer rotated a checkpoint under a reader
+        reads.append(args[1])
+        return real_read(*args)
+
+    monkeypatch.setattr(policy_lib, "_read_checkpoint", counted)
+    try:
+        wait_for(lambda: len(policy_lib.checkpoint_steps(run_dir / "checkpoints")) >= 2, trainer, "two checkpoints")
+        loaded = 0
+        while loaded < READS:
+            assert trainer.poll() is None, (tmp_path / "train.log").read_text()[-2000:]
+            policy = jaxpong.load_policy(run_dir)  # the newest complete checkpoint, whatever the writer does
+            assert policy.step is not None and policy.params is not None
+            steps.add(policy.step)
+            loaded += 1
+        # The command line's readers too, while it still trains.
+        for argv in (
+            ["export", str(run_dir), "--out", str(tmp_path / "p.npz")],
+            ["eval", str(run_dir), "--episodes", "1"],
+        ):
+            proc = subprocess.run([sys.executable, "-m", "jaxpong", *argv], cwd=REPO, capture_output=True, text=True)
+            assert proc.returncode == 0, proc.stderr
+        assert trainer.poll() is None  # it trained all along
+    finally:
+        trainer.send_signal(signal.SIGTERM)
+        trainer.wait(timeout=120)
+        log.close()
+    assert len(steps) > 5, steps  # the reads followed a moving run
+    assert trainer.returncode == 75
+    retried = len(reads) - READS
+    print(f"{READS} reads of {len(steps)} checkpoints; {retried} retried after a rotation")  # shown with -s
+
+
+def test_a_checkpoint_removed_while_it_is_read_is_taken_again_not_called_another_model(
+    smoke_run, tmp_path, monkeypatch
+):
+    """The rotation, made to happen between choosing the newest checkpoint and reading it: the reader takes the
+    next newest; a checkpoint asked for by step that goes away gets a line that says so, not "another model".
+    (A checkpoint that is there and damaged is still reported as damaged: tests/test_eval_video.py.)"""
+    run_dir = tmp_path / "run"
+    shutil.copytree(smoke_run, run_dir)
+    steps = policy_lib.checkpoint_steps(run_dir / "checkpoints")
+    assert len(steps) == 2
+    real_read = policy_lib._read_checkpoint
+    removed = []
+
+    def rotate_then_read(directory: Path, step: int, saved):
+        if not removed:  # the writer removes the checkpoint this reader chose, just before it reads
+            shutil.rmtree(directory / str(step))
+            removed.append(step)
+        return real_read(directory, step, saved)
+
+    monkeypatch.setattr(policy_lib, "_read_checkpoint", rotate_then_read)
+    assert jaxpong.load_policy(run_dir).step == steps[0]  # the next newest
+    assert removed == [steps[1]]
+    removed.clear()
+    with pytest.raises(jaxpong.ConfigError) as err:
+        jaxpong.load_policy(run_dir, checkpoint=steps[0])
+    message = str(err.value)
+    assert f"--checkpoint {steps[0]}: the run removed that checkpoint while it was read" in message
+    assert "model" not in message
