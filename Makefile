@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
+.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-two-like-one bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
 
 install: $(STAMP)
 
@@ -90,6 +90,16 @@ bench-scaling: install
 # both counts in turn, milestones in seconds and agent steps, the median of the seeds' time ratios.
 bench-learn-ranks: install
 	$(PY) -m jaxpong bench --learn --ranks 1,$(or $(RANKS),2) --config $(CONFIG) --seeds $(SEEDS) --time-limit-s 600 --target-return 18 --run-dir runs/learn_ranks_1v$(or $(RANKS),2) $(ARGS)
+
+# 2 ranks sharing the default's 32 games against 1 rank with all of them, compared in agent steps: LIKE_SEEDS
+# seeds a side (interleaved), each trained to LIKE_STEPS agent steps with the learning-rate schedule of the
+# default's 10M-step run and no early stop; steps to 0, +18 and +20 and the last-20 mean at equal agent steps,
+# medians and rank-sum p-values. Resumable (runs/two_like_one/results.json). About 8 minutes a run on 2 cores.
+LIKE_SEEDS ?= 6
+LIKE_STEPS ?= 800000
+bench-two-like-one: install
+	$(PY) -m jaxpong bench --learn --ranks 1,2 --config $(CONFIG) --seeds $(LIKE_SEEDS) --total-steps $(LIKE_STEPS) \
+		--anneal-steps 10000000 --target-return nan --time-limit-s 3000 --greedy-games 0 --run-dir runs/two_like_one $(ARGS)
 
 # Launch to first update at 1, 4 and 16 ranks (oversubscribed on small hosts), cold and warm compilation cache,
 # one rank per host compiling first against every rank compiling.

@@ -34,7 +34,7 @@ def test_collectives_maths_across_two_ranks():
         assert f"OK {name}" in proc.stdout
 
 
-@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize("path", ["sparse", pytest.param("dense", marks=pytest.mark.slow)])  # sparse: the default
 def test_two_ranks_update_like_one_process_on_the_training_path(path):
     """One real round of 32 games (a deadline round: padded rows) learnt by 1 process and by 2 ranks holding
     16 games each, through the trainer's own Round steps (sparse lists, noise-scale sums, the exchange): the
