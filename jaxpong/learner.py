@@ -106,7 +106,8 @@ def mirrored(samples: dict, actions: list) -> dict:
 def order_group(num_rows: int, num_games: int, minibatches: int) -> int:
     """How many neighbouring games (columns) share one shuffle in `minibatch_order`: the fewest whose
     `num_rows` samples each split evenly into `minibatches` (1 when num_rows is a multiple of it). When
-    the games a rank holds cannot be cut into such groups, all of them form one."""
+    the games a rank holds cannot be cut into such groups, all of them form one: the minibatches are still
+    equal, but N ranks then no longer draw exactly what one process with all their games would."""
     group = minibatches // math.gcd(minibatches, num_rows)
     return group if num_games % group == 0 else num_games
 

@@ -13,38 +13,18 @@ from pathlib import Path
 import pytest
 
 import jaxpong
-from conftest import REPO, SMOKE_CONFIG, wait_for
+from conftest import REPO, SMOKE_CONFIG, start_logged, wait_for
 from jaxpong import policy as policy_lib
 
 READS = 50
+TRAIN = [sys.executable, "-m", "jaxpong", "train", "--config", SMOKE_CONFIG]
 
 
 def test_readers_of_a_live_run_never_fail(tmp_path, monkeypatch):
     run_dir = tmp_path / "live"
-    log = open(tmp_path / "train.log", "w")
-    trainer = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "jaxpong",
-            "train",
-            "--config",
-            str(SMOKE_CONFIG),
-            "--run-dir",
-            str(run_dir),
-            "--total-steps",
-            "100000000",
-            "--checkpoint-every",
-            "1",
-            "--keep-checkpoints",
-            "1",  # the newest is removed as soon as the next is written: the narrowest window a reader has
-            "--time-limit-s",
-            "400",
-        ],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    flags = ["--total-steps", 10**8, "--checkpoint-every", 1, "--time-limit-s", 400]
+    # --keep-checkpoints 1: the newest is removed as soon as the next is written, the narrowest window a reader has.
+    trainer = start_logged([*TRAIN, "--run-dir", run_dir, *flags, "--keep-checkpoints", 1], tmp_path / "train.log")
     reads, steps = [], set()
     real_read = policy_lib._read_checkpoint
 
@@ -73,7 +53,6 @@ def test_readers_of_a_live_run_never_fail(tmp_path, monkeypatch):
     finally:
         trainer.send_signal(signal.SIGTERM)
         trainer.wait(timeout=120)
-        log.close()
     assert len(steps) > 5, steps  # the reads followed a moving run
     assert trainer.returncode == 75
     retried = len(reads) - READS
