@@ -276,12 +276,14 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
     saved = rundir.read_config(run_dir)  # a clear error when this is not a run directory
     for _ in range(READ_ATTEMPTS):
         directory, step = _choose_step(run_dir, checkpoint)
-        before = _identity(directory / str(step))
+        # What the writer can change under a reader: this checkpoint, and the folder's list (orbax opens the
+        # others' metadata too, so removing an older one can fail this read).
+        before = (_identity(directory / str(step)), checkpoint_steps(directory))
         try:
             return _read_checkpoint(directory, step, saved)
         except ConfigError:
-            if _identity(directory / str(step)) == before and before is not None:
-                raise  # still there, unchanged: the checkpoint itself is the problem
+            if before[0] is not None and (_identity(directory / str(step)), checkpoint_steps(directory)) == before:
+                raise  # nothing changed while it was read: the checkpoint itself is the problem
             if checkpoint not in (None, "latest", "best"):
                 raise ConfigError(
                     f"--checkpoint {step}: the run removed that checkpoint while it was read (it keeps only its "
@@ -293,13 +295,14 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
     )
 
 
-def _identity(path: Path) -> tuple[int, int] | None:
-    """(inode, change time) of a checkpoint folder, None when it is gone: a replaced folder differs."""
+def _identity(path: Path) -> tuple | None:
+    """(inode, change time) of a checkpoint folder and of the folders in it, None when it is gone: a replaced
+    folder differs, and so does one being removed (its files go first, which changes their folders)."""
     try:
-        status = path.stat()
+        folders = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
+        return tuple((p.name, p.stat().st_ino, p.stat().st_ctime_ns) for p in folders)
     except OSError:
         return None
-    return status.st_ino, status.st_ctime_ns
 
 
 def _read_checkpoint(directory: Path, step: int, saved: dict) -> Policy:
