@@ -86,6 +86,12 @@ bench-ranks: install
 bench-scaling: install
 	$(PY) -m jaxpong bench --ranks $(or $(RANKS),2) --config $(CONFIG) --seconds $(SECONDS) $(ARGS)
 
+# `make train` to a won game: TRAIN_SEEDS seeds of the default (its +20 stop rule; checkpoints only at the end), each in a
+# fresh process; time since process start and agent steps at the stop, then 10 greedy games of each agent.
+TRAIN_SEEDS ?= 3
+bench-train-to-win: install
+	$(PY) -m jaxpong bench --learn --config $(CONFIG) --seeds $(TRAIN_SEEDS) --time-limit-s 3000 --run-dir runs/train_to_win $(ARGS)
+
 # Time to +18 at 1 rank on all the cores against RANKS ranks (default 2) sharing its games: each seed at
 # both counts in turn, milestones in seconds and agent steps, the median of the seeds' time ratios.
 bench-learn-ranks: install

@@ -29,7 +29,7 @@ class RawEnv:
     def __init__(self, cfg: Config):
         from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, make_env
 
-        self.env = make_env(cfg, seeds=env_seeds(cfg.run.seed, 0, 0, PURPOSE_TRAIN, cfg.env.num_envs))
+        self.env = make_env(cfg, seeds=env_seeds(cfg.run.seed, 0, PURPOSE_TRAIN, cfg.env.num_envs))
         self.io = EnvIO(self.env)  # the trainer's way of calling envpool, so the ratio compares like with like
         self.rng = np.random.default_rng(0)
         self.env.async_reset()

@@ -24,9 +24,13 @@ def frame_shape(model: ModelConfig) -> tuple[int, int, int]:
     return 4, 84, 84
 
 
-def env_seeds(seed: int, rank: int, resume_count: int, purpose: int, num_envs: int) -> list[int]:
-    """Per-env seeds from (run seed, rank, resume counter, purpose): distinct streams for each of them."""
-    state = np.random.SeedSequence([seed, rank, resume_count, purpose]).generate_state(num_envs, dtype=np.uint32)
+def env_seeds(seed: int, resume_count: int, purpose: int, num_envs: int, first_game: int = 0) -> list[int]:
+    """Seeds of games first_game .. first_game + num_envs - 1 from (run seed, resume counter, purpose):
+    distinct streams for each of those, and a game's seed depends on its number, not on which rank
+    steps it (rank k of a run holds games k x num_envs onwards: jaxpong/keys.py). The 0 is where the rank
+    once went, kept so that one process's games keep their seeds."""
+    sequence = np.random.SeedSequence([seed, 0, resume_count, purpose])
+    state = sequence.generate_state(first_game + num_envs, dtype=np.uint32)[first_game:]  # a prefix-stable stream
     return [int(s) & 0x7FFFFFFF for s in state]
 
 

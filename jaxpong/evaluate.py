@@ -92,7 +92,7 @@ def play_games(
     share = np.array([episodes // num_envs + (e < episodes % num_envs) for e in range(num_envs)])
     env = make_env(
         cfg,
-        seeds=env_seeds(seed, 0, 0, purpose, num_envs),
+        seeds=env_seeds(seed, 0, purpose, num_envs),
         num_envs=num_envs,
         batch_size=num_envs,
         num_threads=default_threads(num_envs),

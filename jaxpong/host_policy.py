@@ -7,16 +7,13 @@ forward pass on a difference frame is small work: the frame is almost all zeros,
 is the sum of the kernel rows of its nonzero cells (a few dozen of 6,400). In NumPy on the host it
 costs tens of microseconds. The measured per-step costs of the options are in docs/seed_speed.md.
 
-Same maths as the jitted step (`rollout.make_policy_step`):
+Same maths as the collector's jitted step (`rollout.make_packed_step`):
 - the features come from the same `preprocess` functions, run on NumPy arrays (bit for bit);
 - the logits, log-probabilities and value are the same products and sums in another order (equal to
   float rounding; tested);
-- the action is drawn exactly as the jitted step draws it: `jax.random.categorical(sub, logits)` is
-  `argmax(logits + gumbel(sub, logits.shape))`, with `key, sub = split(key)` once per call. At the
-  start of a round `SampleNoise` draws, in one jitted call, the Gumbel noise of the calls the round
-  can make along that same chain of keys; call i then adds noise i on the host. The same key gives
-  the same actions (up to a logit within float rounding of a tie) and the same next key as the
-  jitted step, so a run does not depend on which path acted.
+- the action is argmax(logits + noise) for the same Gumbel noise, the round's draw for each game and
+  row (keys.action_noise), as the jitted step takes it: the same actions (up to a logit within float
+  rounding of a tie).
 
 The parameters are copied from the training state at the start of every round (`HostMLP.load`),
 so the host path always acts with the parameters the jitted step would have been given.
@@ -24,10 +21,6 @@ so the host path always acts with the parameters the jitted step would have been
 
 from __future__ import annotations
 
-import functools
-
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxpong.config import Config
@@ -37,9 +30,6 @@ from jaxpong.preprocess import PREPROCESSORS
 # Measured (docs/seed_speed.md): at 1 row the host step costs a small fraction of the jitted call; at
 # 16 rows (the default's async batches) ... see AUTO_MAX_ROWS's note there.
 AUTO_MAX_ROWS = 8
-# Policy calls' noise drawn at a time (about 1.7 us a call on a 2-core CPU): a deadline round of the 2016
-# setup makes ~1,500 of its buffer's 5,120 possible calls, so drawing them all up front would waste most.
-NOISE_CHUNK = 512
 
 
 def use_host_policy(cfg: Config) -> bool:
@@ -124,87 +114,29 @@ class HostMLP:
         return logits, value
 
 
-@functools.partial(jax.jit, static_argnames=("first_rows", "rows", "calls", "num_actions"))
-def _noise_chain(key, first_rows: int, rows: int, calls: int, num_actions: int):
-    """The Gumbel noise `jax.random.categorical` adds in `calls` successive policy steps from `key`.
-
-    Step i splits its key into (next key, sub) and draws gumbel(sub, (rows_i, A)); the first step has
-    `first_rows` rows, the others `rows`. Returns (first noise [first_rows, A], noise [calls - 1, rows, A],
-    keys [calls, ...]: keys[i] is the key after i + 1 steps).
-    """
-    key, sub = jax.random.split(key)
-    first = jax.random.gumbel(sub, (first_rows, num_actions), jnp.float32)
-
-    def one(k, _):
-        k, s = jax.random.split(k)
-        return k, (k, jax.random.gumbel(s, (rows, num_actions), jnp.float32))
-
-    _, (keys, noise) = jax.lax.scan(one, key, None, length=calls - 1)
-    return first, noise, jnp.concatenate([key[None], keys])
-
-
-class SampleNoise:
-    """A round's sampling noise, drawn along the jitted step's chain of keys (see the module note).
-
-    `take(rows)` gives the next call's noise; `key()` the key after the calls taken so far, which is
-    the key the jitted step would have returned. A round that makes more calls than were drawn draws
-    another chunk, from the key it has reached.
-    """
-
-    def __init__(self, num_actions: int, first_rows: int, rows: int, calls: int):
-        self.num_actions, self.first_rows, self.rows, self.calls = num_actions, first_rows, rows, max(2, calls)
-
-    def start(self, key) -> None:
-        self._draw(key, self.first_rows)
-
-    def _draw(self, key, first_rows: int) -> None:
-        first, noise, self.keys = _noise_chain(key, first_rows, self.rows, self.calls, self.num_actions)
-        self.first, self.noise = np.asarray(first), np.asarray(noise)
-        self.start_key = key
-        self.taken = 0
-
-    def take(self, rows: int) -> np.ndarray:
-        """The noise of the next policy call, which has `rows` rows."""
-        if self.taken == self.calls:
-            self._draw(self.key(), self.rows)
-        i = self.taken
-        out = self.first if i == 0 else self.noise[i - 1]
-        if rows != out.shape[0]:
-            raise ValueError(f"policy call {i} of the round has {rows} rows; its noise was drawn for {out.shape[0]}")
-        self.taken += 1
-        return out
-
-    def key(self):
-        """The key after the calls taken (the start key when none were)."""
-        return self.start_key if self.taken == 0 else self.keys[self.taken - 1]
-
-
 class HostPolicy:
     """The collector's per-step policy on the host: features, action, log-prob and value of a batch."""
 
-    def __init__(self, cfg: Config, calls_per_round: int):
+    def __init__(self, cfg: Config):
         self.mlp = HostMLP(cfg)
         self.preprocess = self.mlp.preprocess
-        n, b = cfg.env.num_envs, cfg.env_batch_size
-        self.noise = SampleNoise(len(cfg.model.actions), n, b, min(calls_per_round, NOISE_CHUNK))
-        self._rows = np.arange(b)
+        self._rows = np.arange(cfg.env_batch_size)
 
-    def start_round(self, params, key) -> None:
+    def start_round(self, params) -> None:
         self.mlp.load(params)
-        self.noise.start(key)
 
-    def step(self, frames: np.ndarray):
-        """[B, stack, H, W] uint8 frames -> (features, action [B] int32, log-prob [B] float32, value [B] float32)."""
+    def step(self, frames: np.ndarray, noise: np.ndarray):
+        """[B, stack, H, W] uint8 frames and [B, A] Gumbel noise -> (features, action [B] int32, log-prob [B]
+        float32, value [B] float32)."""
         features = self.preprocess(frames)
-        return (features, *self.act(features))
+        return (features, *self.act(features, noise))
 
-    def act(self, features: np.ndarray):
-        """[B, ...] compact features -> (action [B] int32, log-prob [B] float32, value [B] float32), drawing
-        the next call's noise. Written for few NumPy calls: at one row each call's own overhead is most
-        of the cost."""
+    def act(self, features: np.ndarray, noise: np.ndarray):
+        """[B, ...] compact features and [B, A] noise -> (action [B] int32, log-prob [B] float32, value [B]
+        float32). Written for few NumPy calls: at one row each call's own overhead is most of the cost."""
         n = len(features)
         logits, value = self.mlp.forward(features)
-        action = (logits + self.noise.take(n)).argmax(axis=1)  # jax.random.categorical's Gumbel-max
+        action = (logits + noise).argmax(axis=1)  # jax.random.categorical's Gumbel-max
         # jax.nn.log_softmax, (x - max) - log(sum(exp(x - max))), at the taken action only
         shifted = logits - logits.max(axis=1, keepdims=True)
         logp = shifted[self._row_index(n), action] - np.log(np.exp(shifted).sum(axis=1))
@@ -214,6 +146,3 @@ class HostPolicy:
         if len(self._rows) != n:
             self._rows = np.arange(n)
         return self._rows
-
-    def key(self):
-        return self.noise.key()

@@ -168,6 +168,30 @@ def sparse_round(cfg: Config, key: jax.Array, batch: Batch) -> tuple[RoundCells,
     return RoundCells(features.reshape(T * N, -1), valid.reshape(-1)), np.asarray(order)
 
 
+def metric_names(algo: str) -> tuple[str, ...]:
+    """Names of the values in the update's metrics vector: the algorithm's METRICS (means over the round's
+    optimizer steps), then each of its PHASE_METRICS over the first and the last quarter of those steps."""
+    algorithm = ALGORITHMS[algo]
+    phases = getattr(algorithm, "PHASE_METRICS", ())
+    short = [name.split("/")[-1] for name in phases]
+    return (
+        tuple(algorithm.METRICS) + tuple(f"charts/{n}_early" for n in short) + tuple(f"charts/{n}_late" for n in short)
+    )
+
+
+def _quarter_means(metrics: jax.Array, counts: jax.Array, columns: list[int]) -> jax.Array:
+    """[steps, M] metric sums and [steps] valid counts -> the `columns` averaged over the first quarter of
+    the steps, then over the last quarter (at least one step each)."""
+    if not columns:
+        return jnp.zeros((0,), metrics.dtype)
+    quarter = max(1, metrics.shape[0] // 4)
+
+    def mean(part, n):
+        return part[:, columns].sum(0) / jnp.maximum(n.sum(), 1.0)
+
+    return jnp.concatenate([mean(metrics[:quarter], counts[:quarter]), mean(metrics[-quarter:], counts[-quarter:])])
+
+
 def make_optimize(
     cfg: Config,
     apply_fn: Callable,
@@ -176,6 +200,7 @@ def make_optimize(
 ):
     """The jitted round update: optimize(state, batch, targets, norm, lr_frac, poison, sparse_features=None,
     noise=None) -> (state, metrics, counts), or (state, metrics, counts, noise) when `noise` is given.
+    `metrics` holds the values `metric_names` names.
 
     `sparse_features`, when given, is a `sparse.SparseBatch` [epochs * minibatches, ...] holding each
     minibatch's features in the order the update draws (`sparse_round`); `batch.features` is then not
@@ -190,6 +215,7 @@ def make_optimize(
 
     algorithm = ALGORITHMS[cfg.algo.algo]
     epochs, minibatches = schedule(cfg)
+    phase_columns = [algorithm.METRICS.index(name) for name in getattr(algorithm, "PHASE_METRICS", ())]
 
     def loss_fn(params, samples, norm, poison):
         loss_sum, aux = algorithm.loss_sums(apply_fn, params, samples, norm, cfg)
@@ -263,7 +289,8 @@ def make_optimize(
             step, (state.params, state.opt_state, epoch_sum), (order, sparse_features, starts)
         )
         total = jnp.maximum(counts.sum(), 1.0)
-        out = TrainState(params=params, opt_state=opt_state, key=key), metrics.sum(0) / total, counts
+        means = jnp.concatenate([metrics.sum(0) / total, _quarter_means(metrics, counts, phase_columns)])
+        out = TrainState(params=params, opt_state=opt_state, key=key), means, counts
         if noise is None:
             return out
         return out + (round_noise(noise, measured, counts, epochs, minibatches, cfg.run.noise_scale_decay),)

@@ -68,7 +68,7 @@ class Policy:
         seed = check_seed(self.cfg.run.seed if seed is None else seed)
         return make_env(
             self.cfg,
-            seeds=env_seeds(seed, 0, 0, PURPOSE_EVAL, num_envs),
+            seeds=env_seeds(seed, 0, PURPOSE_EVAL, num_envs),
             num_envs=num_envs,
             batch_size=num_envs,
             num_threads=default_threads(num_envs),

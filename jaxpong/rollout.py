@@ -27,22 +27,32 @@ import numpy as np
 from jaxpong.batch import Batch
 from jaxpong.envs import EnvIO, GameScores
 from jaxpong.host_policy import HostPolicy, use_host_policy
+from jaxpong.keys import action_noise
 from jaxpong.preprocess import PREPROCESSORS, to_float
 
 
+def _forward(apply_fn, preprocess, params, frames):
+    features = preprocess(frames)
+    logits, value = apply_fn(params, to_float(features))
+    return features, logits, value
+
+
+def _log_prob(logits, action):
+    return jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
+
+
 def make_policy_step(apply_fn, obs_mode: str):
-    """(params, frames, key, greedy) -> (features, action index, log-prob, value, next key); jitted."""
+    """(params, frames, key, greedy) -> (features, action index, log-prob, value, next key); jitted. The
+    step of evaluation and videos, which draw along one chain of keys."""
     preprocess = PREPROCESSORS[obs_mode]
 
     @jax.jit
     def policy_step(params, frames, key, greedy=False):
-        features = preprocess(frames)
-        logits, value = apply_fn(params, to_float(features))
+        features, logits, value = _forward(apply_fn, preprocess, params, frames)
         key, sub = jax.random.split(key)
         sampled = jax.random.categorical(sub, logits)
         action = jnp.where(greedy, jnp.argmax(logits, -1), sampled)
-        logp = jnp.take_along_axis(jax.nn.log_softmax(logits), action[:, None], -1)[:, 0]
-        return features, action.astype(jnp.int32), logp, value, key
+        return features, action.astype(jnp.int32), _log_prob(logits, action), value, key
 
     return policy_step
 
@@ -51,22 +61,27 @@ TAIL_BYTES = 12  # action (int32), log-prob and value (float32) after the featur
 _TAIL = ((0, np.int32), (4, np.float32), (8, np.float32))  # (offset into the tail, dtype) of each of the three
 
 
-def make_packed_step(policy_step):
-    """The policy step with its four per-env outputs packed into one uint8 row per env.
+def make_packed_step(apply_fn, obs_mode: str):
+    """The collector's step: (params, frames [B, ...], noise [B, A]) -> [B, bytes] packed rows, jitted.
 
-    Why: each device-to-host transfer costs tens of microseconds of Python (about 85 under cProfile) on
-    the thread that also feeds envpool; one transfer and one buffer write per batch instead of four are
-    a few per cent of a 2-core round.
+    The action is argmax(logits + noise) for the Gumbel noise of each row's game and row
+    (keys.action_noise): the draw jax.random.categorical makes, taken per game so that which rank or
+    batch a game is stepped in does not change it.
+    Packed: each device-to-host transfer costs tens of microseconds of Python (about 85 under cProfile)
+    on the thread that also feeds envpool; one transfer and one buffer write per batch instead of four
+    are a few per cent of a 2-core round.
     Row layout: features bytes | action (int32) | log-prob (float32) | value (float32).
     """
+    preprocess = PREPROCESSORS[obs_mode]
 
     @jax.jit
-    def packed_step(params, frames, key):
-        features, action, logp, value, key = policy_step(params, frames, key)
+    def packed_step(params, frames, noise):
+        features, logits, value = _forward(apply_fn, preprocess, params, frames)
+        action = jnp.argmax(logits + noise, -1).astype(jnp.int32)
         n = frames.shape[0]
-        parts = [features.reshape(n, -1), action[:, None], logp[:, None], value[:, None]]
+        parts = [features.reshape(n, -1), action[:, None], _log_prob(logits, action)[:, None], value[:, None]]
         as_bytes = [jax.lax.bitcast_convert_type(x, jnp.uint8).reshape(n, -1) for x in parts]
-        return jnp.concatenate(as_bytes, axis=1), key
+        return jnp.concatenate(as_bytes, axis=1)
 
     return packed_step
 
@@ -167,21 +182,22 @@ class Collector:
     scores of finished games) is computed then, once, with whole-array numpy.
     """
 
-    def __init__(self, env, cfg, policy_step, *, num_steps: int, slow_factor: float = 1.0, first_game: int = 0):
+    def __init__(self, env, cfg, apply_fn, *, num_steps: int, slow_factor: float = 1.0, first_game: int = 0):
         self.env = env
-        # This rank's games among all ranks' (every rank holds num_envs of them, in rank order).
+        # This rank's games among all ranks' (every rank holds num_envs of them, in rank order): their
+        # numbers pick their sampling noise (keys.action_noise), as they picked their env seeds.
         self.game_ids = np.arange(first_game, first_game + cfg.env.num_envs, dtype=np.int32)
         self.io = EnvIO(env)
         self.num_envs = cfg.env.num_envs
         self.batch_size = cfg.env_batch_size
         self.num_steps = num_steps
         self.actions = np.asarray(cfg.model.actions, np.int32)
-        self.policy_step = policy_step
-        self.packed_step = make_packed_step(policy_step)
+        self.packed_step = make_packed_step(apply_fn, cfg.model.obs_mode)
         # Small batches of an MLP act in NumPy on the host (host_policy.py: the jitted call's fixed cost
-        # is as large as a game step there); same outputs and the same chain of sampling keys.
-        calls = num_steps * -(-self.num_envs // cfg.env_batch_size) + 1  # policy calls a round can make
-        self.host = HostPolicy(cfg, calls) if use_host_policy(cfg) else None
+        # is as large as a game step there); same outputs from the same noise.
+        self.host = HostPolicy(cfg) if use_host_policy(cfg) else None
+        # The round's Gumbel noise, [row, env, action]: each game's draws (keys.action_noise).
+        self.noise = np.zeros((num_steps, self.num_envs, len(self.actions)), np.float32)
         self.slow_factor = slow_factor
         self.scores = GameScores(self.num_envs)
         self.total_env_steps = 0
@@ -199,17 +215,19 @@ class Collector:
         self.pending: np.ndarray = pending
         self.pending_terminal = np.zeros(self.num_envs, bool)
         self._buffers: bool | None = None
+        shape = jax.eval_shape(PREPROCESSORS[cfg.model.obs_mode], self.pending)
+        self._feature_layout = (tuple(shape.shape[1:]), np.dtype(shape.dtype))  # one env's features
 
-    def lowered_steps(self, params, key) -> list:
+    def lowered_steps(self, params) -> list:
         """The policy steps a round calls, lowered (traced, not compiled): the packed step on every env
-        (the round's first action) and on one envpool batch, and the bootstrap step. Round compiles them
-        first on one rank of a host (comm.host_first); the others then load them from the cache."""
-        steps = []
-        if self.host is None:
-            for rows in sorted({self.num_envs, self.batch_size}):
-                steps.append(self.packed_step.lower(params, self.pending[:rows], key))
-        steps.append(self.policy_step.lower(params, self.pending, key))
-        return steps
+        (the round's first action and the bootstrap features) and on one envpool batch. Round compiles
+        them first on one rank of a host (comm.host_first); the others then load them from the cache."""
+        if self.host is not None:
+            return []
+        return [
+            self.packed_step.lower(params, self.pending[:rows], self.noise[0, :rows])
+            for rows in sorted({self.num_envs, self.batch_size})
+        ]
 
     def _allocate(self, row_bytes: int):
         T, N = self.num_steps, self.num_envs
@@ -220,9 +238,10 @@ class Collector:
         self.truncated = np.zeros((T, N), bool)
         self._buffers = True
 
-    def _act(self, params, key, ids: np.ndarray, rows: np.ndarray, frames: np.ndarray):
+    def _act(self, params, ids: np.ndarray, rows: np.ndarray, frames: np.ndarray) -> None:
+        noise = self.noise[rows, ids]  # each game's draw at its own row
         if self.host is not None:
-            features, action, logp, value = self.host.step(frames)  # the key advances inside self.host
+            features, action, logp, value = self.host.step(frames, noise)
             if self._buffers is None:
                 self._allocate(features[0].nbytes + TAIL_BYTES)
                 self.fields = packed_fields(self.packed_rows, features.shape[1:], features.dtype)
@@ -232,19 +251,19 @@ class Collector:
             fields["logp"][rows, ids] = logp
             fields["value"][rows, ids] = value
         else:
-            packed, key = self.packed_step(params, frames, key)
-            packed = np.asarray(packed)
+            packed = np.asarray(self.packed_step(params, frames, noise))
             action = tail_field(packed, 0)
             if self._buffers is None:
                 self._allocate(packed.shape[1])
             self.packed_rows[rows, ids] = packed
         self.io.send(self.actions[action], ids)
-        return key
 
-    def collect(self, params, key, deadline_s: float | None, until_game_end: bool = False):
+    def collect(self, params, round_key, deadline_s: float | None, until_game_end: bool = False):
         """Play until the deadline (seconds from now; None = none), a full buffer, or (until_game_end)
-        every env finishing a game. Returns (Batch of numpy arrays, RoundInfo, next key)."""
+        every env finishing a game, drawing actions with the noise of `round_key` (keys.round_key).
+        Returns (Batch of numpy arrays, RoundInfo)."""
         T, N = self.num_steps, self.num_envs
+        self.noise = action_noise(round_key, self.game_ids, T, len(self.actions))
         start = time.perf_counter()
         stop_at = None if deadline_s is None else start + deadline_s
         cursor = np.zeros(N, np.int64)
@@ -253,8 +272,8 @@ class Collector:
         first_terminal = self.pending_terminal
         all_ids = np.arange(N, dtype=np.int32)
         if self.host is not None:
-            self.host.start_round(params, key)  # this round's parameters and sampling noise
-        key = self._act(params, key, all_ids, cursor, self.pending)
+            self.host.start_round(params)  # this round's parameters
+        self._act(params, all_ids, cursor, self.pending)
         in_flight = N
         stopping = False
         cut = False
@@ -295,10 +314,10 @@ class Collector:
                         continue
                     ids = np.nonzero(held)[0].astype(np.int32)
                     held[:] = False
-                    key = self._act(params, key, ids, cursor[ids], self.pending[ids])
+                    self._act(params, ids, cursor[ids], self.pending[ids])
                     in_flight += len(ids)
                 continue
-            key = self._act(params, key, ids, rows, obs)  # obs == pending[ids]: no copy
+            self._act(params, ids, rows, obs)  # obs == pending[ids]: no copy
             in_flight += len(ids)
             slow.after_work()
         slow.finish(stop_at)
@@ -315,10 +334,10 @@ class Collector:
         steps = int(cursor.sum())
         self.total_env_steps += steps
         if self.host is not None:
-            key = self.host.key()
             bootstrap = self.host.preprocess(self.pending)
-        else:
-            bootstrap = np.asarray(self.policy_step(params, self.pending, key)[0])
+        else:  # the features of the packed step on every env (the shape the round's first action compiled)
+            packed = np.asarray(self.packed_step(params, self.pending, self.noise[0]))
+            bootstrap = packed_fields(packed, *self._feature_layout)["features"].copy()
         features, actions, logprobs, values = unpack_rows(
             self.packed_rows, bootstrap.shape[1:], bootstrap.dtype, used=int(cursor.max())
         )
@@ -346,4 +365,4 @@ class Collector:
             cut_by_deadline=cut,
             env_wait_s=env_wait,
         )
-        return batch, info, key
+        return batch, info

@@ -35,7 +35,7 @@ from jaxpong.exchange import (
     read_rows,
     record_row,
 )
-from jaxpong.keys import sampling_key
+from jaxpong.keys import round_key, sampling_root
 from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_prepare, sparse_round
 from jaxpong.rollout import Collector, make_policy_step
 from jaxpong.sparse import RoundCells, reuse_length
@@ -115,7 +115,7 @@ def _apply_fn(network):
 
 class Round:
     """The round's machinery on this rank (jitted steps, envs, collector, deadline, watchdog), made once
-    per process, and what this rank carries from one round to the next (its sampling key, games beyond
+    per process, and what this rank carries from one round to the next (games beyond
     a row's room, the agreed layout, the update's compiled list lengths, recent round times)."""
 
     def __init__(self, cfg: Config, comm, network, optimizer, counters: Counters, signals):
@@ -128,19 +128,21 @@ class Round:
         self.noise = noise_scale.NoiseScaleState.zeros()  # the gradient noise scale's running sums, round to round
         self.sparse_input = sparse_update(cfg)[1]
         self.sparse_lengths: set[int] = set()  # list lengths the update has been compiled for
-        # Each rank draws its own actions, from a stream apart from the update's (jaxpong/keys.py).
-        self.sample_key = sampling_key(cfg.run.seed, comm.rank, counters.resume_count)
-        seeds = env_seeds(cfg.run.seed, comm.rank, counters.resume_count, PURPOSE_TRAIN, cfg.env.num_envs)
+        # This rank's games and their draws are numbered among all ranks' games (jaxpong/keys.py): what a
+        # game plays does not depend on which rank steps it.
+        first_game = comm.rank * cfg.env.num_envs
+        self.sampling_root = sampling_root(cfg.run.seed, counters.resume_count)
+        seeds = env_seeds(cfg.run.seed, counters.resume_count, PURPOSE_TRAIN, cfg.env.num_envs, first_game)
         self.env = make_env(cfg, seeds=seeds)
         slow = cfg.dist.slow_factor if cfg.dist.slow_rank == comm.rank else 1.0
         self.deadline = Deadline(cfg.deadline, cfg.dist.deadline_margin, comm.size)
         self.collector = Collector(
             self.env,
             cfg,
-            self.policy_step,
+            apply_fn,
             num_steps=buffer_steps(cfg, self.deadline),
             slow_factor=slow,
-            first_game=comm.rank * cfg.env.num_envs,
+            first_game=first_game,
         )
         self.agreed_layout: Layout | None = None  # made at the first round, when the moments' size is known
         self.game_slots = games_per_row(cfg.env.num_envs, buffer_steps(cfg, self.deadline))
@@ -188,14 +190,17 @@ class Round:
         deadline_s = self.deadline.seconds()
         if self.rounds_here == 0:  # one rank per host compiles the policy steps, the others load them
             self._compile_first(
-                self.collector.lowered_steps(state.params, self.sample_key),
+                self.collector.lowered_steps(state.params),
                 self.hang_limit(counters.update, compiles=True),
                 "the policy step's first compile",
             )
 
         # COLLECT: play until the deadline or a full buffer.
-        batch, info, self.sample_key = self.collector.collect(
-            state.params, self.sample_key, deadline_s, until_game_end=self.deadline.until_game_end
+        batch, info = self.collector.collect(
+            state.params,
+            round_key(self.sampling_root, counters.update),
+            deadline_s,
+            until_game_end=self.deadline.until_game_end,
         )
 
         # PREPARE: the learner's targets and the moments every rank sums.

@@ -18,13 +18,12 @@ import jax
 import numpy as np
 
 from jaxpong import PROCESS_START, batch_rule, noise_scale
-from jaxpong.algorithms import ALGORITHMS
 from jaxpong.between_rounds import Evaluations, clip, eval_due, fmt_return, video_due
 from jaxpong.checkpoint import Checkpoints
 from jaxpong.config import Config, to_dict
 from jaxpong.end_of_run import write_imbalance_report, write_media
 from jaxpong.exchange import agreed_layout, read_rows, record_row
-from jaxpong.learner import lr_fraction, make_optimizer
+from jaxpong.learner import lr_fraction, make_optimizer, metric_names
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
 from jaxpong.report import useful_ranks_line
@@ -70,7 +69,7 @@ class Training:
         wants_sparse, _ = sparse_update(cfg)
         if self.is_main and wants_sparse and cfg.algo.mirror_augment:
             log_line("model.sparse_input is not used with algo.mirror_augment (mirroring flips dense frames)")
-        self.metric_names = ALGORITHMS[cfg.algo.algo].METRICS
+        self.metric_names = metric_names(cfg.algo.algo)
         self.checkpoints = (
             Checkpoints(self.run_dir / "checkpoints", keep=cfg.run.keep_checkpoints) if self.is_main else None
         )

@@ -28,10 +28,10 @@ import numpy as np
 
 from jaxpong import config as config_lib
 from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, make_env
-from jaxpong.host_policy import HostPolicy, SampleNoise
+from jaxpong.host_policy import HostPolicy
 from jaxpong.networks import make_network
 from jaxpong.preprocess import PREPROCESSORS, to_float
-from jaxpong.rollout import TAIL_BYTES, make_packed_step, make_policy_step, packed_fields, tail_field
+from jaxpong.rollout import TAIL_BYTES, make_packed_step, packed_fields, tail_field
 
 
 def _interleaved_us(options: dict, blocks: int = 7, block_s: float = 0.3) -> dict:
@@ -57,7 +57,7 @@ def _interleaved_us(options: dict, blocks: int = 7, block_s: float = 0.3) -> dic
 
 def record_frames(cfg, count: int, rows: int) -> np.ndarray:
     """[count, rows, stack, H, W] frames of real play (random up/down), one env per row, sync."""
-    env = make_env(cfg, seeds=env_seeds(7, 0, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
+    env = make_env(cfg, seeds=env_seeds(7, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
     io = EnvIO(env)
     rng = np.random.default_rng(0)
     env.async_reset()
@@ -75,7 +75,7 @@ def record_frames(cfg, count: int, rows: int) -> np.ndarray:
 
 def raw_env_stepper(cfg, rows: int):
     """(one sync envpool step of `rows` games, send + recv with random actions; the env, to close)."""
-    env = make_env(cfg, seeds=env_seeds(8, 0, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
+    env = make_env(cfg, seeds=env_seeds(8, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
     io = EnvIO(env)
     rng = np.random.default_rng(1)
     env.async_reset()
@@ -92,7 +92,7 @@ def raw_env_stepper(cfg, rows: int):
 def xla_rollout(cfg, network, params, rows: int, steps_per_call: int):
     """(one call of a jitted while-loop over envpool's XLA step and the policy, `steps_per_call` agent steps
     of all `rows` games, the step count a runtime argument as the host would set it each round; the env)."""
-    env = make_env(cfg, seeds=env_seeds(9, 0, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
+    env = make_env(cfg, seeds=env_seeds(9, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
     handle, _, _, step_env = env.xla()
     obs0 = env.reset()[0]
     preprocess = PREPROCESSORS[cfg.model.obs_mode]
@@ -122,12 +122,11 @@ def xla_rollout(cfg, network, params, rows: int, steps_per_call: int):
 
 def measure(cfg, rows: int, with_xla: bool = True) -> dict:
     network = make_network(cfg.model)
-    policy_step = make_policy_step(lambda p, x: network.apply(p, x), cfg.model.obs_mode)
-    packed_step = make_packed_step(policy_step)
+    packed_step = make_packed_step(lambda p, x: network.apply(p, x), cfg.model.obs_mode)
     frames = record_frames(cfg, 200, rows)
     feature = PREPROCESSORS[cfg.model.obs_mode](frames[0])
     params = jax.jit(network.init)(jax.random.PRNGKey(0), to_float(jnp.asarray(feature)))
-    key = jax.random.PRNGKey(1)
+    noise = np.asarray(jax.random.gumbel(jax.random.PRNGKey(1), (rows, len(cfg.model.actions))))
     result = {
         "rows": rows,
         "obs_mode": cfg.model.obs_mode,
@@ -138,24 +137,21 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
     it = iter(range(10**9))
 
     def jit_call():
-        packed, _ = packed_step(params, frames[next(it) % len(frames)], key)
-        packed = np.asarray(packed)
+        packed = np.asarray(packed_step(params, frames[next(it) % len(frames)], noise))
         tail_field(packed, 0)
 
     jit_call()
 
-    compiled = packed_step.lower(params, frames[0], key).compile()
+    compiled = packed_step.lower(params, frames[0], noise).compile()
 
     def aot_call():
-        packed, _ = compiled(params, frames[next(it) % len(frames)], key)
+        packed = compiled(params, frames[next(it) % len(frames)], noise)
         tail_field(np.asarray(packed), 0)
 
     aot_call()
 
-    host = HostPolicy(cfg, calls_per_round=10**4)
-    host.start_round(params, key)
-    host.noise = SampleNoise(len(cfg.model.actions), rows, rows, 10**5)  # every call here has `rows` rows
-    host.noise.start(key)
+    host = HostPolicy(cfg)
+    host.start_round(params)
 
     feature_shape = feature.shape[1:]
     buffer = np.zeros((8, rows, feature[0].nbytes + TAIL_BYTES), np.uint8)  # written as the collector writes
@@ -164,7 +160,7 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
 
     def host_call():
         i = next(it)
-        features, action, logp, value = host.step(frames[i % len(frames)])
+        features, action, logp, value = host.step(frames[i % len(frames)], noise)
         at = np.full(rows, i % 8)
         fields["features"][at, ids] = features
         fields["action"][at, ids] = action
@@ -172,9 +168,8 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
         fields["value"][at, ids] = value
 
     host_call()
-    dense = HostPolicy(cfg, calls_per_round=10**4)
-    dense.start_round(params, key)
-    dense.noise = host.noise
+    dense = HostPolicy(cfg)
+    dense.start_round(params)
 
     def dense_hidden(features):  # the first layer as a dense product, for comparison
         h = features.reshape(features.shape[0], -1).astype(np.float32) @ dense.mlp.kernel
@@ -185,7 +180,7 @@ def measure(cfg, rows: int, with_xla: bool = True) -> dict:
     dense.mlp.hidden = dense_hidden  # type: ignore[method-assign]  # this benchmark's dense twin, on purpose
 
     def dense_call():
-        dense.step(frames[next(it) % len(frames)])
+        dense.step(frames[next(it) % len(frames)], noise)
 
     env_step, env = raw_env_stepper(cfg, rows)
     options = {

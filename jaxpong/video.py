@@ -61,7 +61,7 @@ def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None 
     if policy_step is None:
         policy_step = make_policy_step_for(cfg)
     actions = np.asarray(cfg.model.actions, np.int32)
-    seeds = env_seeds(seed, 0, 0, PURPOSE_VIDEO, 1)
+    seeds = env_seeds(seed, 0, PURPOSE_VIDEO, 1)
     policy_env = make_env(cfg, seeds=seeds, num_envs=1, batch_size=1, num_threads=1)
     colour_env = make_env(cfg, seeds=seeds, num_envs=1, batch_size=1, num_threads=1, rgb=True)
     key = stream_root(seed, STREAM_VIDEO)  # a stream of its own (jaxpong/keys.py)

@@ -11,7 +11,7 @@ from jaxpong.config import Config
 from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
 cfg = Config()
 cfg.env.num_envs, cfg.env.batch_size, cfg.model.obs_mode = 2, "0", "diff64"  # sync: both games each step
-env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, 2))
+env = make_env(cfg, seeds=env_seeds(1, 0, PURPOSE_TRAIN, 2))
 obs, _ = env.reset()
 assert obs.shape == (2, 2, 84, 84), obs.shape
 assert "envpool.atari.registration" in sys.modules
@@ -38,7 +38,7 @@ def test_env_io_fast_path_returns_what_the_public_api_returns():
 
     cfg = Config()
     cfg.env.num_envs, cfg.env.batch_size, cfg.env.num_threads = 4, "0", 1
-    seeds = env_seeds(5, 0, 0, PURPOSE_TRAIN, 4)
+    seeds = env_seeds(5, 0, PURPOSE_TRAIN, 4)
     public, twin = make_env(cfg, seeds=seeds), make_env(cfg, seeds=seeds)
     io = EnvIO(twin)
     assert io.fast, "envpool's layout changed: EnvIO fell back to the public API (slower); update EnvIO.STATE"

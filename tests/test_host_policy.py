@@ -10,10 +10,11 @@ import pytest
 from jaxpong import config as config_lib
 from jaxpong.config import ConfigError
 from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, frame_shape, make_env
-from jaxpong.host_policy import AUTO_MAX_ROWS, HostMLP, HostPolicy, SampleNoise, use_host_policy
+from jaxpong.host_policy import AUTO_MAX_ROWS, HostMLP, HostPolicy, use_host_policy
+from jaxpong.keys import action_noise
 from jaxpong.learner import init_state, make_optimizer
 from jaxpong.networks import make_network
-from jaxpong.rollout import Collector, make_policy_step
+from jaxpong.rollout import Collector, make_packed_step, make_policy_step, packed_fields
 
 SEED = "configs/seed_ppg.yaml"
 # The 2016 MLP (karpathy80, no biases, Bernoulli head, no value head) and the default's kind
@@ -44,7 +45,7 @@ def _sharpen(params, factor: float):
 
 def _frames(cfg, steps: int, rows: int) -> np.ndarray:
     """[steps, rows, ...] frames of real play (random actions), sync envs."""
-    env = make_env(cfg, seeds=env_seeds(5, 0, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
+    env = make_env(cfg, seeds=env_seeds(5, 0, PURPOSE_TRAIN, rows), num_envs=rows, batch_size=rows, num_threads=1)
     io, rng = EnvIO(env), np.random.default_rng(0)
     env.async_reset()
     out = [io.recv()[0].copy()]
@@ -59,25 +60,30 @@ def _frames(cfg, steps: int, rows: int) -> np.ndarray:
 
 @pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("sharpen", [1.0, 3000.0], ids=["init", "sharp"])
-def test_host_step_equals_the_jitted_step_on_the_same_frames_and_keys(case, sharpen):
-    """Call after call from one key: same features, actions and next keys; log-probs and values to rounding."""
+def test_host_step_equals_the_jitted_steps_on_the_same_frames_and_noise(case, sharpen):
+    """Call after call: the host step and the collector's jitted step given the Gumbel noise that the plain
+    step's key draws: same features and actions as both; log-probs and values to rounding."""
     rows = 3
     cfg, net, params = _setup(case, {"env": {"num_envs": rows}})
     params = _sharpen(params, sharpen)
     frames = _frames(cfg, 40, rows)
-    step = make_policy_step(lambda p, x: net.apply(p, x), cfg.model.obs_mode)
-    host = HostPolicy(cfg, calls_per_round=16)  # fewer calls than frames: the noise is drawn again mid-round
+    apply_fn = lambda p, x: net.apply(p, x)  # noqa: E731
+    step = make_policy_step(apply_fn, cfg.model.obs_mode)
+    packed_step = make_packed_step(apply_fn, cfg.model.obs_mode)
+    host = HostPolicy(cfg)
     key = jax.random.PRNGKey(11)
-    host.start_round(params, key)
+    host.start_round(params)
     largest = 0.0
     for t in range(len(frames)):
+        noise = np.asarray(jax.random.gumbel(jax.random.split(key)[1], (rows, len(cfg.model.actions))))
         features, action, logp, value, key = jax.device_get(step(params, frames[t], key))
-        h_features, h_action, h_logp, h_value = host.step(frames[t])
+        h_features, h_action, h_logp, h_value = host.step(frames[t], noise)
         assert h_features.dtype == features.dtype and (h_features == features).all(), t
         assert h_action.dtype == np.int32 and (h_action == action).all(), t
         np.testing.assert_allclose(h_logp, logp, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(h_value, value, rtol=1e-5, atol=1e-6)
-        assert (np.asarray(host.key()) == np.asarray(key)).all(), t
+        packed = np.asarray(packed_step(params, frames[t], noise))
+        assert (packed_fields(packed, features.shape[1:], features.dtype)["action"] == action).all(), t
         largest = max(largest, float(np.abs(host.mlp.forward(h_features)[0]).max()))
     if sharpen > 1:  # the test means something: logits far from 0, so the actions follow them
         assert largest > 3.0
@@ -103,20 +109,17 @@ def test_greedy_action_and_distribution_by_hand():
     np.testing.assert_allclose(logits, np.stack([z, np.zeros(2)], 1), rtol=1e-5, atol=1e-6)
     assert (value == 0).all()
     # The step's log-probabilities: log sigmoid(z) for the first action, log sigmoid(-z) for the second.
-    policy = HostPolicy(cfg, calls_per_round=4)
+    policy = HostPolicy(cfg)
     policy.mlp = mlp
-    policy.noise = SampleNoise(2, 2, 2, 4)
-    policy.noise.start(jax.random.PRNGKey(0))
-    for _ in range(4):
-        action, logp, _ = policy.act(features)
+    for k in range(4):
+        action, logp, _ = policy.act(features, np.asarray(jax.random.gumbel(jax.random.PRNGKey(k), (2, 2))))
         expected = np.where(action == 0, -np.log1p(np.exp(-z)), -np.log1p(np.exp(z)))
         np.testing.assert_allclose(logp, expected, rtol=1e-5)
     # Sampling: argmax(logits + Gumbel noise) picks the first action with probability sigmoid(z).
     n = 20000
-    noise = SampleNoise(2, n, n, 2)
-    noise.start(jax.random.PRNGKey(3))
+    noise = action_noise(jax.random.PRNGKey(3), np.arange(n), 1, 2)[0]  # one row of n games
     fixed = np.tile(np.array([[0.7, 0.0]], np.float32), (n, 1))
-    picked_first = (np.argmax(fixed + noise.take(n), -1) == 0).mean()
+    picked_first = (np.argmax(fixed + noise, -1) == 0).mean()
     p = 1 / (1 + np.exp(-0.7))
     assert abs(picked_first - p) < 4 * np.sqrt(p * (1 - p) / n)
     # Greedy: the argmax of the logits is the action the jitted step picks with greedy=True.
@@ -137,9 +140,8 @@ def _twin_collectors(cfg_path: str | None, overrides: dict):
         cfg = config_lib.build(cfg_path, {**overrides, "model": {**overrides.get("model", {}), "host_policy": choice}})
         net = make_network(cfg.model)
         state = init_state(cfg, net, make_optimizer(cfg), jax.random.PRNGKey(0))
-        env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, cfg.env.num_envs))
-        step = make_policy_step(lambda p, x, net=net: net.apply(p, x), cfg.model.obs_mode)
-        collector = Collector(env, cfg, step, num_steps=cfg.algo.num_steps)
+        env = make_env(cfg, seeds=env_seeds(1, 0, PURPOSE_TRAIN, cfg.env.num_envs))
+        collector = Collector(env, cfg, lambda p, x, net=net: net.apply(p, x), num_steps=cfg.algo.num_steps)
         assert (collector.host is not None) == (choice == "on")
         out.append((collector, state, net, cfg))
     return out
@@ -148,17 +150,16 @@ def _twin_collectors(cfg_path: str | None, overrides: dict):
 def test_collector_host_path_matches_the_jitted_path_and_follows_parameter_updates():
     """The 2016 setup on twin games: each round the host path acts with the parameters it is given (the
     trainer passes the updated ones every round), so both collectors play the same games, store the
-    same batch and return the same key, before and after a real update of the parameters."""
+    same batch, before and after a real update of the parameters."""
     (host, state, net, cfg), (jitted, _, _, _) = _twin_collectors(SEED, {"algo": {"num_steps": 60}})
     params = state.params
     optimizer = make_optimizer(cfg)
     opt_state = optimizer.init(params)
-    key_h = key_j = jax.random.PRNGKey(4)
+    root = jax.random.PRNGKey(4)
     seen_kernels = []
-    for _ in range(3):
-        batch_h, info_h, key_h = host.collect(params, key_h, deadline_s=None)
-        batch_j, info_j, key_j = jitted.collect(params, key_j, deadline_s=None)
-        assert (np.asarray(key_h) == np.asarray(key_j)).all()
+    for r in range(3):
+        batch_h, info_h = host.collect(params, jax.random.fold_in(root, r), deadline_s=None)
+        batch_j, info_j = jitted.collect(params, jax.random.fold_in(root, r), deadline_s=None)
         assert (batch_h.features == batch_j.features).all() and (batch_h.actions == batch_j.actions).all()
         assert (batch_h.rewards == batch_j.rewards).all() and (batch_h.valid == batch_j.valid).all()
         assert (batch_h.bootstrap_features == batch_j.bootstrap_features).all()
@@ -188,11 +189,11 @@ def test_host_path_in_async_mode():
     )
     net = make_network(cfg.model)
     state = init_state(cfg, net, make_optimizer(cfg), jax.random.PRNGKey(0))
-    env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, 4))
-    collector = Collector(env, cfg, make_policy_step(lambda p, x: net.apply(p, x), cfg.model.obs_mode), num_steps=20)
+    env = make_env(cfg, seeds=env_seeds(1, 0, PURPOSE_TRAIN, 4))
+    collector = Collector(env, cfg, lambda p, x: net.apply(p, x), num_steps=20)
     key = jax.random.PRNGKey(0)
-    for _ in range(2):
-        batch, info, key = collector.collect(state.params, key, deadline_s=None)
+    for r in range(2):
+        batch, info = collector.collect(state.params, jax.random.fold_in(key, r), deadline_s=None)
         filled = np.asarray(batch.filled)
         assert filled.sum(0).max() == 20 and info.filled_steps == filled.sum()
         assert set(np.unique(batch.actions[filled])) <= {0, 1}

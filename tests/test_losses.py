@@ -344,3 +344,25 @@ def test_a_stale_log_probability_in_a_masked_sample_cannot_poison_the_update():
     np.testing.assert_allclose(np.asarray(metrics), np.asarray(metrics_ref), rtol=1e-6)
     for k in PARAMS:
         np.testing.assert_allclose(float(grads[k]), float(grads_ref[k]), rtol=1e-6)
+
+
+def test_quarter_means_of_the_rounds_optimizer_steps_by_hand():
+    """charts/approx_kl_early and _late: the metric sums of the first and last quarter of a round's steps,
+    divided by those steps' valid counts (8 steps: steps 0-1 and 6-7)."""
+    from jaxpong.learner import _quarter_means, metric_names
+
+    sums = np.zeros((8, 5), np.float32)
+    sums[:, 3] = [1, 2, 0, 0, 0, 0, 6, 10]  # approx_kl sums per step
+    sums[:, 4] = [0, 4, 9, 9, 9, 9, 3, 5]  # clipfrac sums per step
+    counts = jnp.asarray([10, 30, 1, 1, 1, 1, 20, 20], jnp.float32)
+    out = np.asarray(_quarter_means(jnp.asarray(sums), counts, [3, 4]))
+    np.testing.assert_allclose(out, [3 / 40, 4 / 40, 16 / 40, 8 / 40], rtol=1e-6)
+    two_steps = np.asarray(_quarter_means(jnp.asarray(sums[:2]), counts[:2], [3]))  # a quarter is 1 step
+    np.testing.assert_allclose(two_steps, [1 / 10, 2 / 30], rtol=1e-6)
+    assert metric_names("ppo")[5:] == (
+        "charts/approx_kl_early",
+        "charts/clipfrac_early",
+        "charts/approx_kl_late",
+        "charts/clipfrac_late",
+    )
+    assert metric_names("pg") == pg.METRICS

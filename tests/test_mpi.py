@@ -46,6 +46,45 @@ def test_two_ranks_update_like_one_process_on_the_training_path(path):
         assert f"OK {name}" in proc.stdout
 
 
+def _same_games_run(run_dir: Path, ranks: int) -> tuple[list[dict], list[dict]]:
+    """The smoke config (8 sync games, no deadline) on `ranks` ranks sharing its games: (metrics, games)."""
+    args = [sys.executable, "-m", "jaxpong", "train", "--config", "configs/smoke.yaml", "--run-dir", str(run_dir)]
+    args += ["--min-rank-games", "4", "--deadline-s", "0", "--num-threads", "1", "--tensorboard", "false"]
+    args += ["--seed", "5", "--total-steps", "6144"]  # 24 rounds of 256 steps
+    if ranks == 1:
+        env = dict(os.environ, JAXPONG_COMPILE_CACHE=str(Path("/tmp") / "jaxpong-test-cache"))
+        proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    else:
+        proc = _mpirun(args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if ranks > 1:
+        assert "share_games: 2 ranks share 8 games, 4 each" in proc.stderr
+    read = lambda name: [json.loads(l) for l in (run_dir / name).read_text().splitlines()]  # noqa: E731
+    return read("metrics.jsonl"), read("games.jsonl")
+
+
+def test_two_ranks_play_and_learn_like_one_process_with_the_same_games(tmp_path):
+    """End to end: games are seeded and their actions drawn by game number, not by rank, so 2 ranks with 4
+    games each and 1 process with all 8 (sync envs, no deadline) play the same rounds and make the same
+    updates: the same samples and rewards every round, the same finished games, and the same losses to
+    float rounding (the allreduce sums in another order)."""
+    one, one_games = _same_games_run(tmp_path / "one", 1)
+    two, two_games = _same_games_run(tmp_path / "two", 2)
+    assert len(one) == len(two) == 24
+    for a, b in zip(one, two):
+        for key in ("update", "step", "charts/env_steps", "charts/episodes", "charts/window_reward"):
+            assert a[key] == b[key], (a["update"], key, a[key], b[key])
+        for key in ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (a["update"], key)
+    assert len(one_games) >= 2  # the test means something: games finished, on both ranks
+    assert {g["rank"] for g in two_games} == {0, 1}
+
+    def games(rows):
+        return sorted((g["update"], g["step"], g["return"], g["length"]) for g in rows)
+
+    assert games(one_games) == games(two_games)
+
+
 @pytest.fixture(scope="module")
 def slow_rank_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("mpi") / "run"

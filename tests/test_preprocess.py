@@ -157,7 +157,7 @@ def test_real_pong_frames(obs_mode, out_shape):
     cfg = Config()
     cfg.model.obs_mode = obs_mode
     cfg.env.num_envs, cfg.env.batch_size = 2, "0"  # sync: both games each step
-    env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, 2), num_threads=1)
+    env = make_env(cfg, seeds=env_seeds(1, 0, PURPOSE_TRAIN, 2), num_threads=1)
     try:
         obs, _ = env.reset()
         fn = jax.jit(preprocess.PREPROCESSORS[obs_mode])

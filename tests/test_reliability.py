@@ -366,12 +366,17 @@ def test_random_streams_never_share_a_key():
         assert _key_id(next_key) == _key_id(carried)  # the learner derives its keys as modelled here
         used["update"] += [key, perm, *jax.random.split(perm, epochs)]
         key = next_key
-    used["sampling"] = [
-        k
-        for r in range(ranks)
-        for c in range(resumes)
-        for k in [keys.sampling_key(seed, r, c), *_chain(keys.sampling_key(seed, r, c), 3)]
-    ]
+    # Sampling: per resume, round, game (numbered across ranks) and row (keys.action_noise's path).
+    used["sampling"] = []
+    for c in range(resumes):
+        root = keys.sampling_root(seed, c)
+        used["sampling"].append(root)
+        for u in range(3):
+            round_key = keys.round_key(root, u)
+            used["sampling"].append(round_key)
+            for g in range(ranks):
+                game_key = jax.random.fold_in(round_key, g)
+                used["sampling"] += [game_key, *(jax.random.fold_in(game_key, r) for r in range(4))]
     used["eval"] = [keys.stream_root(seed, keys.STREAM_EVAL), *_chain(keys.stream_root(seed, keys.STREAM_EVAL), 3)]
     used["video"] = [keys.stream_root(seed, keys.STREAM_VIDEO), *_chain(keys.stream_root(seed, keys.STREAM_VIDEO), 3)]
     owner: dict = {}

@@ -26,9 +26,8 @@ def _collector(num_envs: int, batch_size: int, num_steps: int, slow_factor: floa
     )
     net = make_network(cfg.model)
     state = init_state(cfg, net, make_optimizer(cfg), jax.random.PRNGKey(0))
-    env = make_env(cfg, seeds=env_seeds(1, 0, 0, PURPOSE_TRAIN, num_envs))
-    step = make_policy_step(lambda p, x: net.apply(p, x), cfg.model.obs_mode)
-    return Collector(env, cfg, step, num_steps=num_steps, slow_factor=slow_factor), state
+    env = make_env(cfg, seeds=env_seeds(1, 0, PURPOSE_TRAIN, num_envs))
+    return Collector(env, cfg, lambda p, x: net.apply(p, x), num_steps=num_steps, slow_factor=slow_factor), state
 
 
 def _is_prefix(mask: np.ndarray) -> bool:
@@ -41,8 +40,8 @@ def _is_prefix(mask: np.ndarray) -> bool:
 def test_a_round_fills_prefixes_and_stops_at_a_full_buffer(num_envs, batch_size):
     collector, state = _collector(num_envs, batch_size, num_steps=24)
     key = jax.random.PRNGKey(1)
-    for _ in range(3):  # rounds follow each other without resetting the games
-        batch, info, key = collector.collect(state.params, key, deadline_s=None)
+    for r in range(3):  # rounds follow each other without resetting the games
+        batch, info = collector.collect(state.params, jax.random.fold_in(key, r), deadline_s=None)
         filled = np.asarray(batch.filled)
         assert filled.shape == (24, num_envs)
         assert _is_prefix(filled)
@@ -64,7 +63,7 @@ def test_deadline_cuts_the_round():
     key = jax.random.PRNGKey(2)
     collector.collect(state.params, key, deadline_s=None)  # compile the policy step outside the clock
     start = time.perf_counter()
-    batch, info, key = collector.collect(state.params, key, deadline_s=0.05)
+    batch, info = collector.collect(state.params, key, deadline_s=0.05)
     took = time.perf_counter() - start
     assert info.cut_by_deadline and 0 < info.filled_steps < 4 * 400
     assert took < 1.0
@@ -76,9 +75,10 @@ def test_unfilled_rows_hold_zeros_not_an_earlier_rounds_steps():
     actions, log-probabilities, values), while the filled rows keep what was played."""
     collector, state = _collector(4, 4, num_steps=64)
     key = jax.random.PRNGKey(3)
-    full, _, key = collector.collect(state.params, key, deadline_s=None)
+    full, _ = collector.collect(state.params, key, deadline_s=None)
     assert np.asarray(full.filled).all() and (np.asarray(full.logprobs) < 0).all()  # every row written
-    cut, info, key = collector.collect(state.params, key, deadline_s=0.0)  # stops after the first batch
+    # deadline 0: the round stops after its first batch
+    cut, info = collector.collect(state.params, jax.random.fold_in(key, 1), deadline_s=0.0)
     filled = np.asarray(cut.filled)
     assert info.cut_by_deadline and 0 < filled.sum() < filled.size
     for name in ("features", "actions", "logprobs", "values"):
@@ -101,7 +101,7 @@ def test_slow_factor_divides_the_steps_per_second(num_envs, batch_size):
         c.collect(state.params, key, deadline_s=None)  # compiles this collector's policy step
     for _ in range(3):
         for f, (c, state) in collectors.items():
-            _, info, _ = c.collect(state.params, key, deadline_s=0.3)
+            _, info = c.collect(state.params, key, deadline_s=0.3)
             assert info.cut_by_deadline and info.collect_s < 0.3 + 0.2  # a stall never outlasts the deadline
             rates[f].append(info.filled_steps / info.collect_s)
     for c, _ in collectors.values():
@@ -112,7 +112,8 @@ def test_slow_factor_divides_the_steps_per_second(num_envs, batch_size):
 
 @pytest.mark.parametrize("obs_mode, frames_shape", [("pool32", (2, 84, 84)), ("stack84", (4, 84, 84))])
 def test_packed_step_unpacks_to_the_plain_steps_outputs(obs_mode, frames_shape):
-    """The collector's one-transfer step carries exactly what the plain policy step returns."""
+    """The collector's one-transfer step carries exactly what the plain policy step returns, given the
+    Gumbel noise that jax.random.categorical draws from the plain step's key."""
     from jaxpong.rollout import make_packed_step, unpack_rows
 
     network = "mlp" if obs_mode == "pool32" else "small_cnn"
@@ -122,14 +123,15 @@ def test_packed_step_unpacks_to_the_plain_steps_outputs(obs_mode, frames_shape):
     step = make_policy_step(lambda p, x: net.apply(p, x), obs_mode)
     frames = np.random.default_rng(3).integers(0, 256, size=(5,) + frames_shape).astype(np.uint8)
     key = jax.random.PRNGKey(7)
-    features, action, logp, value, key_plain = jax.device_get(step(params, frames, key))
-    packed, key_packed = make_packed_step(step)(params, frames, key)
+    features, action, logp, value, _ = jax.device_get(step(params, frames, key))
+    _, sub = jax.random.split(key)
+    noise = jax.random.gumbel(sub, (5, len(cfg.model.actions)))
+    packed = make_packed_step(lambda p, x: net.apply(p, x), obs_mode)(params, frames, noise)
     rows = np.stack([np.asarray(packed)] * 2)  # [T=2, N=5, bytes], as the collector's buffer
     f, a, l, v = unpack_rows(rows, features.shape[1:], features.dtype)
     assert f.dtype == features.dtype and (f[1] == features).all()
     assert a.dtype == np.int32 and (a[0] == action).all()
     assert (l[1] == logp).all() and (v[0] == value).all()
-    assert (np.asarray(key_packed) == np.asarray(key_plain)).all()
 
 
 @pytest.mark.parametrize("num_steps, rounds", [(150, 8), (2, 600)], ids=["long-rounds", "2-step-rounds"])
@@ -145,8 +147,8 @@ def test_valid_masks_and_game_scores_follow_the_games_across_rounds(num_steps, r
     after_end = np.zeros(4, bool)  # the env's next step is envpool's reset of a finished game
     expected_games = []
     games = []
-    for _ in range(rounds):  # 1,200 steps per env: a random player loses a game in about 800
-        batch, info, key = collector.collect(state.params, key, deadline_s=None)
+    for r in range(rounds):  # 1,200 steps per env: a random player loses a game in about 800
+        batch, info = collector.collect(state.params, jax.random.fold_in(key, r), deadline_s=None)
         filled, valid = np.asarray(batch.filled), np.asarray(batch.valid)
         dones, rewards = np.asarray(batch.dones), np.asarray(batch.rewards)
         assert filled.all()

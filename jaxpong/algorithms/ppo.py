@@ -13,6 +13,9 @@ from jaxpong.algorithms.returns import gae, masked_moments, moments_to_mean_std
 from jaxpong.preprocess import to_float
 
 METRICS = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac")
+# Also logged for the first and the last quarter of a round's optimizer steps (charts/approx_kl_early,
+# charts/approx_kl_late, ...): how far the update has moved from the policy that played by the time it ends.
+PHASE_METRICS = ("losses/approx_kl", "losses/clipfrac")
 
 
 def prepare(apply_fn, params, batch, cfg):

@@ -77,8 +77,8 @@ if rank == 0:
     # Two rounds of play: the first from the games' start, the second (cut by a deadline, so its rows are
     # padded) is the one both sides learn from.
     key = jax.random.PRNGKey(11)
-    _, _, key = ref_round.collector.collect(state.params, key, None)
-    batch, info, _ = ref_round.collector.collect(state.params, key, 0.25)
+    ref_round.collector.collect(state.params, jax.random.fold_in(key, 0), None)
+    batch, info = ref_round.collector.collect(state.params, jax.random.fold_in(key, 1), 0.25)
     if batch.filled.shape[0] != 80:
         fail(f"a deadline round has the headroom's 80 rows, not {batch.filled.shape[0]}")
     padded = 1.0 - batch.filled.mean()
