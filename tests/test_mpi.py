@@ -50,7 +50,7 @@ def _same_games_run(run_dir: Path, ranks: int) -> tuple[list[dict], list[dict]]:
     """The smoke config (8 sync games, no deadline) on `ranks` ranks sharing its games: (metrics, games)."""
     args = [sys.executable, "-m", "jaxpong", "train", "--config", "configs/smoke.yaml", "--run-dir", str(run_dir)]
     args += ["--min-rank-games", "4", "--deadline-s", "0", "--num-threads", "1", "--tensorboard", "false"]
-    args += ["--seed", "5", "--total-steps", "6144"]  # 24 rounds of 256 steps
+    args += ["--seed", "5", "--total-steps", "12288"]  # 48 rounds of 256 steps, 1,536 a game: games finish
     if ranks == 1:
         env = dict(os.environ, JAXPONG_COMPILE_CACHE=str(Path("/tmp") / "jaxpong-test-cache"))
         proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -70,7 +70,7 @@ def test_two_ranks_play_and_learn_like_one_process_with_the_same_games(tmp_path)
     float rounding (the allreduce sums in another order)."""
     one, one_games = _same_games_run(tmp_path / "one", 1)
     two, two_games = _same_games_run(tmp_path / "two", 2)
-    assert len(one) == len(two) == 24
+    assert len(one) == len(two) >= 48  # a reset step after a finished game is not a valid sample
     for a, b in zip(one, two):
         for key in ("update", "step", "charts/env_steps", "charts/episodes", "charts/window_reward"):
             assert a[key] == b[key], (a["update"], key, a[key], b[key])
