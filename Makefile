@@ -50,10 +50,15 @@ train: install
 # make test leaves out the tests marked `scale` (16 ranks oversubscribed on 2 cores) and `slow` (long end-to-end
 # checks), to stay within 15 minutes on 2 cores; make test-scale and make test-slow run those.
 test: install
-	$(PY) -m pytest -q -m "not scale and not slow" --durations=25 tests $(ARGS)
+	$(PY) -m pytest -q -m "not scale and not slow and not multihost" --durations=25 tests $(ARGS)
 
 test-slow: install
 	$(PY) -m pytest -q -m slow --durations=25 tests $(ARGS)
+
+# Ranks on 2 hosts made of network namespaces (root): training over MPI's network module, a link down and
+# up again, a partition (tests/multihost/).
+test-multihost: install
+	$(PY) -m pytest -q -m multihost tests/multihost $(ARGS)
 
 test-scale: install
 	$(PY) -m pytest -q -m scale tests $(ARGS)

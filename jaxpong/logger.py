@@ -87,6 +87,7 @@ class RunLogger:
 
     def _open(self, run_dir, tensorboard, resume_update, resume_step) -> None:
         self.run_dir = Path(run_dir)
+        self.hosts: list[str] | None = None  # each rank's host (set by the trainer of a multi-rank run)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ranks_path = self.run_dir / "ranks.jsonl"
         if resume_update is not None:
@@ -187,6 +188,10 @@ class RunLogger:
             self._write("games", self.games_path, lambda: _append_lines(self.games_file, games))
 
     def log_ranks(self, records: list[dict]) -> None:
+        """One line per rank per round; with `hosts` (rank 0's gather of the ranks' host names) each line
+        also names the rank's host."""
+        if self.hosts:
+            records = [{**r, "host": self.hosts[r["rank"]]} if 0 <= r["rank"] < len(self.hosts) else r for r in records]
         self._write("per-rank timings", self.ranks_path, lambda: _append_lines(self.ranks_file, records))
 
     def close(self) -> None:

@@ -44,7 +44,7 @@ import json
 import math
 import textwrap
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
@@ -154,6 +154,7 @@ class Rounds:
     valid: np.ndarray
     masked: np.ndarray
     cut: np.ndarray
+    hosts: dict = field(default_factory=dict)  # rank -> the host it ran on (records from before: none)
 
     @property
     def has_prepare(self) -> bool:
@@ -188,9 +189,13 @@ class _Columns:
 
     def __init__(self) -> None:
         self.chunks: dict[str, list[np.ndarray]] = {k: [] for k in (*REQUIRED, *OPTIONAL)}
+        self.hosts: dict[int, str] = {}
 
     def extend(self, records: list) -> None:
         records = [r for r in records if type(r) is dict]
+        for r in records:
+            if isinstance(r.get("host"), str) and isinstance(r.get("rank"), int):
+                self.hosts[r["rank"]] = r["host"]
         columns = {k: _floats([r.get(k) for r in records]) for k in self.chunks}
         keep = np.ones(len(records), bool)
         for key in REQUIRED:  # a record without every needed number is not a round
@@ -246,6 +251,7 @@ class _Columns:
             valid=matrix("valid_samples", 0.0),
             masked=matrix("masked_samples", 0.0),
             cut=matrix("cut_by_deadline", 0.0) > 0,
+            hosts=dict(self.hosts),
         )
 
 
@@ -298,6 +304,7 @@ class RankStats:
     masked_fraction: float
     last_arrivals: int  # rounds in which this rank was the last to reach the gather
     cut_rounds: int  # rounds the deadline cut this rank's collection
+    host: str = ""  # where it ran ("" where the records do not say)
 
     @property
     def collect_speed(self) -> float:
@@ -352,6 +359,7 @@ def rank_stats(records) -> list[RankStats]:
                 masked_fraction=m / (v + m) if v + m else 0.0,
                 last_arrivals=int(last[i]),
                 cut_rounds=int(cut[i]),
+                host=rounds.hosts.get(int(rounds.ranks[i]), ""),
             )
         )
     return out
@@ -511,7 +519,22 @@ def finding(stats: list[RankStats]) -> str:
             " Its collection is not slower: rank 0's own host work between rounds"
             " (logging, checkpoints, evaluations) delays it."
         )
-    return text + slow_txt + masked_txt
+    return text + host_text(late, stats) + slow_txt + masked_txt
+
+
+def host_text(late: list[RankStats], stats: list[RankStats]) -> str:
+    """Where the late senders ran, when the ranks ran on more than one host: a late host shows as a host."""
+    hosts = {s.rank: s.host for s in stats if s.host}
+    if len(set(hosts.values())) < 2 or not late:
+        return ""
+    late_ranks = {s.rank for s in late}
+    parts = []
+    for host in sorted({hosts[s.rank] for s in late if s.rank in hosts}):
+        on_host = sorted(r for r, h in hosts.items() if h == host)
+        mine = [r for r in on_host if r in late_ranks]
+        whole = " (all of its ranks)" if len(mine) == len(on_host) else f" ({len(mine)} of its {len(on_host)} ranks)"
+        parts.append(f"host {host}: rank{'s' if len(mine) > 1 else ''} {_and([str(r) for r in mine])}{whole}")
+    return f" By host: {'; '.join(parts)}."
 
 
 def useful_ranks_line(noise_scale: float, samples_per_step: float, ranks: int, cfg: Config) -> str | None:
@@ -560,6 +583,9 @@ def table(stats: list[RankStats], limit: int | None = None) -> str:
         f"{'rank':>4}  {'rounds':>6}  {'collect s':>9}  {'compute s':>9}  {'wait s':>8}  {'wait %':>6}  "
         f"{'valid':>9}  {'masked':>8}  {'masked %':>8}  {'last':>5}  {'last %':>6}  {'cut':>5}"
     )
+    with_hosts = any(s.host for s in stats)
+    if with_hosts:
+        head += f"  {'host':<12}"
     shown = stats
     if limit is not None and len(stats) > limit:
         shown = sorted(stats, key=lambda s: (-s.last_arrivals, s.wait_fraction, s.rank))[:limit]
@@ -570,6 +596,7 @@ def table(stats: list[RankStats], limit: int | None = None) -> str:
             f"{100 * s.wait_fraction:>6.1f}  {s.valid_samples:>9,}  {s.masked_samples:>8,}  "
             f"{100 * s.masked_fraction:>8.1f}  {s.last_arrivals:>5}  "
             f"{100 * s.last_arrivals / max(s.rounds, 1):>6.1f}  {s.cut_rounds:>5}"
+            + (f"  {s.host:<12}" if with_hosts else "")
         )
     if shown is not stats:
         waits = np.array([s.wait_fraction for s in stats])
@@ -593,6 +620,7 @@ def _stat_json(s: RankStats) -> dict:
         "wait_s": round(s.wait_s, 6),
         "valid_samples": s.valid_samples,
         "masked_samples": s.masked_samples,
+        **({"host": s.host} if s.host else {}),
     }
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import gc
+import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -81,6 +82,8 @@ class Training:
         for line in rule_lines if self.is_main else []:
             log_line(line)
         self.round = Round(round_cfg, comm, network, optimizer, self.counters, self.signals)
+        # Each rank's host, for ranks.jsonl and the report (a late host shows as a host, not only as ranks).
+        hosts = comm.gather_to_root(socket.gethostname()) if comm.size > 1 else None
         self.logger = (
             RunLogger(
                 self.run_dir,
@@ -91,6 +94,8 @@ class Training:
             if self.is_main
             else None
         )
+        if self.logger is not None:
+            self.logger.hosts = hosts
         self.evaluations = Evaluations(cfg, self.run_dir, self.round.policy_step) if self.is_main else None
         self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
         self.rank_totals: dict[int, np.ndarray] = collections.defaultdict(

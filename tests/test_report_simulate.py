@@ -433,3 +433,35 @@ def test_real_two_rank_run_with_a_slow_rank(tmp_path):
     measured = sim.measured_from_run(run)
     out = sim.simulate(measured, "steps", ranks=2, rounds=300)
     assert out.rank_wait_fraction[0] > out.rank_wait_fraction[1]
+
+
+def test_the_late_senders_host_by_hand():
+    """Records that name hosts: the finding says on which host the late senders ran (here all of host b's
+    ranks), the table gains a host column; records of one host, or without hosts, say nothing of hosts."""
+    records = []
+    for update in range(1, 12):
+        for rank in range(4):
+            late = rank >= 2  # host b's ranks arrive last: they wait least
+            records.append(
+                {
+                    "update": update,
+                    "rank": rank,
+                    "start_s": 0.0,
+                    "collect_s": 0.3 if late else 0.1,
+                    "compute_s": 0.05,
+                    "wait_s": (0.001 if (rank + update) % 2 else 0.002) if late else 0.2,  # 2 and 3 take turns last
+                    "valid_samples": 100,
+                    "masked_samples": 0,
+                    "cut_by_deadline": False,
+                    "host": "a" if rank < 2 else "b",
+                }
+            )
+    stats = report_lib.rank_stats(records)
+    assert [s.host for s in stats] == ["a", "a", "b", "b"]
+    text = report_lib.finding(stats)
+    assert "By host: host b: ranks 2 and 3 (all of its ranks)." in text, text
+    assert report_lib.table(stats).splitlines()[0].split()[-1] == "host"
+    one_host = [{**r, "host": "a"} for r in records]
+    assert "By host" not in report_lib.finding(report_lib.rank_stats(one_host))
+    no_host = [{k: v for k, v in r.items() if k != "host"} for r in records]
+    assert "host" not in report_lib.table(report_lib.rank_stats(no_host))
