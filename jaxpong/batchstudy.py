@@ -6,7 +6,7 @@ gradients), so the learning side of scaling is measured here in one process: the
 the machine is, so these runs may share a machine; their seconds are reported but not compared.
 
 The study is resumable: every finished run appends one line to OUT/results.jsonl, and a rerun skips
-the (rule, scale, seed) triples already there. A run stops at its target return (+20 unless --target says
+the (rule, scale, seed) triples already there. A run stops at its target return (+20 unless --target-return says
 otherwise); a milestone above a run's target was not measured by that run and is left out of that
 milestone's median, where a milestone the run missed counts as infinitely slow. --jobs N trains N runs at
 once: agent steps do not depend on the machine's speed. On 2 cores it bought little: a 2x and a 4x run
@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxpong import batch_rule
 from jaxpong.config import ConfigError, build
-from jaxpong.learnbench import MILESTONES, milestones_from_games, read_jsonl, train_argv
+from jaxpong.learnbench import MILESTONES, read_jsonl, run_outcome, train_argv
 
 STUDY_MILESTONES = ("0", "18", "20")
 
@@ -129,17 +129,15 @@ def plot(results: list[dict], out: Path) -> None:
 
 def _row(rule: str, scale: int, seed: int, games: int, run_dir: Path, max_steps: int, target: float) -> dict:
     """The results line of one finished run, read from its games.jsonl and metrics.jsonl."""
-    played = read_jsonl(run_dir / "games.jsonl")
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
-    reached = milestones_from_games(played)
+    outcome = run_outcome(run_dir)
     return {
         "rule": rule,
         "scale": scale,
         "seed": seed,
         "games": games,
-        "milestones": {m: reached[m] for m in map(str, MILESTONES)},
-        "steps": metrics[-1]["step"] if metrics else 0,
-        "time_s": metrics[-1]["time_s"] if metrics else 0.0,
+        "milestones": {m: outcome["milestones"][m] for m in map(str, MILESTONES)},
+        "steps": outcome["steps"],
+        "time_s": outcome["time_s"],
         "max_steps": max_steps,
         "target": target,
     }
@@ -247,9 +245,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scales", default="1,2,4,8,16", help="k: the multiples of the config's games")
     p.add_argument("--seeds", default="1,2,3", help="the seeds each scale trains")
     p.add_argument("--rules", default="minibatch", help="batch rules to compare: minibatch, none, or both")
-    p.add_argument("--max-steps", type=int, default=3_000_000, help="agent steps after which a run stops")
+    p.add_argument(
+        "--total-steps", dest="max_steps", type=int, default=3_000_000, help="agent steps after which a run stops"
+    )
     p.add_argument("--out", default="runs/batch_study", help="folder of the runs, results.jsonl and table.md")
-    p.add_argument("--target", type=float, default=20, help="stop each run at this last-20 mean return")
+    p.add_argument(
+        "--target-return", dest="target", type=float, default=20, help="stop each run at this last-20 mean return"
+    )
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
     a, extra = p.parse_known_args(argv)
     try:
@@ -258,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         if bad := [r for r in rules if r not in ("minibatch", "none")]:
             raise ConfigError(f"--rules: {','.join(bad)} unknown; use minibatch, none or minibatch,none")
         if a.jobs < 1 or a.max_steps < 1:
-            raise ConfigError("--jobs and --max-steps must be at least 1")
+            raise ConfigError("--jobs and --total-steps must be at least 1")
         return batch_study(
             a.config,
             scales=scales,

@@ -86,6 +86,29 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
+def run_outcome(run_dir: Path) -> dict:
+    """What one finished training run reached, from its games.jsonl and metrics.jsonl: milestones (steps and
+    seconds), agent steps and seconds at the end, steps/s, full games, last-20 and best last-20 means, and
+    the games themselves ("played"). The one reader of a run's learning for every benchmark and study."""
+    games = read_jsonl(run_dir / "games.jsonl")
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    sps = (
+        (metrics[-1]["step"] - metrics[0]["step"]) / max(metrics[-1]["time_s"] - metrics[0]["time_s"], 1e-9)
+        if len(metrics) > 1
+        else 0.0
+    )
+    return {
+        "milestones": milestones_from_games(games),
+        "steps": metrics[-1]["step"] if metrics else 0,
+        "time_s": metrics[-1]["time_s"] if metrics else 0.0,
+        "sps": sps,
+        "games": len(games),
+        "final_return": float(np.mean([g["return"] for g in games[-WINDOW:]])) if games else None,
+        "best_return": best_mean(games),
+        "played": games,
+    }
+
+
 def _plot(per_seed_runs: list[tuple[int, list[dict]]], out: Path, title: str) -> None:
     import matplotlib
 
@@ -156,16 +179,9 @@ def _train_seed(
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"seed {seed}: training failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
-    games = read_jsonl(seed_dir / "games.jsonl")
-    metrics = read_jsonl(seed_dir / "metrics.jsonl")
-    reached = milestones_from_games(games)
-    sps = (
-        (metrics[-1]["step"] - metrics[0]["step"]) / max(metrics[-1]["time_s"] - metrics[0]["time_s"], 1e-9)
-        if len(metrics) > 1
-        else 0.0
-    )
-    final = float(np.mean([g["return"] for g in games[-WINDOW:]])) if games else None
-    best = best_mean(games)
+    outcome = run_outcome(seed_dir)
+    games, reached, sps = outcome["played"], outcome["milestones"], outcome["sps"]
+    final, best = outcome["final_return"], outcome["best_return"]
     greedy = None
     if greedy_games > 0:
         ev = subprocess.run(
@@ -181,7 +197,7 @@ def _train_seed(
         "final_return": final,
         "best_return": best,
         "games": len(games),
-        "steps": metrics[-1]["step"] if metrics else 0,
+        "steps": outcome["steps"],
         "greedy_mean": greedy["mean_return"] if greedy else None,
         "greedy_returns": greedy["returns"] if greedy else None,
         # A greedy policy can rally with the built-in opponent until envpool truncates the game:

@@ -209,8 +209,7 @@ def run(
     out: str | None = None,
 ) -> int:
     """`jaxpong simulate --predict STUDY_DIR --from RUN_DIR`: the table, PNG and JSON of predicted times."""
-    from jaxpong import config as config_lib
-    from jaxpong import rundir, simulate
+    from jaxpong import simulate
     from jaxpong.learnbench import read_jsonl
 
     study = Path(study_dir) / "results.jsonl"
@@ -219,7 +218,7 @@ def run(
             f"--predict {study_dir!r}: no results.jsonl there; run python -m jaxpong.batchstudy --out DIR"
         )
     run_dir = Path(from_dir)
-    cfg = config_lib.validate(config_lib.from_dict(rundir.read_config(run_dir), f"{run_dir}/config.yaml"))
+    cfg = Config.from_run(run_dir)
     # The study's runs pass the rule's minibatch counts explicitly (--batch-rule none): predict with the rule itself.
     cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))
     measured = simulate.measured_from_run(run_dir)

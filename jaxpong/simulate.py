@@ -69,7 +69,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.config import ConfigError
+from jaxpong.config import Config, ConfigError
 
 MODES = ("game", "steps", "window", "deadline")
 MODE_FLAG = {"game": "game", "steps": "0", "window": "SECONDS", "deadline": "auto"}
@@ -489,13 +489,12 @@ def measured_from_run(run_dir, base: Measured | None = None) -> Measured:
     """The distributions of a real run: per-rank step times and gaps from ranks.jsonl, game lengths
     from metrics.jsonl, the setup from config.yaml; collectives (and game lengths, where the run
     finished no game) from `base` (the shipped defaults)."""
-    from jaxpong import batch_rule, report, rundir
-    from jaxpong import config as config_lib
+    from jaxpong import batch_rule, report
 
     base = base or load_measured()
     path = report.check_run_dir(run_dir)
     records = report.read_ranks(path)
-    cfg = config_lib.validate(config_lib.from_dict(rundir.read_config(path), f"{path}/config.yaml"))
+    cfg = Config.from_run(path)
     ranks = sorted({r["rank"] for r in records})
     if ranks != list(range(len(ranks))):
         raise ConfigError(f"{path}/ranks.jsonl: ranks {ranks} are not 0..N-1")

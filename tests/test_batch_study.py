@@ -71,5 +71,7 @@ def test_bad_study_flags_get_one_line(capsys):
     assert "--seeds: '0': every value must be at least 1" in capsys.readouterr().err
     assert main(["--rules", "sqrt"]) == 2
     assert "--rules: sqrt unknown" in capsys.readouterr().err
+    assert main(["--total-steps", "0"]) == 2  # the same spelling as train's and bench --learn's
+    assert "--jobs and --total-steps must be at least 1" in capsys.readouterr().err
     assert main(["--config", "nope.yaml", "--out", "/nonexistent/x"]) == 2
     assert "nope.yaml" in capsys.readouterr().err
