@@ -60,6 +60,12 @@ test-slow: install
 test-multihost: install
 	$(PY) -m pytest -q -m multihost tests/multihost $(ARGS)
 
+# A slow link between 2 namespace hosts (root): the default config with free links, then with host 1's link
+# limited to RATE (default 200mbit); round times, waits and the report's finding (runs/slow_link/results.json).
+RATE ?= 200mbit
+bench-slow-link: install
+	$(PY) tests/multihost/bench_slow_link.py --rate $(RATE) $(ARGS)
+
 test-scale: install
 	$(PY) -m pytest -q -m scale tests $(ARGS)
 
