@@ -167,3 +167,20 @@ def test_valid_masks_and_game_scores_follow_the_games_across_rounds(num_steps, r
     assert sorted(games) == sorted(expected_games)
     assert all(-21 <= r <= 21 for r, _ in games)
     collector.env.close()
+
+
+def test_a_games_seed_and_draws_follow_its_number_not_its_rank():
+    """Games 16-31 held by a second rank get the seeds and Gumbel noise that one process holding games 0-31
+    gives them; entry [r, i] is gumbel(fold_in(fold_in(round key, game), r)), by hand."""
+    from jaxpong.keys import action_noise, round_key, sampling_root
+
+    assert env_seeds(7, 0, PURPOSE_TRAIN, 16, first_game=16) == env_seeds(7, 0, PURPOSE_TRAIN, 32)[16:]
+    assert env_seeds(7, 1, PURPOSE_TRAIN, 16) != env_seeds(7, 0, PURPOSE_TRAIN, 16)  # a resume plays new games
+    key = round_key(sampling_root(7, 0), 3)
+    whole = action_noise(key, np.arange(32), 5, 3)
+    half = action_noise(key, np.arange(16, 32), 5, 3)
+    assert whole.shape == (5, 32, 3) and whole.dtype == np.float32
+    np.testing.assert_array_equal(half, whole[:, 16:])
+    by_hand = jax.random.gumbel(jax.random.fold_in(jax.random.fold_in(key, 20), 4), (3,))
+    np.testing.assert_array_equal(whole[4, 20], np.asarray(by_hand))
+    assert not np.array_equal(whole, action_noise(round_key(sampling_root(7, 0), 4), np.arange(32), 5, 3))
