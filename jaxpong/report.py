@@ -471,7 +471,7 @@ def finding(stats: list[RankStats]) -> str:
         return (
             f"no persistent late sender: the last arrival moves between ranks (most often rank {top.rank}, in "
             f"{_pct(top.last_arrivals / max(rounds, 1))} of {rounds} rounds); the ranks lost on average "
-            f"{_pct(mean_wait)} of their time waiting.{slow_txt}{masked_txt}"
+            f"{_pct(mean_wait)} of their time waiting.{update_text(stats)}{slow_txt}{masked_txt}"
         )
     others = [s for s in stats if s.rank not in late_ranks]
     one = len(late) == 1
@@ -519,7 +519,28 @@ def finding(stats: list[RankStats]) -> str:
             " Its collection is not slower: rank 0's own host work between rounds"
             " (logging, checkpoints, evaluations) delays it."
         )
-    return text + host_text(late, stats) + slow_txt + masked_txt
+    return text + host_text(late, stats) + update_text(stats) + slow_txt + masked_txt
+
+
+UPDATE_SHARE_NOTED = 0.3  # across hosts, an update that takes more of a round than this is named
+
+
+def update_text(stats: list[RankStats]) -> str:
+    """Across hosts: how much of a round the update took, with its allreduces. A slow link between hosts
+    slows every rank's allreduces alike, so it shows here, not as a late sender, and deadline masking
+    (which cuts collection) cannot shorten it."""
+    if len({s.host for s in stats if s.host}) < 2:
+        return ""
+    busy = [s.collect_s + s.compute_s + s.wait_s for s in stats]
+    share = float(np.mean([s.compute_s / b for s, b in zip(stats, busy) if b > 0])) if any(busy) else 0.0
+    if share < UPDATE_SHARE_NOTED:
+        return ""
+    update_s = float(np.mean([s.compute_s for s in stats]))
+    return (
+        f" The update, with its allreduces across hosts, took {_pct(share)} of each round ({update_s:.3g} s) on"
+        " every rank alike: a slow link between hosts shows here, and the deadline cannot shorten it (it cuts"
+        " collection only)."
+    )
 
 
 def host_text(late: list[RankStats], stats: list[RankStats]) -> str:

@@ -465,3 +465,30 @@ def test_the_late_senders_host_by_hand():
     assert "By host" not in report_lib.finding(report_lib.rank_stats(one_host))
     no_host = [{k: v for k, v in r.items() if k != "host"} for r in records]
     assert "host" not in report_lib.table(report_lib.rank_stats(no_host))
+
+
+def test_a_long_update_across_hosts_is_named():
+    """Two hosts whose ranks spend 60 % of each round in the update (its allreduces): the finding says so;
+    the same numbers on one host say nothing of it."""
+
+    def records(hosts):
+        return [
+            {
+                "update": u,
+                "rank": r,
+                "start_s": 0.0,
+                "collect_s": 0.3,
+                "compute_s": 0.6,
+                "wait_s": 0.1 if (r + u) % 2 else 0.09,
+                "valid_samples": 100,
+                "masked_samples": 0,
+                "cut_by_deadline": True,
+                "host": hosts[r],
+            }
+            for u in range(1, 12)
+            for r in range(2)
+        ]
+
+    text = report_lib.finding(report_lib.rank_stats(records(["a", "b"])))
+    assert "The update, with its allreduces across hosts, took 60% of each round (0.6 s)" in text, text
+    assert "The update" not in report_lib.finding(report_lib.rank_stats(records(["a", "a"])))
