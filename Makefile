@@ -112,11 +112,14 @@ bench-learn-ranks: install
 # seeds a side (interleaved), each trained to LIKE_STEPS agent steps with the learning-rate schedule of the
 # default's 10M-step run and no early stop; steps to 0, +18 and +20 and the last-20 mean at equal agent steps,
 # medians and rank-sum p-values. Resumable (runs/two_like_one/results.json). About 8 minutes a run on 2 cores.
+# Extendable: `make bench-two-like-one LIKE_STEPS=1600000 LIKE_TARGET=20` resumes each seed from its last
+# checkpoint to the larger budget, stopping a seed once its last-20 mean reaches +20.
 LIKE_SEEDS ?= 6
 LIKE_STEPS ?= 800000
+LIKE_TARGET ?= nan
 bench-two-like-one: install
 	$(PY) -m jaxpong bench --learn --ranks 1,2 --config $(CONFIG) --seeds $(LIKE_SEEDS) --total-steps $(LIKE_STEPS) \
-		--anneal-steps 10000000 --target-return nan --time-limit-s 3000 --greedy-games 0 --run-dir runs/two_like_one $(ARGS)
+		--anneal-steps 10000000 --target-return $(LIKE_TARGET) --time-limit-s 3000 --greedy-games 0 --run-dir runs/two_like_one $(ARGS)
 
 # Launch to first update at 1, 4 and 16 ranks (oversubscribed on small hosts), cold and warm compilation cache,
 # one rank per host compiling first against every rank compiling.

@@ -160,22 +160,16 @@ def _train_seed(
     time_limit_s: float,
     extra_args: list[str],
     greedy_games: int = GREEDY_GAMES,
+    resume: bool = False,
 ) -> tuple[dict, list]:
-    """Train one seed from scratch in a fresh process, then play `greedy_games` greedy games with the result
-    (none for 0): (the seed's row, its games)."""
-    cmd = train_argv(
-        cfg_file,
-        seed_dir,
-        "--seed",
-        str(seed),
-        "--time-limit-s",
-        str(time_limit_s),
-        "--progress",
-        "log",
-        "--checkpoint-every",
-        "1000000000",
-        *extra_args,
-    )
+    """Train one seed from scratch in a fresh process (with `resume`: continue the run in `seed_dir` from its
+    last checkpoint), then play `greedy_games` greedy games with the result (none for 0): (the seed's row,
+    its games)."""
+    common = ["--time-limit-s", str(time_limit_s), "--progress", "log", "--checkpoint-every", "1000000000"]
+    if resume:
+        cmd = [sys.executable, "-m", "jaxpong", "train", "--resume", str(seed_dir), *common, *extra_args]
+    else:
+        cmd = train_argv(cfg_file, seed_dir, "--seed", str(seed), *common, *extra_args)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"seed {seed}: training failed ({proc.returncode}): {proc.stderr.strip()[-800:]}")
@@ -305,6 +299,17 @@ def compare_in_steps(first: list[dict], other: list[dict], curves_first: list, c
     return out
 
 
+def _extends(seed_dir: Path, row: dict, cfg: Config) -> bool:
+    """Whether a seed trained earlier for a smaller --total-steps is to be resumed to this one: its budget
+    was lower, it stopped short of it, and it has not already reached this run's --target-return."""
+    import yaml
+
+    saved = yaml.safe_load((seed_dir / "config.yaml").read_text()) if (seed_dir / "config.yaml").exists() else {}
+    budget_before = int((saved.get("run") or {}).get("total_steps", cfg.run.total_steps))
+    won = row.get("best_return") is not None and row["best_return"] >= cfg.run.target_return  # nan: never
+    return budget_before < cfg.run.total_steps and row["steps"] < cfg.run.total_steps and not won
+
+
 def compare_ranks(
     cfg: Config, counts: list[int], *, seeds: int, run_dir: str | None, greedy_games: int = GREEDY_GAMES
 ) -> int:
@@ -314,7 +319,10 @@ def compare_ranks(
     ratio of each count's time to each milestone over the first count's with their median, and in agent
     steps (which the ranks' speed does not touch) the steps to 0, +18 and +20 and the last-20 mean at equal
     steps, each with a rank-sum p against the first count. Resumable: a seed already in DIR/results.json
-    (same flags) is not trained again."""
+    (same flags) is not trained again. Extendable: rerun with a larger --total-steps (and a --target-return),
+    each seed that stopped at the smaller budget is resumed from its last checkpoint to the new one; its
+    row says where ("resumed_at_step"), and its seconds after that count from the resumed process's start,
+    so compare extended runs in agent steps."""
     base, cfg_file = _base_dir(cfg, run_dir, "bench_learn_ranks")
     rows: dict[int, list[dict]] = {n: [] for n in counts}
     curves: dict[int, list] = {n: [] for n in counts}
@@ -327,7 +335,21 @@ def compare_ranks(
         seed = cfg.run.seed + k
         for n in counts:
             seed_dir = base / f"ranks_{n}" / f"seed_{seed}"
-            if (n, seed) in done and (seed_dir / "games.jsonl").exists():
+            if (n, seed) in done and (seed_dir / "games.jsonl").exists() and _extends(seed_dir, done[(n, seed)], cfg):
+                budget = cfg.run.total_steps
+                print(f"seed {seed}, {n} rank(s): resuming to {budget:,} steps ({seed_dir})", flush=True)
+                flags = ["--total-steps", str(budget), "--target-return", str(cfg.run.target_return)]
+                row, games = _train_seed(
+                    cfg_file,
+                    seed_dir,
+                    seed,
+                    cfg.run.time_limit_s,
+                    flags + (["--ranks", str(n)] if n > 1 else []),
+                    greedy_games,
+                    resume=True,
+                )
+                row["resumed_at_step"] = done[(n, seed)]["steps"]
+            elif (n, seed) in done and (seed_dir / "games.jsonl").exists():
                 print(f"seed {seed}, {n} rank(s): already trained ({seed_dir})", flush=True)
                 row, games = done[(n, seed)], read_jsonl(seed_dir / "games.jsonl")
             else:
