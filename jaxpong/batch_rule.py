@@ -14,6 +14,15 @@ steps: measured on the default, twice the games needed 1.9x the agent steps to r
 minibatch size instead (N times the minibatches per epoch) keeps the optimizer steps per sample of the
 reference config, which is what makes more ranks learn sooner in wall-clock (docs/batch_scaling.md).
 
+Past 4x the reference, the minibatch rule too falls off (1.9x the agent steps to +18 at 8x): a round then
+holds 8x the optimizer steps, and each round's policy moves further from the one that played it. The
+candidates measured against it (docs/batch_scaling.md): `steps` shortens the round as the games grow
+(num_steps / sqrt(k), floor min_num_steps), so a round holds sqrt(k) times the samples and optimizer steps;
+`sqrt_lr` keeps num_minibatches and raises the learning rate by sqrt(k) (Adam's square-root rule). Two
+more live outside this file because they are not about the batch: algo.proximal ewma (the clip measured
+against a moving average of recent weights, jaxpong/algorithms/ppo.py) and algo.target_kl (the learning
+rate following the late KL, learner.adapt_lr_scale).
+
 The rule is applied once per process, from the world size, before anything is built; the run's saved
 config keeps the user's values, so a resume at another rank count derives its own.
 """
@@ -21,6 +30,7 @@ config keeps the user's values, so a resume at another rank count derives its ow
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from jaxpong.config import Config, ConfigError, parse_batch_size
 
@@ -80,27 +90,61 @@ def share(cfg: Config, world_size: int) -> tuple[Config, str | None]:
     return dataclasses.replace(cfg, env=dataclasses.replace(env, num_envs=games, batch_size=batch_size)), line
 
 
-def apply(cfg: Config, world_size: int) -> tuple[Config, list[str]]:
-    """(the config this process trains with, the lines saying what the rules changed): the games
-    first (share), then the update (the minibatch rule) for the global batch that results."""
-    cfg, share_line = share(cfg, world_size)
-    lines = [share_line] if share_line else []
+def round_steps(num_steps: int, scale: float, min_num_steps: int) -> int:
+    """Round length under batch_rule steps: num_steps / sqrt(scale), rounded, but no shorter than
+    min_num_steps and never longer than num_steps (scale <= 1 changes nothing)."""
+    if scale <= 1:
+        return num_steps
+    return min(num_steps, max(min_num_steps, round(num_steps / math.sqrt(scale))))
+
+
+def scaled_update(cfg: Config, global_games: int, rank_games: int) -> tuple[Config, str | None]:
+    """The algo.batch_rule for `global_games` games in all, `rank_games` of them on each rank: (the config
+    with the round length, minibatch count and learning rate the rule gives, one line saying so or None).
+    One process standing in for k ranks (the batch study) passes the games of one of those ranks."""
     algo = cfg.algo
     if algo.algo != "ppo" or algo.batch_rule == "none":
-        return cfg, lines
-    games = cfg.env.num_envs * world_size
-    rank_samples = algo.num_steps * cfg.env.num_envs
-    mbs = scaled_minibatches(algo.num_minibatches, games, algo.reference_games, rank_samples, algo.min_rank_minibatch)
-    if mbs == algo.num_minibatches:
-        return cfg, lines
-    global_mb = algo.num_steps * games // mbs
-    lines.append(
-        f"batch rule minibatch: {games} games in all ({games / algo.reference_games:g}x reference_games "
-        f"{algo.reference_games}): {mbs} minibatches per epoch instead of {algo.num_minibatches}, "
-        f"{global_mb} samples each ({rank_samples // mbs} from each rank); --batch-rule none keeps "
-        f"{algo.num_minibatches}"
+        return cfg, None
+    scale = global_games / algo.reference_games
+    ref_minibatch = algo.num_steps * algo.reference_games / algo.num_minibatches
+    head = f"batch rule {algo.batch_rule}: {global_games} games in all ({scale:g}x reference_games "
+    head += f"{algo.reference_games})"
+    none = f"; --batch-rule none keeps {algo.num_minibatches} minibatches"
+    if algo.batch_rule == "sqrt_lr":
+        if scale <= 1:
+            return cfg, None
+        lr = algo.learning_rate * math.sqrt(scale)
+        line = (
+            f"{head}: learning rate {lr:.3g} (x sqrt {scale:g}), {algo.num_minibatches} minibatches of "
+            f"{algo.num_steps * global_games // algo.num_minibatches} samples{none}"
+        )
+        return dataclasses.replace(cfg, algo=dataclasses.replace(algo, learning_rate=lr)), line
+    steps = algo.num_steps
+    if algo.batch_rule == "steps":
+        steps = round_steps(algo.num_steps, scale, algo.min_num_steps)
+        # The minibatches follow the round's samples, at the reference's minibatch size.
+        wanted = max(algo.num_minibatches, round(steps * global_games / ref_minibatch))
+        mbs = min(wanted, max(algo.num_minibatches, steps * rank_games // algo.min_rank_minibatch))
+    else:
+        mbs = scaled_minibatches(
+            algo.num_minibatches, global_games, algo.reference_games, steps * rank_games, algo.min_rank_minibatch
+        )
+    if mbs == algo.num_minibatches and steps == algo.num_steps:
+        return cfg, None
+    round_text = f"rounds of {steps} steps instead of {algo.num_steps}, " if steps != algo.num_steps else ""
+    line = (
+        f"{head}: {round_text}{mbs} minibatches per epoch instead of {algo.num_minibatches}, "
+        f"{steps * global_games // mbs} samples each ({steps * rank_games // mbs} from each rank){none}"
     )
-    return dataclasses.replace(cfg, algo=dataclasses.replace(algo, num_minibatches=mbs)), lines
+    return dataclasses.replace(cfg, algo=dataclasses.replace(algo, num_steps=steps, num_minibatches=mbs)), line
+
+
+def apply(cfg: Config, world_size: int) -> tuple[Config, list[str]]:
+    """(the config this process trains with, the lines saying what the rules changed): the games
+    first (share), then the update (algo.batch_rule) for the global batch that results."""
+    cfg, share_line = share(cfg, world_size)
+    cfg, rule_line = scaled_update(cfg, cfg.env.num_envs * world_size, cfg.env.num_envs)
+    return cfg, [line for line in (share_line, rule_line) if line]
 
 
 MOST_RANKS = 1 << 14  # where useful_ranks stops counting

@@ -15,6 +15,7 @@ together stepped about 2,100 steps/s, a 1x run alone about 2,000 and a 16x run a
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -30,27 +31,57 @@ from jaxpong.learnbench import MILESTONES, read_jsonl, run_outcome, train_argv
 STUDY_MILESTONES = ("0", "18", "20")
 
 
-def study_minibatches(rule: str, scale: int, cfg) -> int:
-    """Minibatches per epoch of one process standing in for `scale` ranks of the config's games each:
-    what the update rule (jaxpong/batch_rule.py) gives that global batch."""
-    games = cfg.env.num_envs * scale
-    if rule != "minibatch":
-        return cfg.algo.num_minibatches
-    return batch_rule.scaled_minibatches(
-        cfg.algo.num_minibatches,
-        games,
-        cfg.algo.reference_games,
-        cfg.algo.num_steps * games,
-        cfg.algo.min_rank_minibatch * scale,
-    )
+# What an arm's name may add to its batch rule, after a "+": the update's other candidate rules.
+MODIFIERS = {
+    "ewma": ["--proximal", "ewma"],  # clip against a moving average of recent weights (PPO-EWMA)
+    "kl": ["--target-kl", "0.008"],  # the learning rate follows the KL; 0.008: the default's late KL at 1x
+}
+RULES = ("minibatch", "steps", "sqrt_lr", "none")
 
 
-def run_args(rule: str, scale: int, cfg) -> list[str]:
-    """Flags that make one process stand in for `scale` ranks of the config's games each, under `rule`:
-    the minibatch count passed explicitly."""
+def parse_arm(arm: str) -> tuple[str, list[str]]:
+    """An arm's name, e.g. `steps+ewma`: (its algo.batch_rule, the flags its modifiers add)."""
+    rule, *mods = arm.split("+")
+    if rule not in RULES or any(m not in MODIFIERS for m in mods):
+        raise ConfigError(
+            f"--rules: {arm!r} is not an arm; name a batch rule ({', '.join(RULES)}), optionally followed by "
+            f"+{' or +'.join(MODIFIERS)} (e.g. minibatch+ewma)"
+        )
+    return rule, [flag for m in mods for flag in MODIFIERS[m]]
+
+
+def study_config(arm: str, scale: int, cfg):
+    """The config one process trains with, standing in for `scale` ranks of the config's games each under
+    `arm`: what the rule (jaxpong/batch_rule.py) gives k real ranks, with one rank's games for its caps."""
+    rule, _ = parse_arm(arm)
     games = cfg.env.num_envs * scale
-    mbs = study_minibatches(rule, scale, cfg)
-    return ["--num-envs", str(games), "--num-minibatches", str(mbs), "--batch-rule", "none"]
+    ranked = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))
+    scaled, _ = batch_rule.scaled_update(ranked, games, cfg.env.num_envs)
+    return scaled
+
+
+def study_minibatches(arm: str, scale: int, cfg) -> int:
+    """Minibatches per epoch of one process standing in for `scale` ranks of the config's games each."""
+    return study_config(arm, scale, cfg).algo.num_minibatches
+
+
+def run_args(arm: str, scale: int, cfg) -> list[str]:
+    """Flags that make one process stand in for `scale` ranks of the config's games each, under `arm`: the
+    rule's round length, minibatch count and learning rate passed explicitly, then the arm's modifiers."""
+    a = study_config(arm, scale, cfg).algo
+    return [
+        "--num-envs",
+        str(cfg.env.num_envs * scale),
+        "--num-steps",
+        str(a.num_steps),
+        "--num-minibatches",
+        str(a.num_minibatches),
+        "--learning-rate",
+        f"{a.learning_rate:.9g}",
+        "--batch-rule",
+        "none",
+        *parse_arm(arm)[1],
+    ]
 
 
 def measured(run: dict, milestone: str) -> bool:
@@ -244,7 +275,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="configs/default.yaml", help="the config every run starts from")
     p.add_argument("--scales", default="1,2,4,8,16", help="k: the multiples of the config's games")
     p.add_argument("--seeds", default="1,2,3", help="the seeds each scale trains")
-    p.add_argument("--rules", default="minibatch", help="batch rules to compare: minibatch, none, or both")
+    p.add_argument(
+        "--rules",
+        default="minibatch",
+        help="arms to compare, comma-separated: a batch rule (minibatch, steps, sqrt_lr, none), optionally with "
+        "+ewma (PPO-EWMA proximal policy) and/or +kl (learning rate adapted to the KL), e.g. minibatch,steps+ewma",
+    )
     p.add_argument(
         "--total-steps", dest="max_steps", type=int, default=3_000_000, help="agent steps after which a run stops"
     )
@@ -257,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         scales, seeds = _ints("--scales", a.scales), _ints("--seeds", a.seeds)
         rules = a.rules.split(",")
-        if bad := [r for r in rules if r not in ("minibatch", "none")]:
-            raise ConfigError(f"--rules: {','.join(bad)} unknown; use minibatch, none or minibatch,none")
+        for arm in rules:
+            parse_arm(arm)
         if a.jobs < 1 or a.max_steps < 1:
             raise ConfigError("--jobs and --total-steps must be at least 1")
         return batch_study(

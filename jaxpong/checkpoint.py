@@ -64,6 +64,7 @@ def _ocp():
 DEFINING_FIELDS = (
     ("algo", "algo"),
     ("algo", "optimizer"),
+    ("algo", "proximal"),  # ewma keeps a second set of weights in the state
     ("env", "env_id"),
     ("model", "network"),
     ("model", "obs_mode"),

@@ -137,15 +137,39 @@ class AlgoConfig:
         "minibatch",
         "ppo: how the update follows a global batch (num_envs x ranks) of k x reference_games games: minibatch = "
         "k x num_minibatches per epoch, so the minibatch size and the optimizer steps per sample stay as at "
-        "reference_games (until a rank's share of a minibatch would fall below min_rank_minibatch); none = the "
-        "same num_minibatches, larger minibatches",
-        choices=["minibatch", "none"],
+        "reference_games (until a rank's share of a minibatch would fall below min_rank_minibatch); steps = the "
+        "round shortens to num_steps / sqrt(k) (no shorter than min_num_steps) and the minibatches follow its "
+        "samples, so a round holds sqrt(k), not k, times the reference's samples; sqrt_lr = the same "
+        "num_minibatches, each k times larger, with learning_rate x sqrt(k); none = the same num_minibatches, "
+        "larger minibatches",
+        choices=["minibatch", "steps", "sqrt_lr", "none"],
     )
+    min_num_steps: int = _f(16, "ppo: batch_rule steps never shortens a round below this many steps", min=1)
     reference_games: int = _f(32, "ppo: the global game count at which num_minibatches applies as given", min=1)
     min_rank_minibatch: int = _f(
         64, "ppo: batch_rule minibatch keeps each rank's share of a minibatch at least this many samples", min=1
     )
     clip_coef: float = _f(0.1, "ppo: surrogate clipping coefficient", min=0.0)
+    proximal: str = _f(
+        "behaviour",
+        "ppo: the policy the clip is measured against: behaviour = the one that played the round; ewma = an "
+        "exponential moving average of the weights over the last ewma_age optimizer steps (PPO-EWMA, Hilton et "
+        "al. 2022), with the behaviour policy corrected for by an importance weight capped at ratio_cap",
+        choices=["behaviour", "ewma"],
+    )
+    ewma_age: float = _f(
+        8.0, "ppo, proximal ewma: the moving average's mean age in optimizer steps (decay 1 - 1/age)", min=1.0
+    )
+    ratio_cap: float = _f(
+        2.0, "ppo, proximal ewma: cap on the importance weight proximal / behaviour probability", min=1.0
+    )
+    target_kl: float = _f(
+        0.0,
+        "ppo: adapt the learning rate to the KL to the behaviour policy over the last quarter of each round's "
+        "optimizer steps (charts/approx_kl_late): above 2x this, the next round's rate / 1.5; below half, x 1.5; "
+        "within 0.1x to 10x learning_rate. 0 = off",
+        min=0.0,
+    )
     clip_vloss: bool = _f(True, "ppo: clip the value loss like the policy")
     ent_coef: float = _f(0.01, "ppo: entropy bonus coefficient", min=0.0)
     vf_coef: float = _f(0.5, "ppo: value loss coefficient", min=0.0)

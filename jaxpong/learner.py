@@ -34,6 +34,9 @@ class TrainState:
     params: dict
     opt_state: optax.OptState
     key: jax.Array
+    # algo.proximal ewma: the moving average of the weights the clip is measured against (None otherwise, so a
+    # state without it has the tree of every earlier checkpoint).
+    proximal: dict | None = None
 
 
 def init_state(cfg: Config, network, optimizer, seed_key) -> TrainState:
@@ -43,7 +46,8 @@ def init_state(cfg: Config, network, optimizer, seed_key) -> TrainState:
     # = keys.stream_root(seed, STREAM_INIT / STREAM_UPDATE) for seed_key = PRNGKey(seed) (tests/test_reliability.py)
     init_key, run_key = jax.random.split(seed_key)
     params = jax.jit(network.init)(init_key, to_float(dummy))  # jitted: eager init of a 5376x200 layer takes seconds
-    return TrainState(params=params, opt_state=optimizer.init(params), key=run_key)
+    proximal = params if cfg.algo.algo == "ppo" and cfg.algo.proximal == "ewma" else None
+    return TrainState(params=params, opt_state=optimizer.init(params), key=run_key, proximal=proximal)
 
 
 def make_optimizer(cfg: Config) -> optax.GradientTransformation:
@@ -71,6 +75,28 @@ def lr_fraction(cfg: Config, step: int) -> float:
     horizon = cfg.algo.anneal_steps or cfg.run.total_steps
     done = min(step, horizon) / horizon
     return 1.0 - (1.0 - cfg.algo.anneal_floor) * done
+
+
+LR_SCALE_RANGE = (0.1, 10.0)  # how far algo.target_kl may move the learning rate from algo.learning_rate
+
+
+def adapt_lr_scale(scale: float, kl: float, target_kl: float) -> float:
+    """The learning-rate multiplier for the next round under algo.target_kl: divided by 1.5 when this round's
+    late KL to the behaviour policy was above 2 x target_kl, times 1.5 below target_kl / 2, else kept; held
+    within LR_SCALE_RANGE. Unchanged when the rule is off (0) or the KL is not a number (a skipped round).
+    Every rank computes it from the same allreduced KL, so the ranks agree."""
+    if target_kl <= 0 or not math.isfinite(kl):
+        return scale
+    if kl > 2.0 * target_kl:
+        scale /= 1.5
+    elif kl < 0.5 * target_kl:
+        scale *= 1.5
+    return min(max(scale, LR_SCALE_RANGE[0]), LR_SCALE_RANGE[1])
+
+
+def ewma_decay(cfg: Config) -> float:
+    """Per optimizer step, the weight the proximal policy keeps of itself: an average of mean age ewma_age."""
+    return 1.0 - 1.0 / cfg.algo.ewma_age
 
 
 def schedule(cfg: Config):
@@ -215,6 +241,7 @@ def make_optimize(
 
     algorithm = ALGORITHMS[cfg.algo.algo]
     epochs, minibatches = schedule(cfg)
+    decay = ewma_decay(cfg)
     phase_columns = [algorithm.METRICS.index(name) for name in getattr(algorithm, "PHASE_METRICS", ())]
 
     def loss_fn(params, samples, norm, poison):
@@ -259,11 +286,15 @@ def make_optimize(
         starts = jnp.arange(epochs * minibatches) % minibatches == 0 if measure else None
 
         def step(carry, xs):
-            params, opt_state, epoch_sum = carry
+            params, opt_state, epoch_sum, proximal = carry
             idx, mb_sparse, start = xs
             mb = jax.tree.map(lambda x: x[idx], samples)
             if mb_sparse is not None:
                 mb["features"] = mb_sparse
+            if proximal is not None:  # PPO-EWMA: the clip's reference is the weights' moving average
+                prox_logits, _ = apply_fn(proximal, to_float(mb["features"]))
+                prox_all = jax.nn.log_softmax(prox_logits)
+                mb["prox_logprobs"] = jnp.take_along_axis(prox_all, mb["actions"][:, None], axis=-1)[:, 0]
             (_, (count, metrics)), grads = grad_fn(params, mb, norm, poison)
             # This rank's |gradient sum|^2 and count^2: summed over ranks, the small batches' side of the noise scale.
             own = jnp.stack([noise_scale.squared_norm(grads), count * count]) if measure else None
@@ -282,15 +313,18 @@ def make_optimize(
             has_data = count > 0
             updates = jax.tree.map(lambda u: jnp.where(has_data, u * lr_frac, 0.0), updates)
             new_opt_state = jax.tree.map(lambda n, o: jnp.where(has_data, n, o), new_opt_state, opt_state)
-            return (optax.apply_updates(params, updates), new_opt_state, epoch_sum), (count, metrics, measured)
+            params = optax.apply_updates(params, updates)
+            if proximal is not None:
+                proximal = jax.tree.map(lambda p, q: decay * p + (1.0 - decay) * q, proximal, params)
+            return (params, new_opt_state, epoch_sum, proximal), (count, metrics, measured)
 
         epoch_sum = jax.tree.map(jnp.zeros_like, state.params) if measure else None
-        (params, opt_state, _), (counts, metrics, measured) = jax.lax.scan(
-            step, (state.params, state.opt_state, epoch_sum), (order, sparse_features, starts)
+        (params, opt_state, _, proximal), (counts, metrics, measured) = jax.lax.scan(
+            step, (state.params, state.opt_state, epoch_sum, state.proximal), (order, sparse_features, starts)
         )
         total = jnp.maximum(counts.sum(), 1.0)
         means = jnp.concatenate([metrics.sum(0) / total, _quarter_means(metrics, counts, phase_columns)])
-        out = TrainState(params=params, opt_state=opt_state, key=key), means, counts
+        out = TrainState(params=params, opt_state=opt_state, key=key, proximal=proximal), means, counts
         if noise is None:
             return out
         return out + (round_noise(noise, measured, counts, epochs, minibatches, cfg.run.noise_scale_decay),)

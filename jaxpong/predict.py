@@ -69,13 +69,16 @@ def milestone_steps(model: StepsModel, scale: float, batch: float) -> dict[str, 
 
 
 def steps_model(results: list[dict], rule: str, b_crit: float, cfg: Config) -> StepsModel:
-    from jaxpong.batchstudy import study_minibatches, summarise
+    from jaxpong.batchstudy import study_config, summarise
 
     rows = [r for r in summarise(results) if r["rule"] == rule]
     if not rows:
         raise ConfigError(f"the batch study has no runs with rule {rule!r}; run python -m jaxpong.batchstudy first")
     scales = [r["scale"] for r in rows]
-    minibatch = [cfg.algo.num_steps * cfg.env.num_envs * s // study_minibatches(rule, s, cfg) for s in scales]
+    minibatch = []
+    for s in scales:
+        algo = study_config(rule, s, cfg).algo
+        minibatch.append(algo.num_steps * cfg.env.num_envs * s // algo.num_minibatches)
     return StepsModel(scales, {m: [r[f"steps_{m}"] for r in rows] for m in MILESTONES}, minibatch, b_crit)
 
 
@@ -94,7 +97,7 @@ def predict(
             measured.setup, optimizer_steps=scaled.algo.update_epochs * scaled.algo.num_minibatches
         )
         out = simulate.simulate(dataclasses.replace(measured, setup=setup), "deadline", n, rounds=rounds, seed=seed)
-        batch = cfg.algo.num_steps * games / scaled.algo.num_minibatches
+        batch = scaled.algo.num_steps * games / scaled.algo.num_minibatches
         row: dict = {
             "ranks": n,
             "games": games,
@@ -220,7 +223,9 @@ def run(
     run_dir = Path(from_dir)
     cfg = Config.from_run(run_dir)
     # The study's runs pass the rule's minibatch counts explicitly (--batch-rule none): predict with the rule itself.
-    cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))
+    from jaxpong.batchstudy import parse_arm
+
+    cfg = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=parse_arm(rule)[0]))
     measured = simulate.measured_from_run(run_dir)
     if collectives_file:
         measured = dataclasses.replace(measured, collectives=simulate.load_collectives(collectives_file))

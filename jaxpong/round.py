@@ -36,7 +36,15 @@ from jaxpong.exchange import (
     record_row,
 )
 from jaxpong.keys import round_key, sampling_root
-from jaxpong.learner import TrainState, lr_fraction, make_optimize, make_prepare, sparse_round
+from jaxpong.learner import (
+    TrainState,
+    adapt_lr_scale,
+    lr_fraction,
+    make_optimize,
+    make_prepare,
+    metric_names,
+    sparse_round,
+)
 from jaxpong.rollout import Collector, make_policy_step
 from jaxpong.sparse import RoundCells, reuse_length
 from jaxpong.stop import EXIT_FAULT, Stop
@@ -57,6 +65,7 @@ class Counters:
     elapsed_s: float = 0.0  # training seconds of earlier processes of this run
     recent_returns: list = field(default_factory=list)
     window_reward_ema: float | None = None  # the 2016 running reward, per round
+    lr_scale: float = 1.0  # algo.target_kl's multiplier of the learning rate (learner.adapt_lr_scale)
 
 
 @dataclass
@@ -128,6 +137,9 @@ class Round:
         self.noise = noise_scale.NoiseScaleState.zeros()  # the gradient noise scale's running sums, round to round
         self.sparse_input = sparse_update(cfg)[1]
         self.sparse_lengths: set[int] = set()  # list lengths the update has been compiled for
+        # algo.target_kl reads the late KL from the update's metrics to set the next round's learning rate.
+        adaptive = cfg.algo.algo == "ppo" and cfg.algo.target_kl > 0
+        self.kl_column = metric_names(cfg.algo.algo).index("charts/approx_kl_late") if adaptive else None
         # This rank's games and their draws are numbered among all ranks' games (jaxpong/keys.py): what a
         # game plays does not depend on which rank steps it.
         first_game = comm.rank * cfg.env.num_envs
@@ -215,6 +227,9 @@ class Round:
         t_opt = time.perf_counter()
         skipped_before = int(state.opt_state.total_notfinite)
         state, metrics = self._update(state, counters, prepared, facts)
+        if self.kl_column is not None:
+            kl = float(metrics[self.kl_column])
+            counters.lr_scale = adapt_lr_scale(counters.lr_scale, kl, self.cfg.algo.target_kl)
         compute_s = prepared.seconds + (time.perf_counter() - t_opt)
 
         games = [g for per_rank in logged[1] for g in per_rank]  # rank 0 only; the others learn the count
@@ -341,7 +356,7 @@ class Round:
             compiles = length not in self.sparse_lengths
             self.sparse_lengths.add(length)
             sparse_features = jax.tree.map(jnp.asarray, cells.minibatches(order, length))
-        lr_frac = lr_fraction(cfg, counters.step)
+        lr_frac = lr_fraction(cfg, counters.step) * counters.lr_scale
         # --debug-nan-at-update: poison the loss of these updates, to show that non-finite gradients are skipped.
         nan_from = cfg.run.debug_nan_at_update
         poison = float("nan") if 0 <= nan_from <= counters.update < nan_from + cfg.run.debug_nan_count else 1.0

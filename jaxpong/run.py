@@ -347,7 +347,7 @@ class Training:
             "charts/SPS": round(sps, 1),
             "charts/episodes": c.episodes,
             "charts/env_steps": c.env_steps,
-            "charts/learning_rate": self.cfg.algo.learning_rate * lr_fraction(self.cfg, c.step),
+            "charts/learning_rate": self.cfg.algo.learning_rate * lr_fraction(self.cfg, c.step) * c.lr_scale,
         }
         if games:
             line["charts/episodic_return"] = float(np.mean([r for r, _ in games]))

@@ -127,3 +127,43 @@ def test_a_run_saved_before_share_games_keeps_every_ranks_games(tmp_path):
     assert rundir.read_config(tmp_path)["env"]["share_games"] is False
     (tmp_path / "config.yaml").write_text("env:\n  num_envs: 32\n  share_games: true\n")
     assert rundir.read_config(tmp_path)["env"]["share_games"] is True
+
+
+@pytest.mark.parametrize(
+    "scale, expected",
+    [
+        (1, 64),  # the reference: as given
+        (0.5, 64),  # fewer games: never longer
+        (8, 23),  # 64 / sqrt(8) = 22.6
+        (16, 16),  # 64 / 4
+        (64, 16),  # 64 / 8 = 8, held at the floor of 16
+    ],
+)
+def test_round_steps_by_hand(scale, expected):
+    assert batch_rule.round_steps(64, scale, 16) == expected
+
+
+def test_rule_steps_shortens_the_round_and_keeps_the_minibatch_size():
+    """8 ranks of 32 games (256 in all, 8x): rounds of 23 steps, 5,888 samples; 512 a minibatch would be 11.5
+    -> 12 minibatches, but a rank's 736 samples give at most 736 // 64 = 11: 11 minibatches of 535."""
+    cfg = _cfg(env={"share_games": False}, batch_rule="steps")
+    scaled, lines = batch_rule.apply(cfg, 8)
+    assert (scaled.algo.num_steps, scaled.algo.num_minibatches) == (23, 11)
+    assert scaled.algo.learning_rate == cfg.algo.learning_rate and cfg.algo.num_steps == 64
+    (line,) = lines
+    assert line.startswith("batch rule steps: 256 games in all (8x reference_games 32): rounds of 23 steps instead")
+    assert "11 minibatches per epoch instead of 4, 535 samples each (66 from each rank)" in line
+    # 2 ranks of 32 games (2x): 45 steps (64 / 1.41), 2,880 samples: 6 minibatches of 480 (5.6 rounded).
+    two, _ = batch_rule.apply(cfg, 2)
+    assert (two.algo.num_steps, two.algo.num_minibatches) == (45, 6)
+    # The reference itself is untouched.
+    assert batch_rule.apply(cfg, 1) == (cfg, [])
+
+
+def test_rule_sqrt_lr_keeps_the_minibatches_and_raises_the_learning_rate():
+    cfg = _cfg(env={"share_games": False}, batch_rule="sqrt_lr")
+    scaled, (line,) = batch_rule.apply(cfg, 16)
+    assert scaled.algo.num_minibatches == 4 and scaled.algo.num_steps == 64
+    assert scaled.algo.learning_rate == pytest.approx(4e-3)  # 1e-3 x sqrt(16)
+    assert "learning rate 0.004 (x sqrt 16), 4 minibatches of 8192 samples" in line
+    assert batch_rule.apply(cfg, 1) == (cfg, [])

@@ -3,6 +3,8 @@ missed a milestone counts as infinitely slow and a seed that stopped at a lower 
 
 from __future__ import annotations
 
+import pytest
+
 from jaxpong.batchstudy import summarise, table
 
 
@@ -70,8 +72,31 @@ def test_bad_study_flags_get_one_line(capsys):
     assert main(["--seeds", "0"]) == 2
     assert "--seeds: '0': every value must be at least 1" in capsys.readouterr().err
     assert main(["--rules", "sqrt"]) == 2
-    assert "--rules: sqrt unknown" in capsys.readouterr().err
+    assert "--rules: 'sqrt' is not an arm; name a batch rule (minibatch, steps" in capsys.readouterr().err
+    assert main(["--rules", "minibatch+fast"]) == 2
+    assert "optionally followed by +ewma or +kl" in capsys.readouterr().err
     assert main(["--total-steps", "0"]) == 2  # the same spelling as train's and bench --learn's
     assert "--jobs and --total-steps must be at least 1" in capsys.readouterr().err
     assert main(["--config", "nope.yaml", "--out", "/nonexistent/x"]) == 2
     assert "nope.yaml" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "arm, scale, expected",
+    [
+        # one process standing in for 8 ranks of 32 games: 32 minibatches of 512, as 8 real ranks get
+        ("minibatch", 8, ["256", "64", "32", "0.001", "none"]),
+        # steps at 16x: 16-step rounds, 8,192 samples; 16 minibatches wanted, a rank's 512 allow 8
+        ("steps+ewma", 16, ["512", "16", "8", "0.001", "none", "--proximal", "ewma"]),
+        ("sqrt_lr+kl", 4, ["128", "64", "4", "0.002", "none", "--target-kl", "0.008"]),
+        ("none", 8, ["256", "64", "4", "0.001", "none"]),
+    ],
+)
+def test_an_arm_is_one_process_with_the_rule_of_k_ranks(arm, scale, expected):
+    from jaxpong.batchstudy import run_args
+    from jaxpong.config import build
+
+    args = run_args(arm, scale, build("configs/default.yaml", {}))
+    flags = ["--num-envs", "--num-steps", "--num-minibatches", "--learning-rate", "--batch-rule"]
+    assert args[:10:2] == flags
+    assert args[1:10:2] + args[10:] == expected

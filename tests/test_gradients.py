@@ -187,3 +187,42 @@ def test_make_optimize_without_valid_samples_leaves_the_state_alone(ppo_setup, o
         strict=True,
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize(
+    "scale, kl, expected",
+    [
+        (1.0, 0.020, 1 / 1.5),  # above 2 x 0.008: slower
+        (1.0, 0.003, 1.5),  # below 0.004: faster
+        (1.0, 0.010, 1.0),  # within: kept
+        (0.1, 0.500, 0.1),  # held at the floor
+        (9.0, 0.000, 10.0),  # held at the ceiling
+        (1.0, float("nan"), 1.0),  # a skipped round says nothing
+    ],
+)
+def test_adapt_lr_scale_by_hand(scale, kl, expected):
+    from jaxpong.learner import adapt_lr_scale
+
+    assert adapt_lr_scale(scale, kl, 0.008) == pytest.approx(expected)
+    assert adapt_lr_scale(scale, kl, 0.0) == scale  # the rule off
+
+
+def test_ppo_ewma_moves_the_proximal_weights_by_their_decay(ppo_setup):
+    """With the proximal policy equal to the behaviour one (a fresh state, logprobs of the current weights),
+    the first step is plain PPO's; after it the proximal weights are decay x old + (1 - decay) x new."""
+    cfg, network, params, batch, targets, norm = ppo_setup
+    apply_fn = lambda p, x: network.apply(p, x)  # noqa: E731
+    # The behaviour log-probabilities of the current weights: every ratio starts at 1 for both objectives.
+    logits, _ = apply_fn(params, jnp.asarray(batch.features, jnp.float32).reshape(T * N, H, W))
+    actions = jnp.asarray(batch.actions).reshape(T * N, 1)
+    logp = jnp.take_along_axis(jax.nn.log_softmax(logits), actions, axis=-1).reshape(T, N)
+    b = jax.tree.map(jnp.asarray, batch.replace(logprobs=np.asarray(logp)))
+    ewma_cfg = small_cfg()
+    ewma_cfg.algo.proximal, ewma_cfg.algo.ewma_age = "ewma", 4.0  # decay 0.75
+    plain = make_optimize(cfg, apply_fn, OPTIMIZER, lambda x: x)(fresh_state(params), b, targets, norm, 1.0, 1.0)
+    start = fresh_state(params).replace(proximal=params)
+    ewma = make_optimize(ewma_cfg, apply_fn, OPTIMIZER, lambda x: x)(start, b, targets, norm, 1.0, 1.0)
+    assert_trees_close(ewma[0].params, plain[0].params, rtol=1e-5, atol=1e-6)
+    want = jax.tree.map(lambda old, new: 0.75 * old + 0.25 * new, params, plain[0].params)
+    assert_trees_close(ewma[0].proximal, want, rtol=1e-5, atol=1e-6)
+    assert plain[0].proximal is None

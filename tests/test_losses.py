@@ -366,3 +366,33 @@ def test_quarter_means_of_the_rounds_optimizer_steps_by_hand():
         "charts/clipfrac_late",
     )
     assert metric_names("pg") == pg.METRICS
+
+
+def test_ppo_ewma_clips_to_the_proximal_policy_and_weights_by_it_by_hand():
+    """algo.proximal ewma: the ratio is taken to the proximal policy and clipped there, and each term is
+    weighted by proximal / behaviour probability, capped at ratio_cap 2. New probabilities as above
+    (0.5, 0.5, 0.75, 0.5); behaviour ones 1/3, 1, 0.714, 1/3; proximal ones 0.5, 0.25, 0.75, 1.0:
+      sample  adv  ratio to prox  term max(-A r, -A clip(r))   weight prox/behaviour
+        0     +2       1          -2                           1.5
+        1     +1       2          max(-2, -1.2) = -1.2         0.25
+        2     -1       1           1                           1.05
+        3     -1       0.5        max(0.5, 0.8) = 0.8          3 -> capped at 2
+    pg = -3 - 0.3 + 1.05 + 1.6 = -0.65; clipped (to the proximal policy): samples 1 and 3; the KL is still
+    the one to the behaviour policy."""
+    samples = ppo_samples()
+    samples["prox_logprobs"] = np.log(np.array([0.5, 0.25, 0.75, 1.0, 1e-9])).astype(np.float32)
+    cfg = ppo_cfg(proximal="ewma", ratio_cap=2.0)
+    loss, (count, metrics) = jax.jit(lambda p, s: ppo.loss_sums(logits_apply, p, s, jnp.zeros(3), cfg))(
+        PARAMS, samples
+    )
+    e = PPO_EXPECTED
+    assert float(count) == 4.0
+    np.testing.assert_allclose(np.asarray(metrics), [-0.65, e["v"], e["entropy"], e["kl"], 2.0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(loss), -0.65 + 0.5 * e["v"] - 0.01 * e["entropy"], rtol=1e-5)
+    # The weight carries no gradient: the policy gradient is the weighted one of the clipped surrogate.
+    only_pg = ppo_cfg(proximal="ewma", ratio_cap=2.0, vf_coef=0.0, ent_coef=0.0)
+    grad = jax.grad(lambda p: ppo.loss_sums(logits_apply, p, samples, jnp.zeros(3), only_pg)[0])(PARAMS)
+    # d/dw of -A w_i r_i for the unclipped samples 0 and 2 (r = p_new / p_prox, p_new = softmax(w x)):
+    # sample 0: logits (0, 0), action 1: d log p / dw = x_a - E[x] = 0; sample 2: logits (ln 3, 0), action 0:
+    # d log p / dw = ln 3 - 0.75 ln 3 = 0.25 ln 3, so d(-A w r)/dw = 1 x 1.05 x 1 x 0.25 ln 3.
+    np.testing.assert_allclose(float(grad["w"]), 1.05 * 0.25 * LN3, rtol=1e-5)

@@ -50,7 +50,17 @@ def loss_sums(apply_fn, params, samples, norm, cfg):
     # can meet 0 x inf there, whatever the sample holds.
     log_ratio = jnp.where(w > 0, logp - samples["logprobs"], 0.0)
     ratio = jnp.exp(log_ratio)
-    pg_loss = jnp.maximum(-adv * ratio, -adv * jnp.clip(ratio, 1 - a.clip_coef, 1 + a.clip_coef))
+    clipped_ratio, weight = ratio, 1.0
+    if "prox_logprobs" in samples:
+        # PPO-EWMA (Hilton et al. 2022): clip the ratio to the proximal policy, and correct for the behaviour
+        # policy with the importance weight proximal / behaviour, capped so one stale sample cannot dominate.
+        prox = samples["prox_logprobs"]
+        clipped_ratio = jnp.exp(jnp.where(w > 0, logp - prox, 0.0))
+        to_prox = jnp.exp(jnp.where(w > 0, prox - samples["logprobs"], 0.0))
+        weight = jax.lax.stop_gradient(jnp.minimum(to_prox, a.ratio_cap))
+    pg_loss = weight * jnp.maximum(
+        -adv * clipped_ratio, -adv * jnp.clip(clipped_ratio, 1 - a.clip_coef, 1 + a.clip_coef)
+    )
     returns, old_values = samples["returns"], samples["values"]
     if a.clip_vloss:
         clipped = old_values + jnp.clip(value - old_values, -a.clip_coef, a.clip_coef)
@@ -60,8 +70,8 @@ def loss_sums(apply_fn, params, samples, norm, cfg):
     entropy = -(jnp.exp(logp_all) * logp_all).sum(-1)
     per_sample = pg_loss + a.vf_coef * v_loss - a.ent_coef * entropy
     loss_sum = (w * per_sample).sum()
-    approx_kl = (ratio - 1.0) - log_ratio
-    clipfrac = (jnp.abs(ratio - 1.0) > a.clip_coef).astype(jnp.float32)
+    approx_kl = (ratio - 1.0) - log_ratio  # to the behaviour policy, whatever the clip is measured against
+    clipfrac = (jnp.abs(clipped_ratio - 1.0) > a.clip_coef).astype(jnp.float32)
     metrics = jnp.stack(
         [(w * pg_loss).sum(), (w * v_loss).sum(), (w * entropy).sum(), (w * approx_kl).sum(), (w * clipfrac).sum()]
     )
