@@ -16,11 +16,23 @@ barrier(), abort(code)
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
 
 from jaxpong.placement import launched_size
+
+PROBE_BYTES = 1 << 20  # a link probe's message: large enough that bandwidth, not latency, sets its time
+PROBE_REPEATS = 3
+
+
+def host_leaders(hosts: list[str]) -> dict[str, int]:
+    """Each host's first rank, by rank order (the host of rank 0 first)."""
+    leaders: dict[str, int] = {}
+    for rank, host in enumerate(hosts):
+        leaders.setdefault(host, rank)
+    return leaders
 
 
 class LocalComm:
@@ -45,6 +57,9 @@ class LocalComm:
 
     def host_first(self, thunk, timeout_s: float = 300.0, label: str = "", key: str | None = None):
         return thunk()
+
+    def link_probe(self, hosts, nbytes: int = PROBE_BYTES, repeats: int = PROBE_REPEATS, timeout_s: float = 60.0):
+        return None
 
     def barrier(self):
         pass
@@ -135,14 +150,14 @@ class MpiComm:
         else:
             note.wait()
 
-    def _wait(self, request, comm, timeout_s: float, label: str) -> None:
-        """Poll a non-blocking collective with short sleeps (a blocking one would spin on a core that a
-        compiling peer needs); after timeout_s abort the job."""
+    def _wait(self, request, comm, timeout_s: float, label: str, who: str = "a rank on this host") -> None:
+        """Poll a non-blocking request with short sleeps (a blocking one would spin on a core that a
+        compiling peer needs); after timeout_s abort the job, saying `who` did not arrive."""
         start, pause = time.monotonic(), 1e-4
         while not request.Test():
             if time.monotonic() - start > timeout_s:
                 print(
-                    f"jaxpong: rank {self.rank}: a rank on this host did not arrive within {timeout_s:.0f} s at "
+                    f"jaxpong: rank {self.rank}: {who} did not arrive within {timeout_s:.0f} s at "
                     f"{label}; a rank died or hung. Aborting the MPI job.",
                     file=sys.stderr,
                     flush=True,
@@ -214,6 +229,54 @@ class MpiComm:
         rows = np.empty((self.size, row.size), np.float64) if self.rank == 0 else None
         self.world.Gather(np.ascontiguousarray(row, np.float64), rows, root=0)
         return out, rows
+
+    def link_probe(self, hosts, nbytes: int = PROBE_BYTES, repeats: int = PROBE_REPEATS, timeout_s: float = 60.0):
+        """Every rank calls it with rank 0's list of the ranks' hosts (None elsewhere). With ranks on more
+        than one host, rank 0 measures the link to each other host in turn, one at a time so that no two
+        share a link: the round trip of a small message and the bandwidth of `repeats` round trips of
+        `nbytes` with that host's first rank. Returns, on rank 0, [{"host", "rank", "mb_s", "rtt_ms"}] per
+        other host (None elsewhere, or with one host). A host that does not answer within timeout_s ends
+        the job, as a rank that misses a collective does."""
+        import numpy as np
+
+        hosts = self.world.bcast(hosts, root=0)
+        leaders = host_leaders(hosts)
+        if len(leaders) < 2:
+            return None
+        big, small = np.zeros(nbytes, np.uint8), np.zeros(8, np.uint8)
+        out = []
+        for host, peer in list(leaders.items())[1:]:
+            if self.rank not in (0, peer):
+                continue
+            other = peer if self.rank == 0 else 0
+            label = f"the link probe between rank 0 and host {host} (rank {peer})"
+
+            trip = functools.partial(self._round_trip, other=other, timeout_s=timeout_s, label=label)
+            trip(small)  # warm the connection: the first message sets it up
+            t0 = time.perf_counter()
+            trip(small)
+            rtt = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                trip(big)
+            seconds = time.perf_counter() - t0
+            if self.rank == 0:
+                mb_s = 2 * repeats * nbytes / max(seconds, 1e-9) / 1e6
+                out.append({"host": host, "rank": peer, "mb_s": round(mb_s, 1), "rtt_ms": round(rtt * 1e3, 3)})
+        return out if self.rank == 0 else None
+
+    def _round_trip(self, buf, other: int, timeout_s: float, label: str, tag: int = 7302) -> None:
+        """`buf` from rank 0 to `other` and back (rank 0 sends first, the other answers)."""
+        order = ("send", "recv") if self.rank == 0 else ("recv", "send")
+        for what in order:
+            if what == "send":
+                request = self.world.Isend(buf, dest=other, tag=tag)
+            else:
+                request = self.world.Irecv(buf, source=other, tag=tag)
+            spin_until = time.perf_counter() + 0.02  # a fast link answers in well under this: time it closely
+            while time.perf_counter() < spin_until and not request.Test():
+                pass
+            self._wait(request, self.world, timeout_s, label, who=f"rank {other}")
 
     def gather_to_root(self, obj):
         return self.world.gather(obj, root=0)

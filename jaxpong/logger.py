@@ -194,6 +194,17 @@ class RunLogger:
             records = [{**r, "host": self.hosts[r["rank"]]} if 0 <= r["rank"] < len(self.hosts) else r for r in records]
         self._write("per-rank timings", self.ranks_path, lambda: _append_lines(self.ranks_file, records))
 
+    def log_links(self, record: dict) -> None:
+        """links.jsonl: one line per process start of a run across hosts, the links rank 0 measured to the
+        other hosts then (comm.link_probe), with what the update sends over them each round."""
+        path = self.run_dir / "links.jsonl"
+
+        def append() -> None:
+            with open(path, "a") as f:
+                _append_lines(f, [record])
+
+        self._write("link measurements", path, append)
+
     def close(self) -> None:
         """Close every file; the first failure is raised after all have been tried."""
         failure = None

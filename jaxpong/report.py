@@ -543,6 +543,70 @@ def update_text(stats: list[RankStats]) -> str:
     )
 
 
+SLOW_LINK_RATIO = 4.0  # a host whose link from rank 0's host is this many times slower than another's is named
+LINK_SHARE_NOTED = 0.05  # the link's estimated share of a round below which it is said not to matter
+
+
+def read_links(run_dir) -> dict | None:
+    """The last line of RUN_DIR/links.jsonl (the latest process's measured links), None without one."""
+    path = Path(run_dir) / "links.jsonl"
+    if not path.is_file():
+        return None
+    last = None
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut short by a crash
+        if isinstance(record, dict) and record.get("links"):
+            last = record
+    return last
+
+
+def link_text(record: dict | None, stats: list[RankStats]) -> str:
+    """Across hosts: the links rank 0 measured at start (links.jsonl), the host whose link is much the
+    slowest, and what the update's allreduces cost at that rate against the round. A slow link slows every
+    rank's allreduces alike, so it never shows as a late rank: this is where it is named."""
+    if not record or not record.get("links") or not stats:
+        return ""
+    links = sorted(record["links"], key=lambda k: k["mb_s"])
+    hosts = record.get("hosts") or []
+    home = hosts[0] if hosts else "rank 0's host"
+
+    def ranks_of(host: str) -> str:
+        mine = [str(r) for r, h in enumerate(hosts) if h == host]
+        return f"rank{'s' if len(mine) > 1 else ''} {_and(mine)}" if mine else "its ranks"
+
+    rates = ", ".join(f"{k['host']} {k['mb_s']:,.0f} MB/s" for k in links)
+    text = f" Links from rank 0's host {home}, measured at start (links.jsonl): {rates}."
+    slowest = links[0]
+    if len(links) > 1 and links[1]["mb_s"] >= SLOW_LINK_RATIO * slowest["mb_s"]:
+        text += (
+            f" Host {slowest['host']}'s link is the slow one ({links[1]['mb_s'] / max(slowest['mb_s'], 1e-9):.0f}x "
+            f"slower than the next): {ranks_of(slowest['host'])} there slow every rank's allreduces alike."
+        )
+    elif len(links) > 1 and all(k["mb_s"] < SLOW_LINK_RATIO * slowest["mb_s"] for k in links):
+        text += f" All of them alike: if they are slow, it is {home}'s own link or the network between."
+    per_round = record.get("allreduce_bytes", 0) * record.get("allreduces_per_round", 0)
+    if per_round > 0:
+        seconds = per_round / (slowest["mb_s"] * 1e6)
+        round_s = float(np.mean([s.collect_s + s.compute_s + s.wait_s for s in stats]))
+        update_s = float(np.mean([s.compute_s for s in stats]))
+        share = seconds / round_s if round_s > 0 else 0.0
+        text += (
+            f" The update's {record['allreduces_per_round']} allreduces carry about {per_round / 1e6:.3g} MB a round "
+            f"over a link: about {seconds:.2g} s at {slowest['mb_s']:,.0f} MB/s"
+        )
+        if share >= LINK_SHARE_NOTED:
+            text += (
+                f", {_pct(share)} of the mean round ({round_s:.3g} s; the update took {update_s:.3g} s): fewer, "
+                "larger optimizer steps or a faster link would shorten it."
+            )
+        else:
+            text += f", {_pct(share)} of the mean round: the links do not limit this run."
+    return text
+
+
 def host_text(late: list[RankStats], stats: list[RankStats]) -> str:
     """Where the late senders ran, when the ranks ran on more than one host: a late host shows as a host."""
     hosts = {s.rank: s.host for s in stats if s.host}
@@ -1092,7 +1156,7 @@ def make_report(
     path = check_run_dir(run_dir)
     rounds = read_rounds(path)
     stats = rank_stats(rounds)
-    text = finding(stats)
+    text = finding(stats) + link_text(read_links(path), stats)
     if picture == "auto":
         picture = "timeline" if len(stats) <= TIMELINE_MAX_RANKS else "heatmap"
     image_path = Path(out) if out else path / IMAGE_NAME

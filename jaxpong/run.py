@@ -24,7 +24,7 @@ from jaxpong.checkpoint import Checkpoints
 from jaxpong.config import Config, to_dict
 from jaxpong.end_of_run import write_imbalance_report, write_media
 from jaxpong.exchange import agreed_layout, read_rows, record_row
-from jaxpong.learner import lr_fraction, make_optimizer, metric_names
+from jaxpong.learner import lr_fraction, make_optimizer, metric_names, schedule
 from jaxpong.logger import Progress, RunLogger, log_line
 from jaxpong.networks import make_network
 from jaxpong.report import useful_ranks_line
@@ -84,6 +84,9 @@ class Training:
         self.round = Round(round_cfg, comm, network, optimizer, self.counters, self.signals)
         # Each rank's host, for ranks.jsonl and the report (a late host shows as a host, not only as ranks).
         hosts = comm.gather_to_root(socket.gethostname()) if comm.size > 1 else None
+        # Across hosts, rank 0 times its link to each other host once (a slow link slows every rank's
+        # allreduces alike, so it cannot show as a late rank; this names it).
+        links = comm.link_probe(hosts) if comm.size > 1 else None
         self.logger = (
             RunLogger(
                 self.run_dir,
@@ -96,6 +99,8 @@ class Training:
         )
         if self.logger is not None:
             self.logger.hosts = hosts
+            if links:
+                self.logger.log_links(self._links_record(hosts, links, round_cfg))
         self.evaluations = Evaluations(cfg, self.run_dir, self.round.policy_step) if self.is_main else None
         self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
         self.rank_totals: dict[int, np.ndarray] = collections.defaultdict(
@@ -106,6 +111,23 @@ class Training:
         self.target_reached = False  # rank 0: the last-20 mean reached --target-return; everyone stops next round
         self.consecutive_skips = 0
         self._live_t0: float | None = None  # set while run() is training
+
+    def _links_record(self, hosts: list[str], links: list[dict], round_cfg: Config) -> dict:
+        """links.jsonl's line: the ranks' hosts, rank 0's measured links, and the bytes the update's
+        allreduces carry each round (one float32 buffer of the gradient and a few sums per optimizer step)."""
+        params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
+        epochs, minibatches = schedule(round_cfg)
+        log_line(
+            f"links from rank 0's host {hosts[0]}: "
+            + ", ".join(f"{k['host']} {k['mb_s']:,.0f} MB/s (round trip {k['rtt_ms']:.2g} ms)" for k in links)
+        )
+        return {
+            "update": self.counters.update,
+            "hosts": hosts,
+            "links": links,
+            "allreduce_bytes": 4 * params,
+            "allreduces_per_round": epochs * minibatches,
+        }
 
     def run(self, time_limit_s: float | None = None, clock_start: float | None = None) -> RunEnd:
         """Rounds until a stop rule holds; then the final exchange, the last files and pictures.

@@ -382,9 +382,7 @@ def test_ppo_ewma_clips_to_the_proximal_policy_and_weights_by_it_by_hand():
     samples = ppo_samples()
     samples["prox_logprobs"] = np.log(np.array([0.5, 0.25, 0.75, 1.0, 1e-9])).astype(np.float32)
     cfg = ppo_cfg(proximal="ewma", ratio_cap=2.0)
-    loss, (count, metrics) = jax.jit(lambda p, s: ppo.loss_sums(logits_apply, p, s, jnp.zeros(3), cfg))(
-        PARAMS, samples
-    )
+    loss, (count, metrics) = jax.jit(lambda p, s: ppo.loss_sums(logits_apply, p, s, jnp.zeros(3), cfg))(PARAMS, samples)
     e = PPO_EXPECTED
     assert float(count) == 4.0
     np.testing.assert_allclose(np.asarray(metrics), [-0.65, e["v"], e["entropy"], e["kl"], 2.0], rtol=1e-5, atol=1e-6)

@@ -492,3 +492,55 @@ def test_a_long_update_across_hosts_is_named():
     text = report_lib.finding(report_lib.rank_stats(records(["a", "b"])))
     assert "The update, with its allreduces across hosts, took 60% of each round (0.6 s)" in text, text
     assert "The update" not in report_lib.finding(report_lib.rank_stats(records(["a", "a"])))
+
+
+def _host_stats(round_s: float, update_s: float) -> list:
+    return [
+        report_lib.RankStats(
+            rank=r,
+            rounds=10,
+            collect_s=round_s - update_s - 0.01,
+            compute_s=update_s,
+            wait_s=0.01,
+            wait_fraction=0.01 / round_s,
+            valid_samples=100,
+            masked_samples=0,
+            masked_fraction=0.0,
+            last_arrivals=5,
+            cut_rounds=0,
+            host=h,
+        )
+        for r, h in enumerate(["h0", "h0", "h1", "h1", "h2", "h2"])
+    ]
+
+
+def test_the_slow_link_is_named_by_its_host_with_its_cost_by_hand():
+    """Rank 0 measured h1 at 25 MB/s and h2 at 1,000 MB/s: h1 (ranks 2 and 3) is named, 40x slower. The
+    update's 16 allreduces of 1.08 MB carry 17.28 MB a round: 0.69 s at 25 MB/s, 46 % of a 1.5 s round."""
+    record = {
+        "hosts": ["h0", "h0", "h1", "h1", "h2", "h2"],
+        "links": [
+            {"host": "h1", "rank": 2, "mb_s": 25.0, "rtt_ms": 1.0},
+            {"host": "h2", "rank": 4, "mb_s": 1000.0, "rtt_ms": 0.1},
+        ],
+        "allreduce_bytes": 1_080_000,
+        "allreduces_per_round": 16,
+    }
+    text = report_lib.link_text(record, _host_stats(1.5, 0.78))
+    assert "Links from rank 0's host h0, measured at start (links.jsonl): h1 25 MB/s, h2 1,000 MB/s." in text
+    assert "Host h1's link is the slow one (40x slower than the next): ranks 2 and 3 there slow" in text
+    assert "16 allreduces carry about 17.3 MB a round over a link: about 0.69 s at 25 MB/s, 46% of the mean" in text
+    # Links alike and fast: no host named, and the cost is said to be small (17.28 MB at 1 GB/s: 1 % of 1.5 s).
+    fast = dict(record, links=[dict(k, mb_s=1000.0) for k in record["links"]])
+    text = report_lib.link_text(fast, _host_stats(1.5, 0.1))
+    assert "slow one" not in text and "All of them alike" in text
+    assert "1% of the mean round: the links do not limit this run." in text
+    assert report_lib.link_text(None, _host_stats(1.5, 0.1)) == ""
+
+
+def test_links_are_read_from_the_last_complete_line(tmp_path):
+    first = {"hosts": ["a", "b"], "links": [{"host": "b", "rank": 1, "mb_s": 10.0, "rtt_ms": 1.0}]}
+    second = dict(first, links=[{"host": "b", "rank": 1, "mb_s": 20.0, "rtt_ms": 1.0}])
+    (tmp_path / "links.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n" + '{"hosts": ["a"')
+    assert report_lib.read_links(tmp_path)["links"][0]["mb_s"] == 20.0
+    assert report_lib.read_links(tmp_path / "nothing") is None

@@ -1,9 +1,10 @@
-"""A slow link between hosts, measured (`make bench-slow-link`, root): 2 namespace hosts x RANKS ranks train
-the default config for SECONDS, first with free links, then with host 1's link rate-limited (tc tbf, both
-directions). Per run: round time, the ranks' collect / update (with its allreduces) / exchange-wait
-seconds per round, steps/s, and the report's finding. Results in OUT/results.json.
+"""A slow link between hosts, measured (`make bench-slow-link`, root): HOSTS namespace hosts x RANKS ranks
+train the default config for SECONDS, first with free links, then with the last host's link rate-limited (tc
+tbf, both directions). Per run: round time, the ranks' collect / update (with its allreduces) / exchange-wait
+seconds per round, steps/s, the links rank 0 measured at start (links.jsonl) and the report's finding.
+Results in OUT/results.json.
 
-    python tests/multihost/bench_slow_link.py [--rate 200mbit] [--seconds 60] [--ranks-per-host 1]
+    python tests/multihost/bench_slow_link.py [--rate 200mbit] [--seconds 60] [--ranks-per-host 1] [--hosts 2]
 """
 
 from __future__ import annotations
@@ -87,13 +88,19 @@ def one_run(hosts: Hosts, out: Path, per_host: int, seconds: float, label: str) 
             }
             for rank, rs in sorted(by_rank.items())
         },
+        "links": [json.loads(line) for line in (run_dir / "links.jsonl").read_text().splitlines() if line.strip()][-1][
+            "links"
+        ]
+        if (run_dir / "links.jsonl").exists()
+        else [],
         "finding": report.split("finding: ")[-1].strip(),
     }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--rate", default="200mbit", help="host 1's link rate in the second run (tc tbf syntax)")
+    p.add_argument("--rate", default="200mbit", help="the last host's link rate in the second run (tc tbf syntax)")
+    p.add_argument("--hosts", type=int, default=2, help="namespace hosts (2 to 4); the last one's link is limited")
     p.add_argument("--seconds", type=float, default=60.0, help="training time of each run")
     p.add_argument("--ranks-per-host", type=int, default=1)
     p.add_argument("--out", default="runs/slow_link")
@@ -105,10 +112,10 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    with Hosts(2) as hosts:
+    with Hosts(a.hosts) as hosts:
         results.append(one_run(hosts, out, a.ranks_per_host, a.seconds, "free"))
-        hosts.limit(1, a.rate)
-        results.append(one_run(hosts, out, a.ranks_per_host, a.seconds, f"host1_{a.rate}"))
+        hosts.limit(a.hosts - 1, a.rate)
+        results.append(one_run(hosts, out, a.ranks_per_host, a.seconds, f"host{a.hosts - 1}_{a.rate}"))
     for r in results:
         print(
             f"{r['label']}: round {r['round_s']:.3f} s, {r['steps_per_s']:,.0f} steps/s, "
@@ -119,6 +126,8 @@ def main(argv=None) -> int:
                 f"  rank {rank} on {s['host']}: collect {s['collect_s']:.3f} s, update {s['update_s']:.3f} s, "
                 f"wait {s['wait_s']:.3f} s ({100 * s['wait_fraction']:.1f} %)"
             )
+        for k in r["links"]:
+            print(f"  link to {k['host']} (rank {k['rank']}): {k['mb_s']:,.1f} MB/s, round trip {k['rtt_ms']:.3g} ms")
         print(f"  report: {r['finding']}")
     (out / "results.json").write_text(json.dumps({"rate": a.rate, "runs": results}, indent=1))
     return 0

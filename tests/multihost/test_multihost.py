@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -85,6 +86,31 @@ def test_training_across_two_hosts_goes_over_the_network(tmp_path, ranks_per_hos
     assert {r["rank"]: r["host"] for r in records} == expected
     table = (run_dir / "imbalance.txt").read_text()
     assert all(name in table for name in hosts.names)
+
+
+def test_a_slow_link_is_named_by_its_host(tmp_path):
+    """3 hosts x 1 rank, host 2's link limited to 40 Mbit/s: rank 0's link probe at start measures it far
+    slower than host 1's, links.jsonl keeps both, and the report names host 2 (rank 2) as the slow link."""
+    run_dir = tmp_path / "run"
+    with Hosts(3) as hosts:
+        hosts.limit(2, "40mbit")
+        proc = _job(hosts, tmp_path, 1, "--run-dir", str(run_dir), "--total-steps", "2048")
+        code, text = _finish(proc, tmp_path / "job.log", timeout=400)
+        names = list(hosts.names)
+    assert code == 0, text[-3000:]
+    assert f"links from rank 0's host {names[0]}: " in text, text[-3000:]
+    (record,) = read_jsonl(run_dir / "links.jsonl")
+    assert record["hosts"] == names
+    rates = {k["host"]: k["mb_s"] for k in record["links"]}
+    assert set(rates) == {names[1], names[2]}
+    assert rates[names[2]] < 6.0 < 4 * 6.0 < rates[names[1]], rates  # 40 Mbit/s is 5 MB/s
+    assert record["allreduce_bytes"] == 4 * smoke_parameters()
+    report = subprocess.run(
+        [sys.executable, "-m", "jaxpong", "report", str(run_dir)], capture_output=True, text=True, timeout=300
+    )
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert f"Host {names[2]}'s link is the slow one" in report.stdout, report.stdout[-3000:]
+    assert "rank 2 there slow every rank's allreduces alike" in report.stdout
 
 
 def test_a_link_down_for_a_few_seconds_the_run_goes_on(tmp_path):
