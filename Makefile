@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-two-like-one bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
+.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-two-like-one bench-batch-rules bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
 
 install: $(STAMP)
 
@@ -133,6 +133,17 @@ bench-startup: install
 bench-batch: install
 	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 1,2,3 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
 	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 8,16 --seeds 1,2 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
+
+# The candidate update rules past 4x the default's games (docs/batch_scaling.md, "Candidate rules past 4x"):
+# each arm at RULE_SCALES with RULE_SEEDS, to +18 or RULE_STEPS agent steps, next to today's rule; resumable
+# (runs/batch_rules/results.jsonl), so more seeds or scales can be added to the same folder later.
+RULE_ARMS ?= minibatch,steps,sqrt_lr,minibatch+ewma,minibatch+kl
+RULE_SCALES ?= 8
+RULE_SEEDS ?= 1,2
+RULE_STEPS ?= 2500000
+bench-batch-rules: install
+	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales $(RULE_SCALES) --seeds $(RULE_SEEDS) --rules $(RULE_ARMS) \
+		--total-steps $(RULE_STEPS) --target-return 18 --out runs/batch_rules $(ARGS)
 
 # The 2016 setup (configs/seed_ppg.yaml) at small scale, one core per rank as on ARCHER: 1 rank (two runs
 # side by side, pinned to cores 0 and 1), then 2 ranks, each with the 2016 fixed 2-s windows (unscored
