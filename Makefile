@@ -79,7 +79,7 @@ lint: install
 	exit $$status
 
 # Build the wheel (dist/) and install it with the mpich extra into a fresh venv outside the repository, as the
-# README's install section says; then `jaxpong --help`, `--version` and the shipped data from a temporary folder.
+# docs/install.md says; then `jaxpong --help`, `--version` and the shipped data from a temporary folder.
 # Several minutes (it installs jax, envpool and compiles mpi4jax; pip's cache makes a second run faster).
 wheel-check: install
 	$(PY) .ci/wheel_check.py --python $(PYTHON)

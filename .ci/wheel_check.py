@@ -3,7 +3,7 @@
 1. `python -m build --wheel` into dist/; the wheel must hold jaxpong/data/*.json (the simulator's shipped
    distributions) and no tests.
 2. A fresh venv in a temporary folder; the mpich wheel first (it brings mpicc), then the jaxpong wheel with
-   its mpich extra, mpi4jax compiled CPU-only against that mpicc: the steps of the README's install section.
+   its mpich extra, mpi4jax compiled CPU-only against that mpicc: the steps of docs/install.md.
 3. From another temporary folder: `jaxpong --help`, `jaxpong --version` (the version of pyproject.toml),
    the installed package finds its shipped data, and the README's "From Python" example runs as written.
 
@@ -70,7 +70,7 @@ def main() -> None:
         run([args.python, "-m", "venv", venv])
         python, bin_dir = venv / "bin" / "python", venv / "bin"
         run([python, "-m", "pip", "install", "-q", "--upgrade", "pip"])
-        # The README's steps: MPI's compiler wrapper first, then the wheel; mpi4jax builds CPU-only against it.
+        # docs/install.md's steps: MPI's compiler wrapper first, then the wheel; mpi4jax builds CPU-only against it.
         run([python, "-m", "pip", "install", "-q", mpich])
         env = {
             **os.environ,
