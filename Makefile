@@ -131,8 +131,8 @@ bench-startup: install
 # at 1x-4x, 2 at 8x and 16x, two runs at a time; resumable (results.jsonl), then simulate --predict turns
 # it into wall-clock per rank count.
 bench-batch: install
-	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 1,2,3 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
-	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 8,16 --seeds 1,2 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
+	$(PY) -m jaxpong.scale.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 1,2,3 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
+	$(PY) -m jaxpong.scale.batchstudy --config $(CONFIG) --scales 8,16 --seeds 1,2 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
 
 # The 2016 setup (configs/seed_ppg.yaml) at small scale, one core per rank as on ARCHER: 1 rank (two runs
 # side by side, pinned to cores 0 and 1), then 2 ranks, each with the 2016 fixed 2-s windows (unscored

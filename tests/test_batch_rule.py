@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from jaxpong import batch_rule
-from jaxpong import config as config_lib
+from jaxpong.base import config as config_lib
+from jaxpong.learn import batch_rule
 
 
 @pytest.mark.parametrize(
@@ -121,7 +121,7 @@ def test_one_process_with_n_times_the_games_gets_what_n_ranks_get():
 
 def test_a_run_saved_before_share_games_keeps_every_ranks_games(tmp_path):
     """Its ranks each stepped num_envs games: a resume, simulate or report reads it that way."""
-    from jaxpong import rundir
+    from jaxpong.store import rundir
 
     (tmp_path / "config.yaml").write_text("env:\n  num_envs: 32\nalgo:\n  num_steps: 64\n")
     assert rundir.read_config(tmp_path)["env"]["share_games"] is False

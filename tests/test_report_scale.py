@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SMOKE_CONFIG
-from jaxpong import report as report_lib
-from jaxpong.cli import main
+from jaxpong.cli.dispatch import main
+from jaxpong.report import stats as report_lib
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MPIRUN = Path(sys.executable).parent / "mpirun"

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SMOKE_CONFIG
-from jaxpong import report as report_lib
-from jaxpong import simulate as sim
-from jaxpong.cli import main
-from jaxpong.deadline import lower_median as train_lower_median
+from jaxpong.cli.dispatch import main
+from jaxpong.play.deadline import lower_median as train_lower_median
+from jaxpong.report import stats as report_lib
+from jaxpong.scale import simulate as sim
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -352,8 +352,8 @@ def test_simulate_command_writes_table_plot_and_json(tmp_path, capsys):
 
 
 def test_simulate_from_a_synthetic_run(tmp_path, capsys):
-    from jaxpong import config as config_lib
-    from jaxpong import rundir
+    from jaxpong.base import config as config_lib
+    from jaxpong.store import rundir
 
     run = tmp_path / "run"
     write_synthetic_run(run)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpong.algorithms.returns import gae, masked_moments, moments_to_mean_std, point_returns
+from jaxpong.learn.algorithms.returns import gae, masked_moments, moments_to_mean_std, point_returns
 
 JIT_MODES = pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
 
