@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 from jaxpong.watch.policy import Policy
 
 __all__ = ["Config", "ConfigError", "Policy", "RunResult", "load_policy", "train"]
@@ -148,8 +149,8 @@ def _check_jax_settings(config: Config) -> None:
         return
     import jax
 
+    from jaxpong.base.console import log_line
     from jaxpong.ranks import placement
-    from jaxpong.store.logger import log_line
 
     wanted, _ = placement.jax_platform(config.run.jax_platform, config.model.network, placement.gpu_visible())
     running = jax.default_backend()

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 from jaxpong.learn.learner import init_state, make_optimizer
 from jaxpong.learn.networks import make_network
 from jaxpong.store.checkpoint import Checkpoints

@@ -15,7 +15,8 @@ import yaml
 
 from conftest import nan_equal
 from jaxpong.base import config as config_lib
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 from jaxpong.cli import dispatch as cli
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxpong.base import config as config_lib
-from jaxpong.base.config import ConfigError
+from jaxpong.base.errors import ConfigError
 from jaxpong.learn.learner import init_state, make_optimizer
 from jaxpong.learn.networks import make_network
 from jaxpong.play.envs import PURPOSE_TRAIN, EnvIO, env_seeds, frame_shape, make_env

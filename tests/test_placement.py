@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from jaxpong.base.config import ConfigError
+from jaxpong.base.errors import ConfigError
 from jaxpong.ranks import placement
 
 

@@ -19,9 +19,7 @@ from typing import Any, get_type_hints
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """Bad user input: reported as one line and exit status 2, never as a traceback."""
+from jaxpong.base.errors import ConfigError
 
 
 def _f(default, help: str, *, choices=None, min=None, max=None, min_exclusive=False, hidden=False):
@@ -335,8 +333,6 @@ class Config:
     @classmethod
     def from_run(cls, run_dir: str | os.PathLike[str], **overrides: Any) -> Config:
         """The saved config of the run in `run_dir` < `overrides` (what `train --resume RUN_DIR` flags do)."""
-        from jaxpong.store.rundir import read_config
-
         return build(None, keyword_overrides(overrides), base=read_config(Path(run_dir)), origin=KEYWORDS)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -588,6 +584,26 @@ def load_yaml(path: str | Path) -> dict:
     return data if data is not None else {}
 
 
+def read_config(run_dir: Path) -> dict:
+    """The saved config of a run, without its `_record` (for --resume, eval, video...)."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"{str(run_dir)!r} is not a jaxpong run directory (no config.yaml); give the folder a train run wrote"
+        )
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise ConfigError(f"{str(path)!r} is not valid YAML; the run directory is damaged") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{str(path)!r} does not hold a jaxpong config")
+    doc.pop("_record", None)
+    env = doc.get("env")
+    if isinstance(env, dict) and "num_envs" in env and "share_games" not in env:
+        env["share_games"] = False  # written before env.share_games existed: every rank stepped num_envs games
+    return doc
+
+
 def flag_name(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -681,11 +697,22 @@ def build(
     if cfg.run.track and (_sets_track(file_data) or _sets_track(overrides)):
         # Asked for now, so wandb must be here. A saved run's tracking (--resume, eval) does not ask: where wandb
         # is missing, training goes on without it and says so.
-        from jaxpong.store.tracking import require_wandb
-
         require_wandb()
     return cfg
 
 
 def _sets_track(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("run"), dict) and "track" in data["run"]
+
+
+INSTALL_HINT = "pip install 'jaxpong[wandb]'"
+
+
+def require_wandb() -> None:
+    """Raise ConfigError (one line, exit status 2) when wandb cannot be imported."""
+    try:
+        import wandb  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            f"--track needs Weights & Biases, which is not installed; install it with: {INSTALL_HINT}"
+        ) from None

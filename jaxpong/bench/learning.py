@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import Config, ConfigError, to_dict
+from jaxpong.base.config import Config, to_dict
+from jaxpong.base.errors import ConfigError
 
 MILESTONES = (-15, -10, 0, 10, 18, 20)
 WINDOW = 20

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import Config, ConfigError, to_dict
+from jaxpong.base.config import Config, to_dict
+from jaxpong.base.errors import ConfigError
 
 WARMUP_UPDATES = 2  # rounds excluded from trainer speed: the first compiles, the second may still settle
 

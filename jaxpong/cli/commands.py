@@ -53,7 +53,7 @@ def bench(
 
 def load_policy(source, checkpoint="latest"):
     """A saved policy (a run directory's checkpoint, or a file written by `export`), announced on stderr."""
-    from jaxpong.store.logger import log_line
+    from jaxpong.base.console import log_line
     from jaxpong.watch import policy as policy_lib
 
     policy = policy_lib.load(source, checkpoint)
@@ -100,7 +100,7 @@ def video(
     if out is not None:
         output_format(out, fps)  # a wrong extension fails before anything is loaded
     setup_jax()
-    from jaxpong.store.logger import log_line
+    from jaxpong.base.console import log_line
     from jaxpong.watch.video import record
 
     policy = load_policy(source, checkpoint)
@@ -121,7 +121,7 @@ def video(
 def export(source, out, checkpoint="latest") -> int:
     """`jaxpong export`: write a saved policy as one self-describing file."""
     setup_jax()
-    from jaxpong.store.logger import log_line
+    from jaxpong.base.console import log_line
     from jaxpong.watch.export import export_policy
 
     policy = load_policy(source, checkpoint)
@@ -141,7 +141,7 @@ def export(source, out, checkpoint="latest") -> int:
 def plot(runs: list, out=None, *, title: str | None = None, at: list[float] | None = None) -> int:
     """`jaxpong plot`: learning curves of `runs` on one image (default RUN_DIR/learning_curve.png for one run,
     learning_curves.png here for several); with `at`, each run's state at those seconds as a table and JSON."""
-    from jaxpong.store.logger import log_line
+    from jaxpong.base.console import log_line
     from jaxpong.watch.plots import plot_runs
 
     out = out or (Path(runs[0]) / "learning_curve.png" if len(runs) == 1 else Path("learning_curves.png"))

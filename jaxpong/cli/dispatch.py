@@ -17,7 +17,7 @@ import sys
 
 import jaxpong
 from jaxpong.base import config as config_lib
-from jaxpong.base.config import ConfigError
+from jaxpong.base.errors import ConfigError
 from jaxpong.ranks import placement
 from jaxpong.store.rundir import WriteFailed
 from jaxpong.train.stop import EXIT_IO_ERROR, EXIT_PREEMPTED, EXIT_USAGE
@@ -205,7 +205,7 @@ def launch_ranks(args, command: str, cfg=None) -> None:
         file=sys.stderr,
         flush=True,
     )
-    from jaxpong import PROCESS_START
+    from jaxpong.base.clock import PROCESS_START
 
     os.environ["JAXPONG_LAUNCH_START"] = repr(PROCESS_START)  # the ranks' clocks start with this command
     os.execv(cmd[0], cmd)
@@ -216,7 +216,8 @@ def _overrides(args) -> dict:
 
 
 def cmd_train(args) -> int:
-    from jaxpong import PROCESS_START, api
+    from jaxpong import api
+    from jaxpong.base.clock import PROCESS_START
     from jaxpong.train import launch
 
     cfg = launch.train_config(args.config, _overrides(args), run_dir=args.run_dir, resume=args.resume)

@@ -32,7 +32,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxpong.base.config import Config, ConfigError, parse_batch_size
+from jaxpong.base.config import Config, parse_batch_size
+from jaxpong.base.errors import ConfigError
 
 
 def scaled_minibatches(

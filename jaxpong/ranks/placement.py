@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxpong.base.config import ConfigError
+from jaxpong.base.errors import ConfigError
 
 # Cores per rank of --ranks auto. One rank is one Python thread feeding envpool and XLA: on 16 cores it
 # drove under half of what envpool's raw stepping reaches there, so a host needs several; two cores

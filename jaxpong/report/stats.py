@@ -50,7 +50,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 from jaxpong.learn import batch_rule
 
 COLOURS = {

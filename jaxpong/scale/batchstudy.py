@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import ConfigError, build
+from jaxpong.base.config import build
+from jaxpong.base.errors import ConfigError
 from jaxpong.bench.learning import MILESTONES, read_jsonl, run_outcome, train_argv
 from jaxpong.learn import batch_rule
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 from jaxpong.learn import batch_rule
 
 MILESTONES = ("0", "18", "20")

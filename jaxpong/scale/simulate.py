@@ -69,7 +69,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 
 MODES = ("game", "steps", "window", "deadline")
 MODE_FLAG = {"game": "game", "steps": "0", "window": "SECONDS", "deadline": "auto"}

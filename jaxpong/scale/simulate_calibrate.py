@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import ConfigError
+from jaxpong.base.errors import ConfigError
 from jaxpong.scale.simulate import Collectives
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import ConfigError
+from jaxpong.base.errors import ConfigError
 from jaxpong.scale.simulate import (
     MODES,
     Measured,

@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jaxpong.base.config import ConfigError
+from jaxpong.base.errors import ConfigError
 from jaxpong.scale.simulate import load_measured, measured_from_run, mode_of, simulate
 
 STARTUP_S = 20.0

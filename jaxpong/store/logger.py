@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from jaxpong.base.config import ConfigError
+from jaxpong.base.config import require_wandb
+from jaxpong.base.console import log_line
+from jaxpong.base.errors import ConfigError
 from jaxpong.store.rundir import WriteFailed, write_failure_reason
 
 if TYPE_CHECKING:
@@ -136,7 +138,7 @@ class RunLogger:
         from jaxpong.store import tracking
 
         try:
-            tracking.require_wandb()
+            require_wandb()
             self.tracker = tracking.Tracker(
                 self.run_dir,
                 doc,
@@ -226,10 +228,6 @@ class RunLogger:
             raise failure
 
 
-def log_line(message: str) -> None:
-    print(f"[jaxpong {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def eta_seconds(
     total_steps: int, step: int, sps: float, time_limit_s: float = 0.0, process_s: float = 0.0
 ) -> tuple[float, str]:
@@ -289,7 +287,7 @@ class Progress:
             self.bar.start()
 
     def eta(self, step: int, sps: float) -> str:
-        from jaxpong import PROCESS_START
+        from jaxpong.base.clock import PROCESS_START
 
         start = PROCESS_START if self.clock_start is None else self.clock_start
         seconds, rule = eta_seconds(self.total, step, sps, self.time_limit_s, time.time() - start)

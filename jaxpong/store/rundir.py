@@ -13,7 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from jaxpong.base.config import Config, ConfigError, to_dict
+from jaxpong.base.config import Config, to_dict
+from jaxpong.base.errors import ConfigError
 
 PACKAGES = (
     "jaxpong",
@@ -196,23 +197,3 @@ def write_config(run_dir: Path, cfg: Config, world_size: int, extra: dict | None
     tmp = run_dir / "config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(doc, sort_keys=False))
     os.replace(tmp, run_dir / "config.yaml")
-
-
-def read_config(run_dir: Path) -> dict:
-    """The saved config of a run, without its `_record` (for --resume, eval, video...)."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(
-            f"{str(run_dir)!r} is not a jaxpong run directory (no config.yaml); give the folder a train run wrote"
-        )
-    try:
-        doc = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise ConfigError(f"{str(path)!r} is not valid YAML; the run directory is damaged") from None
-    if not isinstance(doc, dict):
-        raise ConfigError(f"{str(path)!r} does not hold a jaxpong config")
-    doc.pop("_record", None)
-    env = doc.get("env")
-    if isinstance(env, dict) and "num_envs" in env and "share_games" not in env:
-        env["share_games"] = False  # written before env.share_games existed: every rank stepped num_envs games
-    return doc

@@ -8,7 +8,8 @@ and, when the process ends, the learning curve PNG and the final video written a
 
 W&B's own files go to RUN_DIR/wandb/. With WANDB_MODE=offline nothing leaves the machine and
 `wandb sync RUN_DIR/wandb/offline-run-*` uploads later. wandb is an optional dependency
-(`pip install 'jaxpong[wandb]'`): only this module imports it, and only when tracking is on.
+(`pip install 'jaxpong[wandb]'`): only this module imports it, and only when tracking is on (the config's
+`require_wandb` only checks that it imports, when --track is asked for).
 A W&B failure (no API key, no network) turns tracking off with one line; training goes on.
 """
 
@@ -22,9 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from jaxpong.base.config import ConfigError
-
-INSTALL_HINT = "pip install 'jaxpong[wandb]'"
 RUN_ID_FILE = "wandb_run_id"
 STEP_METRIC = "step"
 # Files written at the end of training (jaxpong/end_of_run.py), logged when the run finishes.
@@ -33,16 +31,6 @@ END_OF_RUN_MEDIA = {"media/learning_curve": "learning_curve.png", "media/final_v
 
 class TrackingFailed(RuntimeError):
     """W&B could not start or log; the message is one line for the user."""
-
-
-def require_wandb() -> None:
-    """Raise ConfigError (one line, exit status 2) when wandb cannot be imported."""
-    try:
-        import wandb  # noqa: F401
-    except ImportError:
-        raise ConfigError(
-            f"--track needs Weights & Biases, which is not installed; install it with: {INSTALL_HINT}"
-        ) from None
 
 
 def scalars(record: dict) -> dict[str, float | int]:
@@ -137,7 +125,7 @@ class Tracker:
                 self.run.log(media)
             self.run.finish()
         except Exception as err:  # noqa: BLE001 - the run's own files are written; W&B only mirrors them
-            from jaxpong.store.logger import log_line
+            from jaxpong.base.console import log_line
 
             log_line(f"W&B run not finished cleanly ({_one_line(err)}); the run directory is complete")
 

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jaxpong.base.config import Config, ConfigError
-from jaxpong.store.logger import log_line
+from jaxpong.base.config import Config
+from jaxpong.base.console import log_line
+from jaxpong.base.errors import ConfigError
 from jaxpong.store.rundir import WriteFailed
 
 if TYPE_CHECKING:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxpong.base.config import Config, ConfigError
-from jaxpong.store.logger import log_line
+from jaxpong.base.config import Config
+from jaxpong.base.console import log_line
+from jaxpong.base.errors import ConfigError
 
 CAPTURE_VIDEO_STEPS = 600  # --capture-video: the clip's length in agent steps at most (40 s at real speed)
 

@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 from jaxpong.base import config as config_lib
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 
 
 def train_config(
@@ -19,7 +20,6 @@ def train_config(
 ) -> Config:
     """The run's config: defaults < `config_file` < `overrides`; with `resume` (a run directory), the
     run's saved config instead of the defaults. `run_dir`, if given with `resume`, must name the same folder."""
-    from jaxpong.store import rundir
 
     if resume and run_dir and Path(run_dir) != Path(resume):
         raise ConfigError("--run-dir and --resume name different folders; --resume RUN_DIR continues RUN_DIR in place")
@@ -29,7 +29,7 @@ def train_config(
             f"--resume {resume!r} does not exist (not a jaxpong run directory); give a run "
             "directory (with config.yaml and checkpoints/)"
         )
-    base = rundir.read_config(Path(resume)) if resume else None
+    base = config_lib.read_config(Path(resume)) if resume else None
     return config_lib.build(config_file, overrides, base=base)
 
 
@@ -120,9 +120,9 @@ def _train_in(
     platform_line: str = "",
     clock_start: float | None = None,
 ):
+    from jaxpong.base.console import log_line
     from jaxpong.ranks import placement
     from jaxpong.store import rundir
-    from jaxpong.store.logger import log_line
     from jaxpong.train.run import Training
 
     training = Training(cfg, comm, path, resume_step=resume_step, resume_fallback=resume_fallback)

@@ -10,10 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.console import log_line
+from jaxpong.base.errors import ConfigError
 from jaxpong.learn.learner import TrainState, init_state
 from jaxpong.store.checkpoint import Checkpoints, ResumeRefused, resume_changes
-from jaxpong.store.logger import log_line
 from jaxpong.train.round import Counters
 
 

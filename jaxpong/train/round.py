@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import PROCESS_START
+from jaxpong.base.clock import PROCESS_START
 from jaxpong.base.config import Config
 from jaxpong.learn import noise_scale
 from jaxpong.learn.learner import (

@@ -18,15 +18,16 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxpong import PROCESS_START
+from jaxpong.base.clock import PROCESS_START
 from jaxpong.base.config import Config, to_dict
+from jaxpong.base.console import log_line
 from jaxpong.learn import batch_rule, noise_scale
 from jaxpong.learn.learner import lr_fraction, make_optimizer, metric_names, schedule
 from jaxpong.learn.networks import make_network
 from jaxpong.ranks.exchange import agreed_layout, read_rows, record_row
 from jaxpong.report.stats import useful_ranks_line
 from jaxpong.store.checkpoint import Checkpoints
-from jaxpong.store.logger import Progress, RunLogger, log_line
+from jaxpong.store.logger import Progress, RunLogger
 from jaxpong.store.rundir import WriteFailed
 from jaxpong.train.between_rounds import Evaluations, clip, eval_due, fmt_return, video_due
 from jaxpong.train.end_of_run import write_imbalance_report, write_media

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import ConfigError
+from jaxpong.base.errors import ConfigError
 
 FORMAT = "jaxpong-policy"
 FORMAT_VERSION = 1

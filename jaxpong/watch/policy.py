@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jaxpong.base import config as config_lib
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -271,9 +272,8 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
     one: a read that fails because its checkpoint went away (or was replaced) takes the newest one again,
     and only a checkpoint that is still there and cannot be read is reported as unreadable. The writer
     never waits for readers."""
-    from jaxpong.store import rundir
 
-    saved = rundir.read_config(run_dir)  # a clear error when this is not a run directory
+    saved = config_lib.read_config(run_dir)  # a clear error when this is not a run directory
     for _ in range(READ_ATTEMPTS):
         directory, step = _choose_step(run_dir, checkpoint)
         # What the writer can change under a reader: this checkpoint, and the folder's list (orbax opens the

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxpong.base.config import Config, ConfigError
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
 from jaxpong.play.envs import PURPOSE_VIDEO, env_seeds, make_env
 
 FPS = 15  # 60 Hz console / 4 frames per agent step: real-time speed
