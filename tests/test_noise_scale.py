@@ -312,7 +312,7 @@ def test_useful_ranks_follow_the_batch_rules():
 
 def test_the_useful_ranks_line(tmp_path):
     from jaxpong.base.config import build
-    from jaxpong.report.stats import noise_scale_line, useful_ranks_line
+    from jaxpong.report.finding import noise_scale_line, useful_ranks_line
     from jaxpong.store import rundir
 
     cfg = build("configs/default.yaml", {})

@@ -195,7 +195,7 @@ def add_scale_commands(sub) -> None:
 
 
 def cmd_report(args) -> int:
-    from jaxpong.report import stats as report
+    from jaxpong.report import make as report
 
     return report.run_cli(args)
 

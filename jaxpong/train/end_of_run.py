@@ -15,7 +15,8 @@ CAPTURE_VIDEO_STEPS = 600  # --capture-video: the clip's length in agent steps a
 def write_imbalance_report(run_dir: Path) -> None:
     """`jaxpong report` at the end of a multi-rank run (rank 0): a failure here never fails the run."""
     try:
-        from jaxpong.report.stats import IMAGE_NAME, write_after_training
+        from jaxpong.report.make import write_after_training
+        from jaxpong.report.pictures import IMAGE_NAME
 
         finding = write_after_training(run_dir)
         log_line(f"late senders: {finding} (picture: {run_dir / IMAGE_NAME})")

@@ -25,7 +25,7 @@ from jaxpong.learn import batch_rule, noise_scale
 from jaxpong.learn.learner import lr_fraction, make_optimizer, metric_names, schedule
 from jaxpong.learn.networks import make_network
 from jaxpong.ranks.exchange import agreed_layout, read_rows, record_row
-from jaxpong.report.stats import useful_ranks_line
+from jaxpong.report.finding import useful_ranks_line
 from jaxpong.store.checkpoint import Checkpoints
 from jaxpong.store.logger import Progress, RunLogger
 from jaxpong.store.rundir import WriteFailed
