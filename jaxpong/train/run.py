@@ -1,6 +1,7 @@
-"""The run loop around the round (jaxpong/round.py): stop rules, checkpoints, evaluation between rounds,
+"""The run loop around the round (jaxpong/train/round.py): stop rules, checkpoints, evaluation between rounds,
 logging, progress, and the end of the run (a final exchange that checks replication, the last files,
-the pictures).
+the pictures). `Training` is this loop with two parts of its own: rank 0's records of each round
+(jaxpong/train/records.py) and the end of the run (jaxpong/train/end_of_run.py).
 
 Stop decisions are computed from the agreed (reduced) facts of each round's exchange, so all ranks
 agree; rank 0 alone writes files and asks for stops through the flags the next exchange carries.
@@ -12,7 +13,7 @@ import collections
 import gc
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import jax
@@ -21,46 +22,30 @@ import numpy as np
 from jaxpong.base.clock import PROCESS_START
 from jaxpong.base.config import Config, to_dict
 from jaxpong.base.console import log_line
-from jaxpong.learn import batch_rule, noise_scale
-from jaxpong.learn.learner import lr_fraction, make_optimizer, metric_names, schedule
+from jaxpong.learn import batch_rule
+from jaxpong.learn.learner import make_optimizer, metric_names
 from jaxpong.learn.networks import make_network
-from jaxpong.ranks.exchange import agreed_layout, read_rows, record_row
-from jaxpong.report.finding import useful_ranks_line
 from jaxpong.store.checkpoint import Checkpoints
 from jaxpong.store.logger import Progress, RunLogger
 from jaxpong.store.rundir import WriteFailed
-from jaxpong.train.between_rounds import Evaluations, clip, eval_due, fmt_return, video_due
-from jaxpong.train.end_of_run import write_imbalance_report, write_media
+from jaxpong.train.between_rounds import Evaluations, clip, eval_due, video_due
+from jaxpong.train.end_of_run import RunEnd, RunEnding
+from jaxpong.train.records import RoundRecords
 from jaxpong.train.resume import starting_state
-from jaxpong.train.round import Counters, Round, RoundOutcome, param_checksum, sparse_update
+from jaxpong.train.round import Round, sparse_update
 from jaxpong.train.signals import SignalFlag
 from jaxpong.train.stop import (
     EXIT_FAULT,
     EXIT_IO_ERROR,
     EXIT_OK,
-    EXIT_PREEMPTED,
     RECENT_GAMES,
     Stop,
-    next_line,
-    resume_command,
-    stop_kind,
     stop_reason,
     target_reached,
 )
 
 
-@dataclass
-class RunEnd:
-    """How a run (this process's part of it) ended: the exit status, the reason (one line), the run
-    directory and the counters at the end (the whole run's, resumes included)."""
-
-    code: int
-    reason: str
-    run_dir: Path
-    counters: Counters
-
-
-class Training:
+class Training(RoundRecords, RunEnding):
     """One process's part of a training run: set up on every rank (rank 0's state is everyone's), then `run`."""
 
     def __init__(self, cfg: Config, comm, run_dir: Path, resume_step: int | None = None, resume_fallback: bool = False):
@@ -102,6 +87,7 @@ class Training:
         if self.logger is not None:
             self.logger.hosts = hosts
             if links:
+                assert hosts is not None  # links are measured between the hosts of several ranks
                 self.logger.log_links(self._links_record(hosts, links, round_cfg))
         self.evaluations = Evaluations(cfg, self.run_dir, self.round.policy_step) if self.is_main else None
         self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
@@ -113,23 +99,6 @@ class Training:
         self.target_reached = False  # rank 0: the last-20 mean reached --target-return; everyone stops next round
         self.consecutive_skips = 0
         self._live_t0: float | None = None  # set while run() is training
-
-    def _links_record(self, hosts: list[str], links: list[dict], round_cfg: Config) -> dict:
-        """links.jsonl's line: the ranks' hosts, rank 0's measured links, and the bytes the update's
-        allreduces carry each round (one float32 buffer of the gradient and a few sums per optimizer step)."""
-        params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
-        epochs, minibatches = schedule(round_cfg)
-        log_line(
-            f"links from rank 0's host {hosts[0]}: "
-            + ", ".join(f"{k['host']} {k['mb_s']:,.0f} MB/s (round trip {k['rtt_ms']:.2g} ms)" for k in links)
-        )
-        return {
-            "update": self.counters.update,
-            "hosts": hosts,
-            "links": links,
-            "allreduce_bytes": 4 * params,
-            "allreduces_per_round": epochs * minibatches,
-        }
 
     def run(self, time_limit_s: float | None = None, clock_start: float | None = None) -> RunEnd:
         """Rounds until a stop rule holds; then the final exchange, the last files and pictures.
@@ -221,67 +190,7 @@ class Training:
             code, reason = stop.code, stop.reason
         finally:
             progress.close()
-        # The last round's timings and a final replication check: one more exchange, which every rank makes.
-        layout = self.round.agreed_layout or agreed_layout(1)
-        checksum = param_checksum(self.state.params)
-        reduced, rows = comm.exchange(
-            layout.pack({"checksum_max": checksum, "checksum_neg_min": -checksum}),
-            layout,
-            record_row(self.round.log_layout, pending, []),
-            timeout_s=self.round.hang_limit(c.update),
-            label="the final exchange",
-        )
-        final_records = read_rows(self.round.log_layout, rows)[0] if rows is not None else []
-        c.elapsed_s += time.perf_counter() - t0
-        self._live_t0 = None
-        facts = layout.unpack(reduced)
-        high, low = facts["checksum_max"], -facts["checksum_neg_min"]
-        if high - low > 1e-6 * max(1.0, abs(high)):
-            code, reason = (
-                EXIT_FAULT,
-                f"ranks ended with different parameters (checksums from {low} to {high}); replication broke",
-            )
-        if self.is_main:
-            if comm.size > 1 and code != EXIT_FAULT:
-                log_line(f"parameters identical on all {comm.size} ranks at the end (checksum {high:.6g})")
-            code, reason = self._finish_files(final_records, code, reason)
-            log_line(
-                f"stopped: {reason} (update {c.update}, step {c.step:,}, {c.episodes} games, "
-                f"return(last {RECENT_GAMES}) {fmt_return(self.recent_mean())})"
-            )
-            noise = noise_scale.log_metrics(self.round.noise)
-            if batch_line := useful_ranks_line(
-                noise["charts/noise_scale"], noise["charts/optimizer_batch"], comm.size, cfg
-            ):
-                log_line(batch_line)
-            if code != EXIT_IO_ERROR:
-                if comm.size > 1:
-                    write_imbalance_report(self.run_dir)
-                write_media(
-                    cfg,
-                    self.state.params,
-                    self.run_dir,
-                    self.round.policy_step,
-                    final_clip=code != EXIT_FAULT and not reason.startswith("signal"),
-                )
-            assert self.logger is not None  # rank 0 has the logger
-            self.logger.finish_tracking()  # W&B gets the media now, not at process exit
-            if code != EXIT_IO_ERROR:  # (an I/O failure's stop line says where to resume from)
-                assert self.checkpoints is not None  # rank 0 has them
-                last = next_line(
-                    stop_kind(reason, code),
-                    cfg,
-                    self.run_dir,
-                    comm.size,
-                    self.recent_mean(),
-                    has_checkpoint=self.checkpoints.newest_complete() is not None,
-                )
-                if last:
-                    log_line(last)
-        self.round.env.close()
-        if code == EXIT_OK and reason.startswith("signal"):
-            code = EXIT_PREEMPTED
-        return RunEnd(code, reason, self.run_dir, c)
+        return self._end(pending, code, reason, t0)
 
     def _between_rounds(self, record: dict) -> dict:
         """Rank 0, when due: evaluate (keeping the best checkpoint) and record a --video-every clip; return
@@ -306,42 +215,6 @@ class Training:
             self.round.last_eval_s = record["eval_s"]
         return metrics
 
-    def _finish_files(self, final_records: list, code: int, reason: str) -> tuple[int, str]:
-        """Rank 0 at the end: the last timings, the final checkpoint (unless the last checkpoint write
-        failed: the disk is most likely still full), closing the logs. Any failed write makes the exit
-        status EXIT_IO_ERROR and the reason one line that says what failed and where to resume from."""
-        logger, checkpoints = self.logger, self.checkpoints
-        assert logger is not None and checkpoints is not None  # rank 0 has both
-
-        def attempt(action) -> None:
-            try:
-                action()
-            except WriteFailed as err:
-                self.io_failure = self.io_failure or err
-
-        if self.io_failure is None:
-            attempt(lambda: logger.log_ranks(final_records))
-        if code != EXIT_FAULT and (self.io_failure is None or self.io_failure.what != "checkpoint"):
-            attempt(self.save)
-        attempt(logger.close)
-        if self.io_failure is None:
-            return code, reason
-        newest = checkpoints.newest_complete()
-        where = (
-            f"the newest good checkpoint is step {newest:,} ({checkpoints.directory / str(newest)}); "
-            f"fix the cause (free space, permissions), then resume with: {resume_command(self.run_dir, self.comm.size)}"
-            if newest is not None
-            else "no checkpoint was kept; fix the cause and start the run again"
-        )
-        return EXIT_IO_ERROR, f"{self.io_failure}; {where}"
-
-    def _account(self, records: list[dict]):
-        """Rank 0: per-rank totals of wait, busy time and samples, from the gathered records."""
-        for r in records:
-            if r["update"] > self.first_update + 1:  # a process's first round includes compilation
-                t = self.rank_totals[r["rank"]]
-                t += [r["wait_s"], r["collect_s"] + r["compute_s"], r["valid_samples"], r["masked_samples"]]
-
     def _stop_reason(self, facts: dict, time_limit_s) -> str:
         if facts["io_failure"]:
             raise Stop(
@@ -356,51 +229,6 @@ class Training:
             self.comm.size,
             self.recent_mean() if self.is_main else None,
         )
-
-    def recent_mean(self):
-        return float(np.mean(self.recent)) if self.recent else None
-
-    def _log(self, now, sps, out: RoundOutcome, extra: dict | None = None):
-        c, games, facts = self.counters, out.games, out.facts
-        line = {
-            "update": c.update,
-            "step": c.step,
-            "time_s": round(c.elapsed_s + now, 3),
-            "process_s": round(time.time() - PROCESS_START, 3),
-            "wall_time": round(time.time(), 3),
-            "charts/SPS": round(sps, 1),
-            "charts/episodes": c.episodes,
-            "charts/env_steps": c.env_steps,
-            "charts/learning_rate": self.cfg.algo.learning_rate * lr_fraction(self.cfg, c.step) * c.lr_scale,
-        }
-        if games:
-            line["charts/episodic_return"] = float(np.mean([r for r, _ in games]))
-            line["charts/episodic_length"] = float(np.mean([n for _, n in games]))
-        if self.recent:
-            line["charts/return_last20"] = self.recent_mean()
-        line["charts/window_reward"] = facts["window_reward"] / self.comm.size
-        line["charts/window_reward_ema"] = c.window_reward_ema
-        for name, value in zip(self.metric_names, out.metrics):
-            line[name] = float(value)
-        valid, masked = int(facts["moments"][0]), int(facts["masked"])
-        waits = [t[0] / max(t[0] + t[1], 1e-12) for t in self.rank_totals.values()]
-        line.update(
-            {
-                "comm/world_size": self.comm.size,
-                "comm/masked_fraction": masked / max(valid + masked, 1),
-                "comm/deadline_s": out.record["deadline_s"] or 0.0,
-                "faults/skipped_updates": c.skipped_updates,
-            }
-        )
-        if waits:
-            line["comm/wait_fraction_max"] = max(waits)
-            line["comm/wait_fraction_mean"] = float(np.mean(waits))
-        if out.records:
-            line["comm/allreduce_ms"] = 1000.0 * min(r["wait_s"] for r in out.records)
-        line.update(noise_scale.log_metrics(self.round.noise))
-        line.update(extra or {})
-        assert self.logger is not None  # rank 0 alone logs
-        self.logger.log(line)
 
     def save(self, checkpoints: Checkpoints | None = None, extra_meta: dict | None = None):
         """Checkpoint the training state (into checkpoints/, or `checkpoints`), with `extra_meta` in its metadata."""
