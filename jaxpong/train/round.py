@@ -13,7 +13,9 @@ import hashlib
 import math
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -123,7 +125,99 @@ def _apply_fn(network):
     return lambda params, x: network.apply(params, x)
 
 
-class Round:
+class RoundExchange:
+    """The round's EXCHANGE step on this rank (a part of `Round`): the fixed-size agreed record every rank
+    decides from, and the row of timings and games gathered to rank 0; waiting in it for the last rank is
+    this rank's wait, the late-sender cost. The attributes below are Round's."""
+
+    cfg: Config
+    comm: Any
+    signals: Any
+    is_main: bool
+    collector: Collector
+    deadline: Deadline
+    watchdog: Watchdog
+    agreed_layout: Layout | None
+    log_layout: Layout
+    game_slots: int
+    carried_games: list
+    slowest_round_s: float
+    last_eval_s: float
+    clock_start: float
+    hang_limit: Callable[..., float]
+
+    def _exchange(
+        self,
+        state: TrainState,
+        counters: Counters,
+        prepared: Prepared,
+        info,
+        pending_record: dict | None,
+        io_failure: bool,
+        stop_request: bool,
+    ) -> tuple[dict, tuple, float]:
+        """(agreed facts, rank 0's gathered (records, games per rank), seconds waited)."""
+        cfg, comm = self.cfg, self.comm
+        check = cfg.dist.replication_check_every and counters.update % cfg.dist.replication_check_every == 0
+        signal_now = self.signals.received
+        self.signals.announce()  # after the read: a signal in this round's record has been announced
+        games_here = self.carried_games + self.collector.scores.drain()
+        games_sent, self.carried_games = games_here[: self.game_slots], games_here[self.game_slots :]
+        checksum = param_checksum(state.params) if check and comm.size > 1 else -math.inf
+        fill_counts = np.zeros(FILL_BINS)
+        fill_at = fill_bin(fill_time_estimate(info.collect_s, info.filled_steps, cfg.env.num_envs, cfg.algo.num_steps))
+        if fill_at is not None:
+            fill_counts[fill_at] = 1.0
+        batch = prepared.batch
+        layout = self.agreed_layout = self.agreed_layout or agreed_layout(prepared.moments.size)
+        agreed = layout.pack(
+            {
+                "moments": prepared.moments,
+                "filled": info.filled_steps,
+                "masked": prepared.masked,
+                "games": len(games_sent),
+                # The 2016 criterion: reward summed over this round's window of play, per game stepped.
+                "window_reward": float(np.asarray(batch.rewards)[np.asarray(batch.filled)].sum()) / cfg.env.num_envs,
+                "rank0_process_s": time.time() - self.clock_start if self.is_main else 0.0,
+                "fill_counts": fill_counts,
+                "signal": int(signal.Signals[signal_now]) if signal_now else 0,
+                "io_failure": float(io_failure),
+                "stop_request": float(stop_request),
+                "sparse_length": prepared.sparse[0].length(prepared.sparse[1]) if prepared.sparse is not None else 0,
+                "checksum_max": checksum,
+                "checksum_neg_min": -checksum,
+                "slowest_round_s": pending_record["collect_s"] + pending_record["compute_s"] if pending_record else 0.0,
+                "rank0_eval_s": self.last_eval_s if self.is_main else 0.0,
+            }
+        )
+        row = record_row(self.log_layout, pending_record, games_sent)
+        t_wait = time.perf_counter()
+        # Everyone waits here for the last rank: the late-sender cost.
+        limit = self.hang_limit(counters.update)
+        label = f"the exchange after update {counters.update}"
+        # The arrival check names a rank that never arrives; the watchdog covers one that stops halfway through.
+        self.watchdog.arm(label, limit + 5.0)
+        reduced, rows = comm.exchange(agreed, layout, row, timeout_s=limit, label=label)
+        self.watchdog.disarm()
+        wait_s = time.perf_counter() - t_wait
+        facts = layout.unpack(reduced)
+        logged = read_rows(self.log_layout, rows) if rows is not None else ([], [])
+        if facts["slowest_round_s"] > 0:
+            self.slowest_round_s = facts["slowest_round_s"]
+        self.last_eval_s = facts["rank0_eval_s"]
+        if math.isfinite(facts["checksum_max"]):
+            high, low = facts["checksum_max"], -facts["checksum_neg_min"]
+            if high - low > 1e-6 * max(1.0, abs(high)):
+                raise Stop(
+                    f"ranks hold different parameters at update {counters.update} (checksums from {low} to "
+                    f"{high}); replication broke",
+                    EXIT_FAULT,
+                )
+        self.deadline.observe_counts(facts["fill_counts"])
+        return facts, logged, wait_s
+
+
+class Round(RoundExchange):
     """The round's machinery on this rank (jitted steps, envs, collector, deadline, watchdog), made once
     per process, and what this rank carries from one round to the next (games beyond
     a row's room, the agreed layout, the update's compiled list lengths, recent round times)."""
@@ -273,76 +367,6 @@ class Round:
         moments = np.asarray(moments, np.float64)
         masked = int(np.asarray(targets["masked"]).sum())
         return Prepared(batch, targets, moments, masked, sparse, time.perf_counter() - start)
-
-    def _exchange(
-        self,
-        state: TrainState,
-        counters: Counters,
-        prepared: Prepared,
-        info,
-        pending_record: dict | None,
-        io_failure: bool,
-        stop_request: bool,
-    ) -> tuple[dict, tuple, float]:
-        """(agreed facts, rank 0's gathered (records, games per rank), seconds waited)."""
-        cfg, comm = self.cfg, self.comm
-        check = cfg.dist.replication_check_every and counters.update % cfg.dist.replication_check_every == 0
-        signal_now = self.signals.received
-        self.signals.announce()  # after the read: a signal in this round's record has been announced
-        games_here = self.carried_games + self.collector.scores.drain()
-        games_sent, self.carried_games = games_here[: self.game_slots], games_here[self.game_slots :]
-        checksum = param_checksum(state.params) if check and comm.size > 1 else -math.inf
-        fill_counts = np.zeros(FILL_BINS)
-        fill_at = fill_bin(fill_time_estimate(info.collect_s, info.filled_steps, cfg.env.num_envs, cfg.algo.num_steps))
-        if fill_at is not None:
-            fill_counts[fill_at] = 1.0
-        batch = prepared.batch
-        layout = self.agreed_layout = self.agreed_layout or agreed_layout(prepared.moments.size)
-        agreed = layout.pack(
-            {
-                "moments": prepared.moments,
-                "filled": info.filled_steps,
-                "masked": prepared.masked,
-                "games": len(games_sent),
-                # The 2016 criterion: reward summed over this round's window of play, per game stepped.
-                "window_reward": float(np.asarray(batch.rewards)[np.asarray(batch.filled)].sum()) / cfg.env.num_envs,
-                "rank0_process_s": time.time() - self.clock_start if self.is_main else 0.0,
-                "fill_counts": fill_counts,
-                "signal": int(signal.Signals[signal_now]) if signal_now else 0,
-                "io_failure": float(io_failure),
-                "stop_request": float(stop_request),
-                "sparse_length": prepared.sparse[0].length(prepared.sparse[1]) if prepared.sparse is not None else 0,
-                "checksum_max": checksum,
-                "checksum_neg_min": -checksum,
-                "slowest_round_s": pending_record["collect_s"] + pending_record["compute_s"] if pending_record else 0.0,
-                "rank0_eval_s": self.last_eval_s if self.is_main else 0.0,
-            }
-        )
-        row = record_row(self.log_layout, pending_record, games_sent)
-        t_wait = time.perf_counter()
-        # Everyone waits here for the last rank: the late-sender cost.
-        limit = self.hang_limit(counters.update)
-        label = f"the exchange after update {counters.update}"
-        # The arrival check names a rank that never arrives; the watchdog covers one that stops halfway through.
-        self.watchdog.arm(label, limit + 5.0)
-        reduced, rows = comm.exchange(agreed, layout, row, timeout_s=limit, label=label)
-        self.watchdog.disarm()
-        wait_s = time.perf_counter() - t_wait
-        facts = layout.unpack(reduced)
-        logged = read_rows(self.log_layout, rows) if rows is not None else ([], [])
-        if facts["slowest_round_s"] > 0:
-            self.slowest_round_s = facts["slowest_round_s"]
-        self.last_eval_s = facts["rank0_eval_s"]
-        if math.isfinite(facts["checksum_max"]):
-            high, low = facts["checksum_max"], -facts["checksum_neg_min"]
-            if high - low > 1e-6 * max(1.0, abs(high)):
-                raise Stop(
-                    f"ranks hold different parameters at update {counters.update} (checksums from {low} to "
-                    f"{high}); replication broke",
-                    EXIT_FAULT,
-                )
-        self.deadline.observe_counts(facts["fill_counts"])
-        return facts, logged, wait_s
 
     def _update(
         self, state: TrainState, counters: Counters, prepared: Prepared, facts: dict
