@@ -78,13 +78,13 @@ def cmd_bench(args) -> int:
 
     cfg = config_lib.build(args.config, overrides(args))
     if args.startup:
-        from jaxpong.bench import throughput as bench_lib
+        from jaxpong.bench import scaling
 
         counts = [
             placement.plan_ranks(r, len(os.sched_getaffinity(0)), oversubscribe=True).ranks
             for r in (args.ranks or "1").split(",")
         ]
-        return bench_lib.startup(cfg, counts, run_dir=args.run_dir)
+        return scaling.startup(cfg, counts, run_dir=args.run_dir)
     if args.learn and args.ranks and "," in args.ranks:
         if args.seeds < 1:
             raise ConfigError(f"--seeds: {args.seeds} must be at least 1")

@@ -28,6 +28,7 @@ def bench(
     per_core: bool = False,
 ) -> int:
     """`jaxpong bench`: one of the benchmarks, as the flags chose (jaxpong/bench.py, jaxpong/learnbench.py)."""
+    from jaxpong.bench import scaling
     from jaxpong.bench import throughput as bench_lib
 
     if learn:
@@ -41,9 +42,9 @@ def bench(
             extra_args=["--ranks", str(ranks)] if ranks > 1 else None,
         )
     if per_core:
-        return bench_lib.per_core(cfg, ranks, seconds=seconds, run_dir=run_dir, repeats=repeats)
+        return scaling.per_core(cfg, ranks, seconds=seconds, run_dir=run_dir, repeats=repeats)
     if ranks > 1:
-        return bench_lib.ranks_benchmark(cfg, ranks, seconds=seconds, run_dir=run_dir)
+        return scaling.ranks_benchmark(cfg, ranks, seconds=seconds, run_dir=run_dir)
     setup_jax(cfg.run.xla_threads)
     return bench_lib.throughput(cfg, seconds=seconds, run_dir=run_dir, repeats=repeats)
 
