@@ -6,7 +6,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong.base.config import ModelConfig
+from jaxpong.base.sections import ModelConfig
 from jaxpong.play import sparse
 
 

@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from jaxpong.base.config import Config, ModelConfig
+from jaxpong.base.config import Config
+from jaxpong.base.sections import ModelConfig
 from jaxpong.ranks import placement
 
 # Seed purposes, folded into every env seed so that training, evaluation and videos never share games.
