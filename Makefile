@@ -69,13 +69,15 @@ bench-slow-link: install
 test-scale: install
 	$(PY) -m pytest -q -m scale tests $(ARGS)
 
-# ruff (lint, then format check) and mypy, as configured in pyproject.toml; all three run, any finding fails.
+# ruff (lint, then format check), mypy and lint-imports (the import-linter contracts: the stages import one
+# way, no import circles), as configured in pyproject.toml; all four run, any finding fails.
 LINT_PATHS := jaxpong tests .ci
 lint: install
 	@status=0; \
 	echo "ruff check"; $(VENV)/bin/ruff check --output-format concise $(LINT_PATHS) || status=1; \
 	echo "ruff format --check"; $(VENV)/bin/ruff format --check --output-format concise $(LINT_PATHS) || status=1; \
 	echo "mypy"; $(VENV)/bin/mypy || status=1; \
+	echo "lint-imports"; $(VENV)/bin/lint-imports || status=1; \
 	exit $$status
 
 # Build the wheel (dist/) and install it with the mpich extra into a fresh venv outside the repository, as the
@@ -166,5 +168,5 @@ bench-sim: install
 	$(PY) -m jaxpong simulate --validate --seconds $(SIM_SECONDS) $(ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
