@@ -68,7 +68,7 @@ def train(
     status 75 in the result); the process's own handlers are back when it returns. `time_limit_s` counts
     from the start of this call (`clock_start`, a time.time() value, moves that moment: the command line
     passes its process's start, so that start-up counts there). Bad input raises ConfigError (one line) before
-    anything is trained; a failed write before training raises jaxpong.rundir.WriteFailed.
+    anything is trained; a failed write before training raises jaxpong.store.rundir.WriteFailed.
     """
     from jaxpong.train import launch
 
@@ -129,7 +129,7 @@ def load_policy(source: str | os.PathLike[str], checkpoint: str | int = "latest"
 
 
 def _jax_is_set_up() -> bool:
-    """JAX's process settings (jaxpong/jaxsetup.py) take effect when JAX first starts a backend; after
+    """JAX's process settings (jaxpong/ranks/jaxsetup.py) take effect when JAX first starts a backend; after
     that they are fixed for the process."""
     import sys
 

@@ -1,4 +1,5 @@
-"""The scaling rules (jaxpong/batch_rule.py): games per rank and minibatch counts by hand, and the config they give."""
+"""The scaling rules (jaxpong/learn/batch_rule.py): games per rank and minibatch counts by hand, and the config
+they give."""
 
 from __future__ import annotations
 

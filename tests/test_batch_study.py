@@ -1,4 +1,4 @@
-"""The batch study's summary (jaxpong/batchstudy.py): medians of agent steps over seeds, where a seed that
+"""The batch study's summary (jaxpong/scale/batchstudy.py): medians of agent steps over seeds, where a seed that
 missed a milestone counts as infinitely slow and a seed that stopped at a lower target is left out."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rank placement (jaxpong/placement.py): launcher detection, thread sizing from a given affinity, the
+"""Rank placement (jaxpong/ranks/placement.py): launcher detection, thread sizing from a given affinity, the
 rank plan and its errors, and the mpirun command line (run for real with the mpich wheel's mpirun)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The time-to-win prediction's pure parts (jaxpong/predict.py): steps between and beyond the batch study's
+"""The time-to-win prediction's pure parts (jaxpong/scale/predict.py): steps between and beyond the batch study's
 scales, and what limits a rank count."""
 
 from __future__ import annotations

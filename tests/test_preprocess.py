@@ -1,4 +1,5 @@
-"""Frames -> network inputs (jaxpong.preprocess) on synthetic frames with known answers, and on real envpool frames."""
+"""Frames -> network inputs (jaxpong.play.preprocess) on synthetic frames with known answers, and on real envpool
+frames."""
 
 from __future__ import annotations
 

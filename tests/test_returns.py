@@ -1,4 +1,5 @@
-"""The returns maths (jaxpong.algorithms.returns) against plain loops and hand-computed numbers, jitted and not."""
+"""The returns maths (jaxpong.learn.algorithms.returns) against plain loops and hand-computed numbers, jitted
+and not."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """What `bench`, `eval`, `video`, `plot` and `export` do once their arguments are checked: typed values
 in, what the user reads (stderr lines, a table, stdout's last line one JSON object) and an exit status out.
 
-The command line (jaxpong/cli.py) parses and checks the flags; these functions are the commands'
+The command line (jaxpong/cli/) parses and checks the flags; these functions are the commands'
 bodies, callable from Python with the same values.
 """
 
@@ -27,7 +27,7 @@ def bench(
     ranks: int = 1,
     per_core: bool = False,
 ) -> int:
-    """`jaxpong bench`: one of the benchmarks, as the flags chose (jaxpong/bench.py, jaxpong/learnbench.py)."""
+    """`jaxpong bench`: one of the benchmarks, as the flags chose (jaxpong/bench/)."""
     from jaxpong.bench import scaling
     from jaxpong.bench import throughput as bench_lib
 

@@ -60,7 +60,7 @@ def add_scale_commands(sub) -> None:
         description="A Monte Carlo model of update rounds across many ranks, driven by measured "
         "distributions (shipped defaults, or --from RUN_DIR): parallel efficiency, masked fraction "
         "and samples/s per mode and rank count, as a table and a PNG; the last line of standard "
-        "output is one JSON object. The model is described in jaxpong/simulate.py.",
+        "output is one JSON object. The model is described in jaxpong/scale/simulate.py.",
         formatter_class=fmt,
     )
     p.add_argument(

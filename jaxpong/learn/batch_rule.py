@@ -20,7 +20,7 @@ candidates measured against it (docs/batch_scaling.md): `steps` shortens the rou
 (num_steps / sqrt(k), floor min_num_steps), so a round holds sqrt(k) times the samples and optimizer steps;
 `sqrt_lr` keeps num_minibatches and raises the learning rate by sqrt(k) (Adam's square-root rule). Two
 more live outside this file because they are not about the batch: algo.proximal ewma (the clip measured
-against a moving average of recent weights, jaxpong/algorithms/ppo.py) and algo.target_kl (the learning
+against a moving average of recent weights, jaxpong/learn/algorithms/ppo.py) and algo.target_kl (the learning
 rate following the late KL, learner.adapt_lr_scale).
 
 The rule is applied once per process, from the world size, before anything is built; the run's saved

@@ -3,7 +3,7 @@
 Nothing here knows how many ranks there are: `allreduce` sums an array over ranks (the identity on
 one rank) and is called inside jit, once per optimizer step, on one flat buffer holding the
 gradient sums, the valid count and the metric sums (and, while it measures the gradient noise scale,
-two more scalars: jaxpong/noise_scale.py).
+two more scalars: jaxpong/learn/noise_scale.py).
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def make_optimize(
     minibatch's features in the order the update draws (`sparse_round`); `batch.features` is then not
     read (it may be None).
 
-    `noise`, a `noise_scale.NoiseScaleState`, turns on the gradient noise scale (jaxpong/noise_scale.py):
+    `noise`, a `noise_scale.NoiseScaleState`, turns on the gradient noise scale (jaxpong/learn/noise_scale.py):
     each optimizer step adds two scalars to its fused buffer (this rank's |gradient sum|^2 and its valid
     count squared), the scan keeps the epoch's running gradient sum, and the state comes back updated
     with this round's estimates (decay run.noise_scale_decay). Parameters, optimizer state, metrics and

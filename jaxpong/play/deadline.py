@@ -46,7 +46,7 @@ class Deadline:
 
     def observe_counts(self, fill_counts) -> None:
         """Every rank calls this with the same reduced histogram of the ranks' fill-time estimates
-        (jaxpong/exchange.py), so all agree on the deadline: the lower median, to within 0.6 %."""
+        (jaxpong/ranks/exchange.py), so all agree on the deadline: the lower median, to within 0.6 %."""
         median = lower_median_of_counts(fill_counts)
         if self.spec == "auto" and median is not None:
             self.auto_s = median * (1.0 + self.margin)

@@ -28,7 +28,7 @@ def frame_shape(model: ModelConfig) -> tuple[int, int, int]:
 def env_seeds(seed: int, resume_count: int, purpose: int, num_envs: int, first_game: int = 0) -> list[int]:
     """Seeds of games first_game .. first_game + num_envs - 1 from (run seed, resume counter, purpose):
     distinct streams for each of those, and a game's seed depends on its number, not on which rank
-    steps it (rank k of a run holds games k x num_envs onwards: jaxpong/keys.py). The 0 is where the rank
+    steps it (rank k of a run holds games k x num_envs onwards: jaxpong/play/keys.py). The 0 is where the rank
     once went, kept so that one process's games keep their seeds."""
     sequence = np.random.SeedSequence([seed, 0, resume_count, purpose])
     state = sequence.generate_state(first_game + num_envs, dtype=np.uint32)[first_game:]  # a prefix-stable stream

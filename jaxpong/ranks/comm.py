@@ -2,7 +2,7 @@
 
 allreduce_sum(x)   sum of an array over ranks; called inside jit (mpi4jax on its own communicator)
 exchange(agreed, layout, row, timeout_s, label)
-                   the per-round host exchange (jaxpong/exchange.py): the fixed-size `agreed` record
+                   the per-round host exchange (jaxpong/ranks/exchange.py): the fixed-size `agreed` record
                    reduced over ranks (sums and maxima, one Allreduce), and every rank's fixed-width
                    `row` gathered to rank 0 only. A rank that does not arrive within timeout_s aborts
                    the whole job, naming it.

@@ -53,7 +53,7 @@ def parse_arm(arm: str) -> tuple[str, list[str]]:
 
 def study_config(arm: str, scale: int, cfg):
     """The config one process trains with, standing in for `scale` ranks of the config's games each under
-    `arm`: what the rule (jaxpong/batch_rule.py) gives k real ranks, with one rank's games for its caps."""
+    `arm`: what the rule (jaxpong/learn/batch_rule.py) gives k real ranks, with one rank's games for its caps."""
     rule, _ = parse_arm(arm)
     games = cfg.env.num_envs * scale
     ranked = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))

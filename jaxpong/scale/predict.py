@@ -8,9 +8,9 @@
   optimizer's batch B as E(B) = E_min (1 + B / B_crit) (McCandlish et al. 2018, "An Empirical Model of
   Large-Batch Training"), with B_crit the gradient noise scale a run measured (charts/noise_scale) and
   E_min fitted to the largest measured scale.
-- steps per second comes from the simulator (jaxpong/simulate.py, deadline mode) on distributions
+- steps per second comes from the simulator (jaxpong/scale/simulate.py, deadline mode) on distributions
   measured in a real run of the same config (`--from RUN_DIR`), with the batch rule's optimizer steps
-  per round (jaxpong/batch_rule.py) at each rank count, so its collectives are counted.
+  per round (jaxpong/learn/batch_rule.py) at each rank count, so its collectives are counted.
 - start-up is the measured time from process start to the first update (a run's first metrics line).
 
 Each predicted time says which of the three limits it most: samples (the critical batch), collectives

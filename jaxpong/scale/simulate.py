@@ -34,7 +34,7 @@ Collectives, a latency-bandwidth (alpha-beta) model:
     gather(N)       = ceil(log2 N) * gather_latency + (N - 1) * m / beta   the per-round exchange: arrival
                                                                       check, Allreduce of the agreed record,
                                                                       Gather of an m-byte row per rank to
-                                                                      rank 0 (jaxpong/exchange.py)
+                                                                      rank 0 (jaxpong/ranks/exchange.py)
 
 (Patarasuk & Yuan 2009, "Bandwidth optimal all-reduce algorithms"; Thakur, Rabenseifner & Gropp
 2005, "Optimization of collective communication operations in MPICH"). Both are 0 for one rank.

@@ -1,4 +1,4 @@
-"""Measuring the collectives the simulator (jaxpong/simulate.py) models: under `mpirun -n 2`, time
+"""Measuring the collectives the simulator (jaxpong/scale/simulate.py) models: under `mpirun -n 2`, time
 allreduce over message sizes and train's per-round exchange, and fit the alpha-beta model.
 
 `mpirun -n 2 python -m jaxpong simulate --calibrate FILE`; `jaxpong simulate --collectives FILE` uses it.

@@ -1,4 +1,4 @@
-"""`jaxpong simulate`: the model (jaxpong/simulate.py) run over modes and rank counts, from the shipped
+"""`jaxpong simulate`: the model (jaxpong/scale/simulate.py) run over modes and rank counts, from the shipped
 distributions or a run's own, shown as a table, a picture (simulate.png) and JSON.
 """
 

@@ -1,4 +1,4 @@
-"""Checking the simulator (jaxpong/simulate.py) against real runs: `jaxpong simulate --validate` launches
+"""Checking the simulator (jaxpong/scale/simulate.py) against real runs: `jaxpong simulate --validate` launches
 `train` runs of 1, 2 and 4 ranks (with and without a slow rank; deadline 0, auto, SECONDS) and compares
 each rank's measured wait fraction with the model's prediction from that run's own distributions.
 """

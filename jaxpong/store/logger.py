@@ -1,5 +1,5 @@
 """What rank 0 writes while training: metrics.jsonl, ranks.jsonl, TensorBoard, W&B (--track, in
-jaxpong/tracking.py) and the progress display.
+jaxpong/store/tracking.py) and the progress display.
 
 Nothing here runs inside jit or per env step: it is called once per update round.
 """

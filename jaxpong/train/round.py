@@ -1,10 +1,10 @@
 """One update round on one rank: collect -> prepare -> exchange -> update, returning what the round leaves.
 
 Every rank issues the same collectives in the same order every round: the host exchange of fixed-size
-records (jaxpong/exchange.py; its duration is the rank's wait: the late-sender cost), then the jitted
+records (jaxpong/ranks/exchange.py; its duration is the rank's wait: the late-sender cost), then the jitted
 update with one allreduce per optimizer step. One rank is the degenerate case of many: the same code
 runs with a communicator that does nothing. The round never decides to stop: it sends the stop flags
-it is given and returns the agreed facts, from which the run loop (jaxpong/run.py) decides.
+it is given and returns the agreed facts, from which the run loop (jaxpong/train/run.py) decides.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def param_checksum(params) -> float:
 
 
 def sparse_update(cfg: Config) -> tuple[bool, bool]:
-    """(asked for, used): the update's first layer from each sample's nonzero cells (jaxpong/sparse.py).
+    """(asked for, used): the update's first layer from each sample's nonzero cells (jaxpong/play/sparse.py).
     Mirroring flips dense frames, so with it the update keeps the dense product."""
     wanted = cfg.model.sparse_input and cfg.model.network == "mlp"
     return wanted, wanted and not cfg.algo.mirror_augment
@@ -235,7 +235,7 @@ class Round(RoundExchange):
         # algo.target_kl reads the late KL from the update's metrics to set the next round's learning rate.
         adaptive = cfg.algo.algo == "ppo" and cfg.algo.target_kl > 0
         self.kl_column = metric_names(cfg.algo.algo).index("charts/approx_kl_late") if adaptive else None
-        # This rank's games and their draws are numbered among all ranks' games (jaxpong/keys.py): what a
+        # This rank's games and their draws are numbered among all ranks' games (jaxpong/play/keys.py): what a
         # game plays does not depend on which rank steps it.
         first_game = comm.rank * cfg.env.num_envs
         self.sampling_root = sampling_root(cfg.run.seed, counters.resume_count)

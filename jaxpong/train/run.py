@@ -63,7 +63,7 @@ class Training(RoundRecords, RunEnding):
         )
         start = starting_state(cfg, comm, network, optimizer, self.checkpoints, resume_step, resume_fallback)
         self.state, self.counters, self.resumed_from = start.state, start.counters, start.resumed_from
-        # The games and the update follow the rank count (jaxpong/batch_rule.py); the saved config keeps the
+        # The games and the update follow the rank count (jaxpong/learn/batch_rule.py); the saved config keeps the
         # user's values, so a resume at another rank count derives its own.
         round_cfg, rule_lines = batch_rule.apply(cfg, comm.size)
         for line in rule_lines if self.is_main else []:

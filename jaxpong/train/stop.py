@@ -82,7 +82,7 @@ def resume_command(run_dir, ranks: int = 1, flags: tuple[str, ...] = ()) -> str:
     """The command that continues `run_dir` with `flags` added, as this process was started: `make train`,
     `train --ranks N`, mpirun (or srun) around `train`, or plain `train`."""
     run = shlex.quote(str(run_dir))
-    by_ranks = ranks > 1 and "JAXPONG_LAUNCH_START" in os.environ  # started by `train --ranks N` (jaxpong/cli.py)
+    by_ranks = ranks > 1 and "JAXPONG_LAUNCH_START" in os.environ  # started by `train --ranks N` (jaxpong/cli/train.py)
     if os.environ.get("JAXPONG_UNDER_MAKE"):  # set by `make train`
         args = f" ARGS={shlex.quote(' '.join(flags))}" if flags else ""
         return f"make train RESUME={run}" + (f" RANKS={ranks}" if ranks > 1 else "") + args

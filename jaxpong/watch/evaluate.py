@@ -97,7 +97,7 @@ def play_games(
         batch_size=num_envs,
         num_threads=default_threads(num_envs),
     )
-    # Sampling keys from a stream of their own, apart from training's (jaxpong/keys.py).
+    # Sampling keys from a stream of their own, apart from training's (jaxpong/play/keys.py).
     key = stream_root(seed, STREAM_VIDEO if purpose == PURPOSE_VIDEO else STREAM_EVAL)
     start = time.perf_counter()
     try:

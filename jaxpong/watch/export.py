@@ -25,7 +25,7 @@ _MAP_MARKERS = set(range(0x80, 0x90)) | {0xDE, 0xDF}
 
 
 def export_policy(policy, out: str | Path) -> dict:
-    """Write `policy` (a jaxpong.policy.Policy) to `out`; returns the description stored with it."""
+    """Write `policy` (a jaxpong.watch.policy.Policy) to `out`; returns the description stored with it."""
     from flax import serialization
 
     from jaxpong.base.config import to_dict

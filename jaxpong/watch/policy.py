@@ -112,7 +112,7 @@ class Policy:
     def play_games(
         self, episodes: int, *, seed: int | None = None, greedy: bool = False, num_envs: int | None = None
     ) -> EvalResult:
-        """The games of `play`, game by game (jaxpong.evaluate.EvalResult)."""
+        """The games of `play`, game by game (jaxpong.watch.evaluate.EvalResult)."""
         from jaxpong.watch.evaluate import play_games
 
         check_count("episodes", episodes)

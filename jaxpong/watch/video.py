@@ -65,7 +65,7 @@ def play(cfg: Config, params, *, seed: int, greedy: bool, max_steps: int | None 
     seeds = env_seeds(seed, 0, PURPOSE_VIDEO, 1)
     policy_env = make_env(cfg, seeds=seeds, num_envs=1, batch_size=1, num_threads=1)
     colour_env = make_env(cfg, seeds=seeds, num_envs=1, batch_size=1, num_threads=1, rgb=True)
-    key = stream_root(seed, STREAM_VIDEO)  # a stream of its own (jaxpong/keys.py)
+    key = stream_root(seed, STREAM_VIDEO)  # a stream of its own (jaxpong/play/keys.py)
     limit = cfg.env.max_episode_steps if max_steps is None else min(max_steps, cfg.env.max_episode_steps)
     try:
         obs, info = policy_env.reset()
