@@ -44,7 +44,7 @@ def train(
     """Train with `cfg` on the ranks this process was launched with (one, or mpirun/srun's), in `run_dir`
     (default runs/<env>__<algo>__<seed>__<unix time>); with `resume`, continue `run_dir` from its latest
     checkpoint; --time-limit-s counts from `clock_start` (time.time(); default the process's start).
-    Returns how it ended (jaxpong.train.end_of_run.RunEnd: exit status, reason, run directory, counters)."""
+    Returns how it ended (jaxpong.train.finish.RunEnd: exit status, reason, run directory, counters)."""
     from jaxpong.ranks import placement
     from jaxpong.ranks.jaxsetup import setup_jax
 
@@ -74,7 +74,7 @@ def run_training(
     platform_line: str = "",
     clock_start: float | None = None,
 ):
-    """Check the run directory on rank 0, then train on every rank (-> jaxpong.train.end_of_run.RunEnd)."""
+    """Check the run directory on rank 0, then train on every rank (-> jaxpong.train.finish.RunEnd)."""
     from jaxpong.store import rundir
 
     decision, lock = None, None

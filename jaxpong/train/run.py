@@ -1,7 +1,7 @@
 """The run loop around the round (jaxpong/train/round.py): stop rules, checkpoints, evaluation between rounds,
 logging, progress, and the end of the run (a final exchange that checks replication, the last files,
 the pictures). `Training` is this loop with two parts of its own: rank 0's records of each round
-(jaxpong/train/records.py) and the end of the run (jaxpong/train/end_of_run.py).
+(jaxpong/train/records.py) and the end of the run (jaxpong/train/finish.py).
 
 Stop decisions are computed from the agreed (reduced) facts of each round's exchange, so all ranks
 agree; rank 0 alone writes files and asks for stops through the flags the next exchange carries.
@@ -29,7 +29,7 @@ from jaxpong.store.checkpoint import Checkpoints
 from jaxpong.store.logger import Progress, RunLogger
 from jaxpong.store.rundir import WriteFailed
 from jaxpong.train.between_rounds import Evaluations, clip, eval_due, video_due
-from jaxpong.train.end_of_run import RunEnd, RunEnding
+from jaxpong.train.finish import RunEnd, RunEnding
 from jaxpong.train.records import RoundRecords
 from jaxpong.train.resume import starting_state
 from jaxpong.train.round import Round, sparse_update
