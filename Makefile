@@ -69,13 +69,15 @@ bench-slow-link: install
 test-scale: install
 	$(PY) -m pytest -q -m scale tests $(ARGS)
 
-# ruff (lint, then format check) and mypy, as configured in pyproject.toml; all three run, any finding fails.
+# ruff (lint, then format check), mypy and lint-imports (the import-linter contracts: the stages import one
+# way, no import circles), as configured in pyproject.toml; all four run, any finding fails.
 LINT_PATHS := jaxpong tests .ci
 lint: install
 	@status=0; \
 	echo "ruff check"; $(VENV)/bin/ruff check --output-format concise $(LINT_PATHS) || status=1; \
 	echo "ruff format --check"; $(VENV)/bin/ruff format --check --output-format concise $(LINT_PATHS) || status=1; \
 	echo "mypy"; $(VENV)/bin/mypy || status=1; \
+	echo "lint-imports"; $(VENV)/bin/lint-imports || status=1; \
 	exit $$status
 
 # Build the wheel (dist/) and install it with the mpich extra into a fresh venv outside the repository, as the
@@ -131,8 +133,8 @@ bench-startup: install
 # at 1x-4x, 2 at 8x and 16x, two runs at a time; resumable (results.jsonl), then simulate --predict turns
 # it into wall-clock per rank count.
 bench-batch: install
-	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 1,2,3 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
-	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales 8,16 --seeds 1,2 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
+	$(PY) -m jaxpong.scale.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 1,2,3 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
+	$(PY) -m jaxpong.scale.batchstudy --config $(CONFIG) --scales 8,16 --seeds 1,2 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
 
 # The candidate update rules past 4x the default's games (docs/batch_scaling.md, "Candidate rules past 4x"):
 # each arm at RULE_SCALES with RULE_SEEDS, to +18 or RULE_STEPS agent steps, next to today's rule; resumable
@@ -177,5 +179,5 @@ bench-sim: install
 	$(PY) -m jaxpong simulate --validate --seconds $(SIM_SECONDS) $(ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -92,7 +92,7 @@ def main() -> None:
             [
                 python,
                 "-c",
-                "import json, jaxpong, jaxpong.simulate as s; "
+                "import json, jaxpong, jaxpong.scale.simulate as s; "
                 "json.loads(s.DEFAULTS_FILE.read_text()); print(jaxpong.__file__, s.DEFAULTS_FILE)",
             ],
             cwd=elsewhere,

@@ -1,5 +1,5 @@
 import sys
 
-from jaxpong.cli import main
+from jaxpong.cli.dispatch import main
 
 sys.exit(main())

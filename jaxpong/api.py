@@ -21,8 +21,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from jaxpong.config import Config, ConfigError
-from jaxpong.policy import Policy
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
+from jaxpong.watch.policy import Policy
 
 __all__ = ["Config", "ConfigError", "Policy", "RunResult", "load_policy", "train"]
 
@@ -67,9 +68,9 @@ def train(
     status 75 in the result); the process's own handlers are back when it returns. `time_limit_s` counts
     from the start of this call (`clock_start`, a time.time() value, moves that moment: the command line
     passes its process's start, so that start-up counts there). Bad input raises ConfigError (one line) before
-    anything is trained; a failed write before training raises jaxpong.rundir.WriteFailed.
+    anything is trained; a failed write before training raises jaxpong.store.rundir.WriteFailed.
     """
-    from jaxpong import launch
+    from jaxpong.train import launch
 
     clock_start = time.time() if clock_start is None else clock_start
     if threading.current_thread() is not threading.main_thread():
@@ -117,8 +118,8 @@ def load_policy(source: str | os.PathLike[str], checkpoint: str | int = "latest"
     """A saved policy: from a run directory (`checkpoint`: "latest", "best" (the best evaluation during
     training, kept with eval_every) or an agent step) or from a file written by `jaxpong export`; what
     `jaxpong eval SOURCE --checkpoint ...` plays with. Bad input raises ConfigError (one line)."""
-    from jaxpong import policy as policy_lib
-    from jaxpong.jaxsetup import setup_jax
+    from jaxpong.ranks.jaxsetup import setup_jax
+    from jaxpong.watch import policy as policy_lib
 
     if isinstance(checkpoint, bool) or not isinstance(checkpoint, (str, int)):
         raise ConfigError(f"--checkpoint {checkpoint!r} is not accepted; give an agent step, latest or best")
@@ -128,7 +129,7 @@ def load_policy(source: str | os.PathLike[str], checkpoint: str | int = "latest"
 
 
 def _jax_is_set_up() -> bool:
-    """JAX's process settings (jaxpong/jaxsetup.py) take effect when JAX first starts a backend; after
+    """JAX's process settings (jaxpong/ranks/jaxsetup.py) take effect when JAX first starts a backend; after
     that they are fixed for the process."""
     import sys
 
@@ -148,8 +149,8 @@ def _check_jax_settings(config: Config) -> None:
         return
     import jax
 
-    from jaxpong import placement
-    from jaxpong.logger import log_line
+    from jaxpong.base.console import log_line
+    from jaxpong.ranks import placement
 
     wanted, _ = placement.jax_platform(config.run.jax_platform, config.model.network, placement.gpu_visible())
     running = jax.default_backend()

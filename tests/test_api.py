@@ -19,7 +19,7 @@ import pytest
 
 import jaxpong
 from conftest import REPO, nan_equal, read_jsonl
-from jaxpong.cli import main
+from jaxpong.cli.dispatch import main
 
 
 def readme_example() -> str:

@@ -1,4 +1,5 @@
-"""The scaling rules (jaxpong/batch_rule.py): games per rank and minibatch counts by hand, and the config they give."""
+"""The scaling rules (jaxpong/learn/batch_rule.py): games per rank and minibatch counts by hand, and the config
+they give."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import dataclasses
 
 import pytest
 
-from jaxpong import batch_rule
-from jaxpong import config as config_lib
+from jaxpong.base import config as config_lib
+from jaxpong.base.errors import ConfigError
+from jaxpong.learn import batch_rule
 
 
 @pytest.mark.parametrize(
@@ -100,7 +102,7 @@ def test_a_shared_config_stays_async_or_sync(env, ranks, games, batch_size):
 def test_a_batch_size_that_cannot_be_shared_names_the_fields():
     cfg = _cfg(env={"batch_size": "8", "num_envs": 24})  # 3 ranks: 8 games each, 8 x 8 / 24 is no whole batch
     with pytest.raises(
-        config_lib.ConfigError, match=r"env.batch_size: 8 of 24 games .* 8 games each of 3 ranks .*--share-games false"
+        ConfigError, match=r"env.batch_size: 8 of 24 games .* 8 games each of 3 ranks .*--share-games false"
     ):
         batch_rule.apply(dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, min_rank_games=8)), 3)
 
@@ -121,12 +123,11 @@ def test_one_process_with_n_times_the_games_gets_what_n_ranks_get():
 
 def test_a_run_saved_before_share_games_keeps_every_ranks_games(tmp_path):
     """Its ranks each stepped num_envs games: a resume, simulate or report reads it that way."""
-    from jaxpong import rundir
 
     (tmp_path / "config.yaml").write_text("env:\n  num_envs: 32\nalgo:\n  num_steps: 64\n")
-    assert rundir.read_config(tmp_path)["env"]["share_games"] is False
+    assert config_lib.read_config(tmp_path)["env"]["share_games"] is False
     (tmp_path / "config.yaml").write_text("env:\n  num_envs: 32\n  share_games: true\n")
-    assert rundir.read_config(tmp_path)["env"]["share_games"] is True
+    assert config_lib.read_config(tmp_path)["env"]["share_games"] is True
 
 
 @pytest.mark.parametrize(

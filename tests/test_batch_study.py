@@ -1,11 +1,11 @@
-"""The batch study's summary (jaxpong/batchstudy.py): medians of agent steps over seeds, where a seed that
+"""The batch study's summary (jaxpong/scale/batchstudy.py): medians of agent steps over seeds, where a seed that
 missed a milestone counts as infinitely slow and a seed that stopped at a lower target is left out."""
 
 from __future__ import annotations
 
 import pytest
 
-from jaxpong.batchstudy import summarise, table
+from jaxpong.scale.batchstudy import summarise, table
 
 
 def _run(scale: int, seed: int, m0, m18, m20, target: float | None = None) -> dict:
@@ -65,7 +65,7 @@ def test_the_table_gives_each_scale_against_1x():
 
 
 def test_bad_study_flags_get_one_line(capsys):
-    from jaxpong.batchstudy import main
+    from jaxpong.scale.batchstudy import main
 
     assert main(["--scales", "1,x"]) == 2
     assert "--scales: '1,x' is not a comma-separated list" in capsys.readouterr().err
@@ -93,8 +93,8 @@ def test_bad_study_flags_get_one_line(capsys):
     ],
 )
 def test_an_arm_is_one_process_with_the_rule_of_k_ranks(arm, scale, expected):
-    from jaxpong.batchstudy import run_args
-    from jaxpong.config import build
+    from jaxpong.base.config import build
+    from jaxpong.scale.batchstudy import run_args
 
     args = run_args(arm, scale, build("configs/default.yaml", {}))
     flags = ["--num-envs", "--num-steps", "--num-minibatches", "--learning-rate", "--batch-rule"]

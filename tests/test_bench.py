@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from jaxpong.bench import WARMUP_UPDATES, trainer_sps
+from jaxpong.bench.throughput import WARMUP_UPDATES, trainer_sps
 
 
 def test_trainer_sps_leaves_out_the_seconds_the_trainer_was_stopped(tmp_path):
@@ -36,7 +36,7 @@ def test_trainer_sps_needs_rounds_after_the_warm_up(tmp_path):
 
 
 def test_time_ratios_count_a_missed_milestone_as_infinitely_slow():
-    from jaxpong.learnbench import _ratio
+    from jaxpong.bench.learning import _ratio
 
     assert _ratio({"time_s": 90.0}, {"time_s": 120.0}) == pytest.approx(0.75)
     assert _ratio(None, {"time_s": 120.0}) == float("inf")  # this count never got there

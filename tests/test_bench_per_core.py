@@ -51,7 +51,7 @@ def test_per_core_bench_end_to_end(jaxpong_cli, tmp_path, ranks):
 
 def test_cpu_per_step_arithmetic():
     """CPU per step between the first and last metrics lines seen after the warm-up; raw / trainer ratio."""
-    from jaxpong.bench import _cpu_per_step
+    from jaxpong.bench.throughput import _cpu_per_step
 
     lines = [{"step": s} for s in (10, 100, 1000, 2000, 3000)]
     # Lines 2 (warm-up), 4 and 5 seen appearing; line 1 before the warm-up is ignored.
@@ -66,7 +66,7 @@ def test_process_tree_and_cpu_time_of_this_process():
     import subprocess
     import sys
 
-    from jaxpong.bench import _cpu_s, _process_tree
+    from jaxpong.bench.throughput import _cpu_s, _process_tree
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:

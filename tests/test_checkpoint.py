@@ -9,11 +9,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpong.checkpoint import Checkpoints
-from jaxpong.config import Config, ConfigError
-from jaxpong.learner import init_state, make_optimizer
-from jaxpong.networks import make_network
-from jaxpong.round import Counters
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
+from jaxpong.learn.learner import init_state, make_optimizer
+from jaxpong.learn.networks import make_network
+from jaxpong.store.checkpoint import Checkpoints
+from jaxpong.train.round import Counters
 
 
 def trained_state(seed):

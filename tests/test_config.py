@@ -14,9 +14,10 @@ import pytest
 import yaml
 
 from conftest import nan_equal
-from jaxpong import cli
-from jaxpong import config as config_lib
-from jaxpong.config import Config, ConfigError
+from jaxpong.base import config as config_lib
+from jaxpong.base.config import Config
+from jaxpong.base.errors import ConfigError
+from jaxpong.cli import dispatch as cli
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 

@@ -7,8 +7,8 @@ import sys
 
 CHECK = """
 import sys
-from jaxpong.config import Config
-from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
+from jaxpong.base.config import Config
+from jaxpong.play.envs import PURPOSE_TRAIN, env_seeds, make_env
 cfg = Config()
 cfg.env.num_envs, cfg.env.batch_size, cfg.model.obs_mode = 2, "0", "diff64"  # sync: both games each step
 env = make_env(cfg, seeds=env_seeds(1, 0, PURPOSE_TRAIN, 2))
@@ -33,8 +33,8 @@ def test_env_io_fast_path_returns_what_the_public_api_returns():
     returns, through resets."""
     import numpy as np
 
-    from jaxpong.config import Config
-    from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, make_env
+    from jaxpong.base.config import Config
+    from jaxpong.play.envs import PURPOSE_TRAIN, EnvIO, env_seeds, make_env
 
     cfg = Config()
     cfg.env.num_envs, cfg.env.batch_size, cfg.env.num_threads = 4, "0", 1

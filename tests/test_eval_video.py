@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SMOKE_CONFIG, read_jsonl
-from jaxpong.cli import main
+from jaxpong.cli.dispatch import main
 
 MPIRUN = Path(sys.executable).parent / "mpirun"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -90,11 +90,11 @@ def pg_run(tmp_path_factory) -> Path:
     The hidden layer is small so that initialising it is quick."""
     import jax
 
-    from jaxpong import config as config_lib
-    from jaxpong import rundir
-    from jaxpong.checkpoint import Checkpoints
-    from jaxpong.learner import init_state, make_optimizer
-    from jaxpong.networks import make_network
+    from jaxpong.base import config as config_lib
+    from jaxpong.learn.learner import init_state, make_optimizer
+    from jaxpong.learn.networks import make_network
+    from jaxpong.store import rundir
+    from jaxpong.store.checkpoint import Checkpoints
 
     run_dir = tmp_path_factory.mktemp("pg") / "run"
     run_dir.mkdir()
@@ -236,8 +236,8 @@ def test_video_shows_the_game_the_policy_plays_with_its_score(smoke_run, tmp_pat
     score drawn at the top changes exactly one step after the score read from the console changes."""
     from PIL import Image
 
-    from jaxpong import policy as policy_lib
-    from jaxpong import video
+    from jaxpong.watch import policy as policy_lib
+    from jaxpong.watch import video
 
     loaded = policy_lib.load(smoke_run)
     items = list(video.play(loaded.cfg, loaded.params, seed=1, greedy=False, max_steps=150))
@@ -280,7 +280,7 @@ def test_plot_puts_several_runs_on_one_png(smoke_run, eval_run, tmp_path, capsys
     height, width = iio.imread(out).shape[:2]
     assert width > 2 * height  # three panels side by side
 
-    from jaxpong.plots import run_labels
+    from jaxpong.watch.plots import run_labels
 
     assert run_labels([smoke_run, eval_run]) == [f"{smoke_run.parent.name}/run", f"{eval_run.parent.name}/run"]
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from jaxpong.deadline import Deadline, lower_median
-from jaxpong.exchange import (
+from jaxpong.play.deadline import Deadline, lower_median
+from jaxpong.ranks.exchange import (
     FILL_BINS,
     MAX,
     SUM,

@@ -26,9 +26,10 @@ import pytest
 
 import jaxpong
 from conftest import REPO, SMOKE_CONFIG, read_jsonl
-from jaxpong import cli, stop
-from jaxpong import config as config_lib
-from jaxpong.logger import eta_seconds, format_eta
+from jaxpong.base import config as config_lib
+from jaxpong.cli import dispatch as cli
+from jaxpong.store.logger import eta_seconds, format_eta
+from jaxpong.train import stop
 
 
 def one_error_line(code: int, out: str, err: str) -> str:
@@ -360,7 +361,7 @@ def test_make_train_ctrl_c_stops_cleanly_and_prints_the_command_that_continues(t
 
 
 def test_gif_frame_times_add_up_to_the_asked_fps():
-    from jaxpong.video import gif_durations
+    from jaxpong.watch.video import gif_durations
 
     assert gif_durations(6, 15) == [70, 60, 70, 70, 60, 70]  # 1/15 s is not a whole number of 1/100 s
     assert sum(gif_durations(15, 15)) == 1000 and sum(gif_durations(300, 15)) == 20000
@@ -429,7 +430,7 @@ def test_video_every_records_clips_between_rounds(jaxpong_cli, tmp_path):
 
 
 def test_a_clip_due_widens_the_next_hang_limit_like_an_evaluation():
-    from jaxpong.between_rounds import eval_allowance_s
+    from jaxpong.train.between_rounds import eval_allowance_s
 
     cfg = config_lib.build(None, {"run": {"video_every": 3}, "dist": {"hang_timeout_s": 20}})
     for update, allowance in ((2, 0.0), (3, 450.0), (6, 450.0), (7, 0.0)):

@@ -8,12 +8,12 @@ import numpy as np
 import optax
 import pytest
 
-from jaxpong.algorithms import pg, ppo
-from jaxpong.algorithms.returns import masked_moments
-from jaxpong.batch import Batch
-from jaxpong.config import Config
-from jaxpong.learner import TrainState, make_optimize
-from jaxpong.networks import make_network
+from jaxpong.base.config import Config
+from jaxpong.learn.algorithms import pg, ppo
+from jaxpong.learn.algorithms.returns import masked_moments
+from jaxpong.learn.learner import TrainState, make_optimize
+from jaxpong.learn.networks import make_network
+from jaxpong.play.batch import Batch
 
 T, N, H, W = 6, 4, 5, 7  # a [6, 4] round of 5x7 difference frames
 
@@ -201,7 +201,7 @@ def test_make_optimize_without_valid_samples_leaves_the_state_alone(ppo_setup, o
     ],
 )
 def test_adapt_lr_scale_by_hand(scale, kl, expected):
-    from jaxpong.learner import adapt_lr_scale
+    from jaxpong.learn.learner import adapt_lr_scale
 
     assert adapt_lr_scale(scale, kl, 0.008) == pytest.approx(expected)
     assert adapt_lr_scale(scale, kl, 0.0) == scale  # the rule off

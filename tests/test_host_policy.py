@@ -7,14 +7,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpong import config as config_lib
-from jaxpong.config import ConfigError
-from jaxpong.envs import PURPOSE_TRAIN, EnvIO, env_seeds, frame_shape, make_env
-from jaxpong.host_policy import AUTO_MAX_ROWS, HostMLP, HostPolicy, use_host_policy
-from jaxpong.keys import action_noise
-from jaxpong.learner import init_state, make_optimizer
-from jaxpong.networks import make_network
-from jaxpong.rollout import Collector, make_packed_step, make_policy_step, packed_fields
+from jaxpong.base import config as config_lib
+from jaxpong.base.errors import ConfigError
+from jaxpong.learn.learner import init_state, make_optimizer
+from jaxpong.learn.networks import make_network
+from jaxpong.play.envs import PURPOSE_TRAIN, EnvIO, env_seeds, frame_shape, make_env
+from jaxpong.play.host_policy import AUTO_MAX_ROWS, HostMLP, HostPolicy, use_host_policy
+from jaxpong.play.keys import action_noise
+from jaxpong.play.rollout import Collector, make_packed_step, make_policy_step, packed_fields
 
 SEED = "configs/seed_ppg.yaml"
 # The 2016 MLP (karpathy80, no biases, Bernoulli head, no value head) and the default's kind

@@ -14,7 +14,7 @@ import pytest
 
 import jaxpong
 from conftest import REPO, SMOKE_CONFIG, start_logged, wait_for
-from jaxpong import policy as policy_lib
+from jaxpong.watch import policy as policy_lib
 
 READS = 50
 TRAIN = [sys.executable, "-m", "jaxpong", "train", "--config", SMOKE_CONFIG]

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpong.algorithms import pg, ppo
-from jaxpong.algorithms.returns import masked_moments
-from jaxpong.batch import Batch
-from jaxpong.config import Config
+from jaxpong.base.config import Config
+from jaxpong.learn.algorithms import pg, ppo
+from jaxpong.learn.algorithms.returns import masked_moments
+from jaxpong.play.batch import Batch
 
 LN2, LN3 = math.log(2.0), math.log(3.0)
 
@@ -283,7 +283,7 @@ def test_ppo_prepare_point_episodes_by_hand(point_episodes, advantages):
 
 
 def test_mirrored_samples_flip_rows_and_swap_up_and_down():
-    from jaxpong.learner import mirrored
+    from jaxpong.learn.learner import mirrored
 
     features = np.arange(2 * 3 * 2, dtype=np.int8).reshape(2, 3, 2)  # 2 samples of 3 rows x 2 columns
     samples = {
@@ -315,8 +315,8 @@ def test_mirrored_samples_flip_rows_and_swap_up_and_down():
 
 def test_learning_rate_fraction_by_hand():
     """Linear from 1 to the floor over anneal_steps (0 = total_steps), then held; 1 without annealing."""
-    from jaxpong import config as config_lib
-    from jaxpong.learner import lr_fraction
+    from jaxpong.base import config as config_lib
+    from jaxpong.learn.learner import lr_fraction
 
     cfg = config_lib.build(None, {"run": {"total_steps": 1000}})
     assert [lr_fraction(cfg, s) for s in (0, 250, 1000, 5000)] == pytest.approx([1.0, 0.75, 0.0, 0.0])
@@ -349,7 +349,7 @@ def test_a_stale_log_probability_in_a_masked_sample_cannot_poison_the_update():
 def test_quarter_means_of_the_rounds_optimizer_steps_by_hand():
     """charts/approx_kl_early and _late: the metric sums of the first and last quarter of a round's steps,
     divided by those steps' valid counts (8 steps: steps 0-1 and 6-7)."""
-    from jaxpong.learner import _quarter_means, metric_names
+    from jaxpong.learn.learner import _quarter_means, metric_names
 
     sums = np.zeros((8, 5), np.float32)
     sums[:, 3] = [1, 2, 0, 0, 0, 0, 6, 10]  # approx_kl sums per step

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpong.learner import minibatch_order, order_group
+from jaxpong.learn.learner import minibatch_order, order_group
 
 
 def _order(T, game_ids, epochs, minibatches, copies=1, key=5):

@@ -14,13 +14,13 @@ import numpy as np
 import optax
 import pytest
 
-from jaxpong import noise_scale as ns
-from jaxpong.algorithms import ppo
-from jaxpong.algorithms.returns import masked_moments
-from jaxpong.batch import Batch
-from jaxpong.config import Config
-from jaxpong.learner import TrainState, make_optimize, minibatch_order
-from jaxpong.networks import make_network
+from jaxpong.base.config import Config
+from jaxpong.learn import noise_scale as ns
+from jaxpong.learn.algorithms import ppo
+from jaxpong.learn.algorithms.returns import masked_moments
+from jaxpong.learn.learner import TrainState, make_optimize, minibatch_order
+from jaxpong.learn.networks import make_network
+from jaxpong.play.batch import Batch
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -286,8 +286,8 @@ def test_useful_ranks_follow_the_batch_rules():
     of a minibatch at least 64 samples): up to 2 ranks share 32 games; from 4 ranks each has 16; the minibatch
     rule keeps 512 samples a step while 16N games give 2N minibatches, up to a rank's 1,024 / 64 = 16; past 8
     ranks a step averages 64N samples, so a critical batch of 2,140 allows N <= 33."""
-    from jaxpong import batch_rule
-    from jaxpong.config import build
+    from jaxpong.base.config import build
+    from jaxpong.learn import batch_rule
 
     cfg = build("configs/default.yaml", {})
     assert [batch_rule.optimizer_batch(cfg, n) for n in (1, 2, 4, 8, 9, 16, 33, 34)] == [
@@ -311,9 +311,9 @@ def test_useful_ranks_follow_the_batch_rules():
 
 
 def test_the_useful_ranks_line(tmp_path):
-    from jaxpong import rundir
-    from jaxpong.config import build
-    from jaxpong.report import noise_scale_line, useful_ranks_line
+    from jaxpong.base.config import build
+    from jaxpong.report.finding import noise_scale_line, useful_ranks_line
+    from jaxpong.store import rundir
 
     cfg = build("configs/default.yaml", {})
     assert useful_ranks_line(2140.0, 512.0, 1, cfg) == (

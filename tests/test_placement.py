@@ -1,4 +1,4 @@
-"""Rank placement (jaxpong/placement.py): launcher detection, thread sizing from a given affinity, the
+"""Rank placement (jaxpong/ranks/placement.py): launcher detection, thread sizing from a given affinity, the
 rank plan and its errors, and the mpirun command line (run for real with the mpich wheel's mpirun)."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from jaxpong import placement
-from jaxpong.config import ConfigError
+from jaxpong.base.errors import ConfigError
+from jaxpong.ranks import placement
 
 
 def test_launcher_environments():
@@ -107,7 +107,7 @@ def test_the_bundled_mpirun_binds_each_rank_to_its_own_cores():
     assert placement.mpi_flavour(mpirun) == "hydra"
     cmd = placement.mpirun_command(mpirun, "hydra", placement.Plan(2, 1, 2), [], python=sys.executable)
     probe = (
-        "import os; from jaxpong import placement as p; "
+        "import os; from jaxpong.ranks import placement as p; "
         "print(len(os.sched_getaffinity(0)), p.local_ranks(), p.launcher_size(), p.under_launcher())"
     )
     cmd = cmd[: cmd.index("-m")] + ["-c", probe]

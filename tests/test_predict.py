@@ -1,11 +1,11 @@
-"""The time-to-win prediction's pure parts (jaxpong/predict.py): steps between and beyond the batch study's
+"""The time-to-win prediction's pure parts (jaxpong/scale/predict.py): steps between and beyond the batch study's
 scales, and what limits a rank count."""
 
 from __future__ import annotations
 
 import pytest
 
-from jaxpong.predict import StepsModel, limit
+from jaxpong.scale.predict import StepsModel, limit
 
 
 def _model():
@@ -36,8 +36,8 @@ def test_what_limits_a_rank_count():
 def test_the_study_scales_minibatch_is_the_one_the_study_trained_with():
     """The study's one process at scale k runs k x 32 games with the minibatch rule's count (k x 4), so its
     optimizer steps average 512 samples at every scale up to 8x, however the ranks would share games."""
-    from jaxpong.config import build
-    from jaxpong.predict import steps_model
+    from jaxpong.base.config import build
+    from jaxpong.scale.predict import steps_model
 
     reached = {"0": {"step": 500_000}, "18": {"step": 900_000}, "20": None}
     results = [{"rule": "minibatch", "scale": s, "seed": 1, "milestones": reached} for s in (1, 2, 4, 8, 16)]
@@ -49,7 +49,7 @@ def test_a_higher_milestone_is_never_predicted_sooner_than_a_lower_one():
     """+20 measured only at 1x (runs that stopped at +18 elsewhere) extrapolates from 1x with E_min (1 + B /
     B_crit): at scale 4 and the same batch it stays 1.2M, below the +18 of 1.6M measured there; it is
     floored at +18's."""
-    from jaxpong.predict import milestone_steps
+    from jaxpong.scale.predict import milestone_steps
 
     steps = {"0": [300_000, 600_000], "18": [800_000, 1_600_000], "20": [1_200_000, None]}
     model = StepsModel(scales=[1, 4], steps=steps, minibatch=[512, 512], b_crit=1024.0)

@@ -1,4 +1,5 @@
-"""Frames -> network inputs (jaxpong.preprocess) on synthetic frames with known answers, and on real envpool frames."""
+"""Frames -> network inputs (jaxpong.play.preprocess) on synthetic frames with known answers, and on real envpool
+frames."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpong import preprocess
-from jaxpong.config import Config
-from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
+from jaxpong.base.config import Config
+from jaxpong.play import preprocess
+from jaxpong.play.envs import PURPOSE_TRAIN, env_seeds, make_env
 
 BG, PADDLE, BALL = 87, 147, 236
 
@@ -199,7 +200,7 @@ def test_area32_crops_binarises_and_differences_42x42_frames(jitted):
 def test_area32_matches_pool32_on_real_pong_frames():
     """envpool's 42x42 area resize, binarised, is pool32's 2x2 max-pooling of its 84x84 frames: same games
     and actions at both sizes, compared cell by cell (measured when written: 40 of 3.2 million cells differ)."""
-    from jaxpong.envs import import_envpool
+    from jaxpong.play.envs import import_envpool
 
     envpool = import_envpool()
     make = lambda h: envpool.make(

@@ -21,12 +21,12 @@ import pytest
 import yaml
 
 from conftest import REPO, SMOKE_CONFIG, logged_updates, read_jsonl, run_jaxpong, start_logged, wait_for
-from jaxpong import keys
-from jaxpong.checkpoint import DEFINING_FIELDS, Checkpoints, ResumeRefused, resume_changes
-from jaxpong.config import Config, to_dict
-from jaxpong.learner import minibatch_order
-from jaxpong.rundir import LOCK_NAME, RunLock, WriteFailed, prepare_new
-from jaxpong.watchdog import hang_limit
+from jaxpong.base.config import Config, to_dict
+from jaxpong.learn.learner import minibatch_order
+from jaxpong.play import keys
+from jaxpong.ranks.watchdog import hang_limit
+from jaxpong.store.checkpoint import DEFINING_FIELDS, Checkpoints, ResumeRefused, resume_changes
+from jaxpong.store.rundir import LOCK_NAME, RunLock, WriteFailed, prepare_new
 
 TRAIN = [sys.executable, "-m", "jaxpong", "train", "--config", str(SMOKE_CONFIG)]
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -187,7 +187,7 @@ def test_a_full_disk_ends_the_run_with_one_line_and_loses_nothing(small_disk, tm
 
 
 def test_write_failed_names_the_operating_systems_reason():
-    from jaxpong.rundir import write_failure_reason
+    from jaxpong.store.rundir import write_failure_reason
 
     assert write_failure_reason(OSError(errno.ENOSPC, "No space left on device")) == "No space left on device"
     wrapped = ValueError("RESOURCE_EXHAUSTED: Failed to write: No space left on device [source locations...]")
@@ -433,7 +433,7 @@ def test_a_replacement_interrupted_between_its_renames_is_undone(tmp_path):
 
 
 def test_signal_handler_only_sets_the_flag_and_the_main_thread_announces_it(monkeypatch):
-    from jaxpong.signals import SignalFlag
+    from jaxpong.train.signals import SignalFlag
 
     flag = SignalFlag()
     written = io.StringIO()

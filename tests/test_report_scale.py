@@ -19,8 +19,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SMOKE_CONFIG
-from jaxpong import report as report_lib
-from jaxpong.cli import main
+from jaxpong.cli.dispatch import main
+from jaxpong.report import finding as report_finding
+from jaxpong.report import pictures as report_pictures
+from jaxpong.report import stats as report_stats
+from jaxpong.report import trace as report_trace
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -78,12 +81,14 @@ def heatmap_row_of_lightest_wait(png: Path, ranks: int) -> float:
 
     pixels = matplotlib.image.imread(str(png))[:, :, :3]
     height, width = pixels.shape[:2]
-    top = round(height * (1 - report_lib._HEAT_BOTTOM - report_lib._HEAT_HEIGHT)) + 2
-    bottom = round(height * (1 - report_lib._HEAT_BOTTOM)) - 2
-    x = round(width * (report_lib._HEAT_LEFTS[0] + report_lib._HEAT_WIDTH / 2))
+    top = round(height * (1 - report_pictures._HEAT_BOTTOM - report_pictures._HEAT_HEIGHT)) + 2
+    bottom = round(height * (1 - report_pictures._HEAT_BOTTOM)) - 2
+    x = round(width * (report_pictures._HEAT_LEFTS[0] + report_pictures._HEAT_WIDTH / 2))
     brightness = pixels[top:bottom, x - 20 : x + 20].mean(axis=(1, 2))
     row = top + int(np.argmax(brightness))
-    frac = (row - height * (1 - report_lib._HEAT_BOTTOM - report_lib._HEAT_HEIGHT)) / (height * report_lib._HEAT_HEIGHT)
+    frac = (row - height * (1 - report_pictures._HEAT_BOTTOM - report_pictures._HEAT_HEIGHT)) / (
+        height * report_pictures._HEAT_HEIGHT
+    )
     return frac * ranks
 
 
@@ -99,14 +104,14 @@ def test_1536_ranks_heatmap_names_the_persistent_late_sender(tmp_path, capsys):
     assert doc["finding"].startswith("rank 1234 is the late sender: it arrived last in 100% of 39 rounds")
     assert "the other 1535 ranks lost on average" in doc["finding"]
     # the printed table and the JSON list the ranks most often last; imbalance.txt holds every rank
-    assert len(doc["ranks"]) == report_lib.TABLE_TOP and doc["ranks"][0]["rank"] == 1234
+    assert len(doc["ranks"]) == report_finding.TABLE_TOP and doc["ranks"][0]["rank"] == 1234
     table = out.split("finding:")[0]
-    assert len([line for line in table.splitlines() if line.strip()[:1].isdigit()]) == report_lib.TABLE_TOP
+    assert len([line for line in table.splitlines() if line.strip()[:1].isdigit()]) == report_finding.TABLE_TOP
     full = (run / "imbalance.txt").read_text().split("finding:")[0]
     assert len([line for line in full.splitlines() if line.strip()[:1].isdigit()]) == 1536
     # the picture: the fixed heatmap canvas; 1,536 ranks share rows three by three (said on the figure)
     assert png_size(run / "imbalance.png") == (1500, 950)
-    assert report_lib.heatmap_cells(1536, 39) == (3, 1)
+    assert report_pictures.heatmap_cells(1536, 39) == (3, 1)
     assert abs(heatmap_row_of_lightest_wait(run / "imbalance.png", 1536) - 1234) <= 6
     # the trace: 1,536 tracks, 3 phases a round, every round
     assert doc["trace"] == str(run / "trace.json") and doc["trace_events"] == 1536 * 40 * 3
@@ -115,12 +120,12 @@ def test_1536_ranks_heatmap_names_the_persistent_late_sender(tmp_path, capsys):
 
 def test_1536_ranks_without_a_persistent_late_sender(tmp_path):
     run = write_many_rank_run(tmp_path / "run", ranks=1536, rounds=30, late=())
-    rounds = report_lib.read_rounds(run)
-    stats = report_lib.rank_stats(rounds)
+    rounds = report_stats.read_rounds(run)
+    stats = report_stats.rank_stats(rounds)
     assert len(stats) == 1536 and all(s.rounds == 29 for s in stats)
     assert sum(s.last_arrivals for s in stats) == 29
-    assert report_lib.late_senders(stats) == []
-    assert report_lib.finding(stats).startswith("no persistent late sender")
+    assert report_finding.late_senders(stats) == []
+    assert report_finding.finding(stats).startswith("no persistent late sender")
 
 
 def test_a_slow_rank_that_the_deadline_cuts_is_named_by_its_speed(tmp_path, capsys):
@@ -148,7 +153,7 @@ def test_256_ranks_two_late_senders_and_binned_rounds(tmp_path, capsys):
     assert doc["finding"].startswith("ranks ")
     assert "are the persistent late senders: together they arrived last in 100% of 499 rounds" in doc["finding"]
     assert "rank 17 in 50%" in doc["finding"] and "rank 200 in 50%" in doc["finding"]
-    assert report_lib.heatmap_cells(256, 499) == (1, 2)  # every rank its own row; two rounds a column
+    assert report_pictures.heatmap_cells(256, 499) == (1, 2)  # every rank its own row; two rounds a column
     assert png_size(run / "imbalance.png") == (1500, 950)
     assert doc["trace_events"] == 256 * 10 * 3  # --trace-rounds: the last 10 rounds only
     assert "(the last 10 of 500 rounds, 7,680 events" in out
@@ -157,7 +162,7 @@ def test_256_ranks_two_late_senders_and_binned_rounds(tmp_path, capsys):
 
 def test_the_trace_keeps_the_last_rounds_that_fit(tmp_path, capsys, monkeypatch):
     run = write_many_rank_run(tmp_path / "run", ranks=40, rounds=30, late=(3,))
-    monkeypatch.setattr(report_lib, "TRACE_MAX_EVENTS", 40 * 3 * 12)
+    monkeypatch.setattr(report_trace, "TRACE_MAX_EVENTS", 40 * 3 * 12)
     assert main(["report", str(run)]) == 0
     out = capsys.readouterr()[0]
     doc = last_json(out)
@@ -169,11 +174,11 @@ def test_the_trace_keeps_the_last_rounds_that_fit(tmp_path, capsys, monkeypatch)
 
 
 def test_picture_choice_by_rank_count(tmp_path, capsys):
-    run = write_many_rank_run(tmp_path / "run", ranks=report_lib.TIMELINE_MAX_RANKS, rounds=6, late=(3,))
+    run = write_many_rank_run(tmp_path / "run", ranks=report_pictures.TIMELINE_MAX_RANKS, rounds=6, late=(3,))
     assert main(["report", str(run)]) == 0
     doc = last_json(capsys.readouterr()[0])
     assert doc["picture"] == "timeline" and doc["late_senders"] == [3]
-    assert len(doc["ranks"]) == report_lib.TIMELINE_MAX_RANKS
+    assert len(doc["ranks"]) == report_pictures.TIMELINE_MAX_RANKS
     assert main(["report", str(run), "--picture", "heatmap", "--out", str(tmp_path / "h.png")]) == 0
     doc = last_json(capsys.readouterr()[0])
     assert doc["picture"] == "heatmap" and png_size(tmp_path / "h.png") == (1500, 950)
@@ -190,10 +195,10 @@ def test_streamed_matrices_match_the_records(tmp_path):
     with open(run / "ranks.jsonl", "a") as out:
         out.write('{"update": 7, "rank": 1, "start_s": 9.0, "collect_s": 0.25, "compute_s": 0.05, "wait_s": 0.02}\n')
         out.write('{"update": 8, "rank": 0, "start_s": 1.0}\n{"update": 8, "ra')
-    streamed = report_lib.rank_stats(report_lib.read_rounds(run))
-    listed = report_lib.rank_stats(report_lib.read_ranks(run))
+    streamed = report_stats.rank_stats(report_stats.read_rounds(run))
+    listed = report_stats.rank_stats(report_stats.read_ranks(run))
     assert streamed == listed
-    rounds = report_lib.read_rounds(run)
+    rounds = report_stats.read_rounds(run)
     assert rounds.present.shape == (5, 7) and rounds.present.all()
     assert rounds.start_s[1, 6] == 9.0 and rounds.collect_s[1, 6] == 0.25
     assert streamed[4].masked_fraction == pytest.approx(40 / 104)
@@ -264,8 +269,8 @@ def test_trace_events_by_hand(tmp_path, capsys):
 def test_trace_with_a_prepare_phase(tmp_path):
     """Records with prepare_s (the part of compute_s before the gather) give four phases a round."""
     records = [{**r, "prepare_s": 0.01} for r in TRACE_RECORDS if r["rank"] == 1]
-    rounds = report_lib.Rounds.from_records(records)
-    info = report_lib.write_trace(rounds, tmp_path / "t.json", name="x")
+    rounds = report_stats.Rounds.from_records(records)
+    info = report_trace.write_trace(rounds, tmp_path / "t.json", name="x")
     assert info["phases"] == ["collect", "prepare", "wait", "update"] and info["events"] == 1 * 2 * 4
     complete = [e for e in json.loads((tmp_path / "t.json").read_text())["traceEvents"] if e["ph"] == "X"]
     assert complete == _approx_events(
@@ -333,7 +338,7 @@ def sixteen_rank_run(request, tmp_path_factory) -> tuple[Path, str]:
 @pytest.mark.skipif(not MPIRUN.exists(), reason="needs the venv's mpirun (mpich wheel)")
 def test_report_names_the_slow_rank_among_16(sixteen_rank_run, tmp_path):
     run, deadline = sixteen_rank_run
-    records = report_lib.read_ranks(run)
+    records = report_stats.read_ranks(run)
     updates = sorted({r["update"] for r in records})
     assert len(updates) >= 8
     for u in updates:  # every rank in every round

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SMOKE_CONFIG
-from jaxpong import report as report_lib
-from jaxpong import simulate as sim
-from jaxpong.cli import main
-from jaxpong.deadline import lower_median as train_lower_median
+from jaxpong.cli.dispatch import main
+from jaxpong.play.deadline import lower_median as train_lower_median
+from jaxpong.report import finding as report_finding
+from jaxpong.report import stats as report_stats
+from jaxpong.scale import simulate as sim
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MPIRUN = Path(sys.executable).parent / "mpirun"
@@ -272,7 +273,7 @@ def write_synthetic_run(run_dir: Path) -> list[dict]:
 def test_report_numbers_on_a_synthetic_run(tmp_path, capsys):
     run = tmp_path / "run"
     write_synthetic_run(run)
-    stats = {s.rank: s for s in report_lib.rank_stats(report_lib.read_ranks(run))}
+    stats = {s.rank: s for s in report_stats.rank_stats(report_stats.read_ranks(run))}
     # rounds 2..6 only (the first includes compilation)
     assert all(s.rounds == 5 for s in stats.values())
     for rank, collect in ((0, 0.1), (1, 0.15), (2, 0.3)):
@@ -303,7 +304,7 @@ def test_report_numbers_on_a_synthetic_run(tmp_path, capsys):
 
 def test_finding_without_a_persistent_late_sender():
     stats = [
-        report_lib.RankStats(
+        report_stats.RankStats(
             rank=r,
             rounds=10,
             collect_s=0.1,
@@ -318,9 +319,9 @@ def test_finding_without_a_persistent_late_sender():
         )
         for r, la in ((0, 4), (1, 3), (2, 3))
     ]
-    text = report_lib.finding(stats)
+    text = report_finding.finding(stats)
     assert text.startswith("no persistent late sender")
-    assert report_lib.finding(stats[:1]).startswith("one rank")
+    assert report_finding.finding(stats[:1]).startswith("one rank")
 
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
@@ -352,8 +353,8 @@ def test_simulate_command_writes_table_plot_and_json(tmp_path, capsys):
 
 
 def test_simulate_from_a_synthetic_run(tmp_path, capsys):
-    from jaxpong import config as config_lib
-    from jaxpong import rundir
+    from jaxpong.base import config as config_lib
+    from jaxpong.store import rundir
 
     run = tmp_path / "run"
     write_synthetic_run(run)
@@ -456,15 +457,15 @@ def test_the_late_senders_host_by_hand():
                     "host": "a" if rank < 2 else "b",
                 }
             )
-    stats = report_lib.rank_stats(records)
+    stats = report_stats.rank_stats(records)
     assert [s.host for s in stats] == ["a", "a", "b", "b"]
-    text = report_lib.finding(stats)
+    text = report_finding.finding(stats)
     assert "By host: host b: ranks 2 and 3 (all of its ranks)." in text, text
-    assert report_lib.table(stats).splitlines()[0].split()[-1] == "host"
+    assert report_finding.table(stats).splitlines()[0].split()[-1] == "host"
     one_host = [{**r, "host": "a"} for r in records]
-    assert "By host" not in report_lib.finding(report_lib.rank_stats(one_host))
+    assert "By host" not in report_finding.finding(report_stats.rank_stats(one_host))
     no_host = [{k: v for k, v in r.items() if k != "host"} for r in records]
-    assert "host" not in report_lib.table(report_lib.rank_stats(no_host))
+    assert "host" not in report_finding.table(report_stats.rank_stats(no_host))
 
 
 def test_a_long_update_across_hosts_is_named():
@@ -489,14 +490,14 @@ def test_a_long_update_across_hosts_is_named():
             for r in range(2)
         ]
 
-    text = report_lib.finding(report_lib.rank_stats(records(["a", "b"])))
+    text = report_finding.finding(report_stats.rank_stats(records(["a", "b"])))
     assert "The update, with its allreduces across hosts, took 60% of each round (0.6 s)" in text, text
-    assert "The update" not in report_lib.finding(report_lib.rank_stats(records(["a", "a"])))
+    assert "The update" not in report_finding.finding(report_stats.rank_stats(records(["a", "a"])))
 
 
 def _host_stats(round_s: float, update_s: float) -> list:
     return [
-        report_lib.RankStats(
+        report_stats.RankStats(
             rank=r,
             rounds=10,
             collect_s=round_s - update_s - 0.01,
@@ -526,21 +527,21 @@ def test_the_slow_link_is_named_by_its_host_with_its_cost_by_hand():
         "allreduce_bytes": 1_080_000,
         "allreduces_per_round": 16,
     }
-    text = report_lib.link_text(record, _host_stats(1.5, 0.78))
+    text = report_finding.link_text(record, _host_stats(1.5, 0.78))
     assert "Links from rank 0's host h0, measured at start (links.jsonl): h1 25 MB/s, h2 1,000 MB/s." in text
     assert "Host h1's link is the slow one (40x slower than the next): ranks 2 and 3 there slow" in text
     assert "16 allreduces carry about 17.3 MB a round over a link: about 0.69 s at 25 MB/s, 46% of the mean" in text
     # Links alike and fast: no host named, and the cost is said to be small (17.28 MB at 1 GB/s: 1 % of 1.5 s).
     fast = dict(record, links=[dict(k, mb_s=1000.0) for k in record["links"]])
-    text = report_lib.link_text(fast, _host_stats(1.5, 0.1))
+    text = report_finding.link_text(fast, _host_stats(1.5, 0.1))
     assert "slow one" not in text and "All of them alike" in text
     assert "1% of the mean round: the links do not limit this run." in text
-    assert report_lib.link_text(None, _host_stats(1.5, 0.1)) == ""
+    assert report_finding.link_text(None, _host_stats(1.5, 0.1)) == ""
 
 
 def test_links_are_read_from_the_last_complete_line(tmp_path):
     first = {"hosts": ["a", "b"], "links": [{"host": "b", "rank": 1, "mb_s": 10.0, "rtt_ms": 1.0}]}
     second = dict(first, links=[{"host": "b", "rank": 1, "mb_s": 20.0, "rtt_ms": 1.0}])
     (tmp_path / "links.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n" + '{"hosts": ["a"')
-    assert report_lib.read_links(tmp_path)["links"][0]["mb_s"] == 20.0
-    assert report_lib.read_links(tmp_path / "nothing") is None
+    assert report_stats.read_links(tmp_path)["links"][0]["mb_s"] == 20.0
+    assert report_stats.read_links(tmp_path / "nothing") is None

@@ -1,4 +1,5 @@
-"""The returns maths (jaxpong.algorithms.returns) against plain loops and hand-computed numbers, jitted and not."""
+"""The returns maths (jaxpong.learn.algorithms.returns) against plain loops and hand-computed numbers, jitted
+and not."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxpong.algorithms.returns import gae, masked_moments, moments_to_mean_std, point_returns
+from jaxpong.learn.algorithms.returns import gae, masked_moments, moments_to_mean_std, point_returns
 
 JIT_MODES = pytest.mark.parametrize("jitted", [False, True], ids=["eager", "jit"])
 

@@ -8,11 +8,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxpong import config as config_lib
-from jaxpong.envs import PURPOSE_TRAIN, env_seeds, make_env
-from jaxpong.learner import init_state, make_optimizer
-from jaxpong.networks import make_network
-from jaxpong.rollout import Collector, make_policy_step
+from jaxpong.base import config as config_lib
+from jaxpong.learn.learner import init_state, make_optimizer
+from jaxpong.learn.networks import make_network
+from jaxpong.play.envs import PURPOSE_TRAIN, env_seeds, make_env
+from jaxpong.play.rollout import Collector, make_policy_step
 
 
 def _collector(num_envs: int, batch_size: int, num_steps: int, slow_factor: float = 1.0):
@@ -114,7 +114,7 @@ def test_slow_factor_divides_the_steps_per_second(num_envs, batch_size):
 def test_packed_step_unpacks_to_the_plain_steps_outputs(obs_mode, frames_shape):
     """The collector's one-transfer step carries exactly what the plain policy step returns, given the
     Gumbel noise that jax.random.categorical draws from the plain step's key."""
-    from jaxpong.rollout import make_packed_step, unpack_rows
+    from jaxpong.play.rollout import make_packed_step, unpack_rows
 
     network = "mlp" if obs_mode == "pool32" else "small_cnn"
     cfg = config_lib.build(None, {"model": {"obs_mode": obs_mode, "network": network, "hidden_size": 8}})
@@ -172,7 +172,7 @@ def test_valid_masks_and_game_scores_follow_the_games_across_rounds(num_steps, r
 def test_a_games_seed_and_draws_follow_its_number_not_its_rank():
     """Games 16-31 held by a second rank get the seeds and Gumbel noise that one process holding games 0-31
     gives them; entry [r, i] is gumbel(fold_in(fold_in(round key, game), r)), by hand."""
-    from jaxpong.keys import action_noise, round_key, sampling_root
+    from jaxpong.play.keys import action_noise, round_key, sampling_root
 
     assert env_seeds(7, 0, PURPOSE_TRAIN, 16, first_game=16) == env_seeds(7, 0, PURPOSE_TRAIN, 32)[16:]
     assert env_seeds(7, 1, PURPOSE_TRAIN, 16) != env_seeds(7, 0, PURPOSE_TRAIN, 16)  # a resume plays new games

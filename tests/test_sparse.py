@@ -10,10 +10,10 @@ import numpy as np
 import optax
 import pytest
 
-from jaxpong import sparse
-from jaxpong.config import Config
-from jaxpong.learner import TrainState, make_optimize, sparse_round
-from jaxpong.networks import Heads, make_network
+from jaxpong.base.config import Config
+from jaxpong.learn.learner import TrainState, make_optimize, sparse_round
+from jaxpong.learn.networks import Heads, make_network
+from jaxpong.play import sparse
 from test_gradients import N, T, setup
 
 
@@ -168,7 +168,7 @@ def test_sparse_update_equals_the_dense_update(algo, epochs, minibatches):
 
 
 def test_reuse_length_keeps_a_compiled_length_that_holds_the_round():
-    from jaxpong.sparse import reuse_length
+    from jaxpong.play.sparse import reuse_length
 
     assert reuse_length(4096, set()) == 4096  # nothing compiled yet
     assert reuse_length(40960, {81920}) == 81920  # the first round's longer lists: no second compile

@@ -19,8 +19,8 @@ import yaml
 from wandb.proto import wandb_internal_pb2  # wandb is in the test extra: these tests run, never skip
 
 from conftest import REPO, SMOKE_CONFIG, read_jsonl, run_jaxpong
-from jaxpong import tracking
-from jaxpong.logger import RunLogger
+from jaxpong.store import tracking
+from jaxpong.store.logger import RunLogger
 
 
 def offline_env(tmp: Path) -> dict:

@@ -16,8 +16,8 @@ import pytest
 import yaml
 
 from conftest import SMOKE_CONFIG, nan_equal, read_jsonl
-from jaxpong import config as config_lib
-from jaxpong.checkpoint import Checkpoints
+from jaxpong.base import config as config_lib
+from jaxpong.store.checkpoint import Checkpoints
 
 PPO_LOSSES = ("losses/policy_loss", "losses/value_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac")
 RANK_FIELDS = ("update", "rank", "start_s", "collect_s", "compute_s", "wait_s", "valid_samples", "masked_samples")

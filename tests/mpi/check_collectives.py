@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import config as config_lib
-from jaxpong.algorithms.returns import masked_moments, moments_to_mean_std
-from jaxpong.batch import Batch
-from jaxpong.comm import LocalComm, MpiComm
-from jaxpong.exchange import agreed_layout, log_layout, record_row
-from jaxpong.learner import init_state, make_optimize, make_optimizer, make_prepare
-from jaxpong.networks import make_network
+from jaxpong.base import config as config_lib
+from jaxpong.learn.algorithms.returns import masked_moments, moments_to_mean_std
+from jaxpong.learn.learner import init_state, make_optimize, make_optimizer, make_prepare
+from jaxpong.learn.networks import make_network
+from jaxpong.play.batch import Batch
+from jaxpong.ranks.comm import LocalComm, MpiComm
+from jaxpong.ranks.exchange import agreed_layout, log_layout, record_row
 
 comm = MpiComm()
 assert comm.size == 2, "run with mpirun -n 2"

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from jaxpong.comm import MpiComm
-from jaxpong.exchange import (
+from jaxpong.ranks.comm import MpiComm
+from jaxpong.ranks.exchange import (
     FILL_BINS,
     agreed_layout,
     fill_bin,

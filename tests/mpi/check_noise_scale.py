@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import config as config_lib
-from jaxpong import noise_scale as ns
-from jaxpong.algorithms import ppo
-from jaxpong.batch import Batch
-from jaxpong.comm import MpiComm
-from jaxpong.learner import init_state, make_optimize, make_optimizer, make_prepare
-from jaxpong.networks import make_network
+from jaxpong.base import config as config_lib
+from jaxpong.learn import noise_scale as ns
+from jaxpong.learn.algorithms import ppo
+from jaxpong.learn.learner import init_state, make_optimize, make_optimizer, make_prepare
+from jaxpong.learn.networks import make_network
+from jaxpong.play.batch import Batch
+from jaxpong.ranks.comm import MpiComm
 
 comm = MpiComm()
 assert comm.size == 2, "run with mpirun -n 2"

@@ -20,14 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxpong import batch_rule
-from jaxpong import config as config_lib
-from jaxpong.comm import LocalComm, MpiComm
-from jaxpong.learner import init_state, make_optimizer
-from jaxpong.networks import make_network
-from jaxpong.rollout import RoundInfo
-from jaxpong.round import Counters, Round
-from jaxpong.signals import SignalFlag
+from jaxpong.base import config as config_lib
+from jaxpong.learn import batch_rule
+from jaxpong.learn.learner import init_state, make_optimizer
+from jaxpong.learn.networks import make_network
+from jaxpong.play.rollout import RoundInfo
+from jaxpong.ranks.comm import LocalComm, MpiComm
+from jaxpong.train.round import Counters, Round
+from jaxpong.train.signals import SignalFlag
 
 comm = MpiComm()
 assert comm.size == 2, "run with mpirun -n 2"

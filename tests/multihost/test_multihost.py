@@ -38,9 +38,9 @@ def smoke_parameters() -> int:
     import jax
     import numpy as np
 
-    from jaxpong import config as config_lib
-    from jaxpong.networks import make_network
-    from jaxpong.preprocess import PREPROCESSORS, to_float
+    from jaxpong.base import config as config_lib
+    from jaxpong.learn.networks import make_network
+    from jaxpong.play.preprocess import PREPROCESSORS, to_float
 
     cfg = config_lib.build(str(SMOKE_CONFIG), {})
     features = PREPROCESSORS[cfg.model.obs_mode](np.zeros((1, 2, 84, 84), np.uint8))

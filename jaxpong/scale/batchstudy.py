@@ -1,0 +1,318 @@
+"""`python -m jaxpong.batchstudy` (`make bench-batch`): agent steps to each milestone as the global batch grows.
+
+N ranks do exactly what one process does with N times the games (tests/test_mpi.py proves it for the
+gradients), so the learning side of scaling is measured here in one process: the default config with
+1x, 2x, 4x ... its games, under each batch rule. Agent steps to a milestone do not depend on how fast
+the machine is, so these runs may share a machine; their seconds are reported but not compared.
+
+The study is resumable: every finished run appends one line to OUT/results.jsonl, and a rerun skips
+the (rule, scale, seed) triples already there. A run stops at its target return (+20 unless --target-return says
+otherwise); a milestone above a run's target was not measured by that run and is left out of that
+milestone's median, where a milestone the run missed counts as infinitely slow. --jobs N trains N runs at
+once: agent steps do not depend on the machine's speed. On 2 cores it bought little: a 2x and a 4x run
+together stepped about 2,100 steps/s, a 1x run alone about 2,000 and a 16x run alone about 2,600.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from jaxpong.base.config import build
+from jaxpong.base.errors import ConfigError
+from jaxpong.bench.learning import MILESTONES, read_jsonl, run_outcome, train_argv
+from jaxpong.learn import batch_rule
+
+STUDY_MILESTONES = ("0", "18", "20")
+
+
+# What an arm's name may add to its batch rule, after a "+": the update's other candidate rules.
+MODIFIERS = {
+    "ewma": ["--proximal", "ewma"],  # clip against a moving average of recent weights (PPO-EWMA)
+    "kl": ["--target-kl", "0.008"],  # the learning rate follows the KL; 0.008: the default's late KL at 1x
+}
+RULES = ("minibatch", "steps", "sqrt_lr", "none")
+
+
+def parse_arm(arm: str) -> tuple[str, list[str]]:
+    """An arm's name, e.g. `steps+ewma`: (its algo.batch_rule, the flags its modifiers add)."""
+    rule, *mods = arm.split("+")
+    if rule not in RULES or any(m not in MODIFIERS for m in mods):
+        raise ConfigError(
+            f"--rules: {arm!r} is not an arm; name a batch rule ({', '.join(RULES)}), optionally followed by "
+            f"+{' or +'.join(MODIFIERS)} (e.g. minibatch+ewma)"
+        )
+    return rule, [flag for m in mods for flag in MODIFIERS[m]]
+
+
+def study_config(arm: str, scale: int, cfg):
+    """The config one process trains with, standing in for `scale` ranks of the config's games each under
+    `arm`: what the rule (jaxpong/learn/batch_rule.py) gives k real ranks, with one rank's games for its caps."""
+    rule, _ = parse_arm(arm)
+    games = cfg.env.num_envs * scale
+    ranked = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))
+    scaled, _ = batch_rule.scaled_update(ranked, games, cfg.env.num_envs)
+    return scaled
+
+
+def study_minibatches(arm: str, scale: int, cfg) -> int:
+    """Minibatches per epoch of one process standing in for `scale` ranks of the config's games each."""
+    return study_config(arm, scale, cfg).algo.num_minibatches
+
+
+def run_args(arm: str, scale: int, cfg) -> list[str]:
+    """Flags that make one process stand in for `scale` ranks of the config's games each, under `arm`: the
+    rule's round length, minibatch count and learning rate passed explicitly, then the arm's modifiers."""
+    a = study_config(arm, scale, cfg).algo
+    return [
+        "--num-envs",
+        str(cfg.env.num_envs * scale),
+        "--num-steps",
+        str(a.num_steps),
+        "--num-minibatches",
+        str(a.num_minibatches),
+        "--learning-rate",
+        f"{a.learning_rate:.9g}",
+        "--batch-rule",
+        "none",
+        *parse_arm(arm)[1],
+    ]
+
+
+def measured(run: dict, milestone: str) -> bool:
+    """Whether `run` could have reached `milestone`: it trained on past it unless it stopped at a lower
+    target (rows written before targets were recorded all ran to +20)."""
+    return float(milestone) <= run.get("target", 20)
+
+
+def summarise(results: list[dict]) -> list[dict]:
+    """One row per (rule, scale): the median over the seeds that measured a milestone of the agent steps
+    to it. A seed that never got there counts as infinitely slow, so the median is None when fewer than
+    half did."""
+    rows = []
+    for rule, scale in sorted({(r["rule"], r["scale"]) for r in results}):
+        runs = [r for r in results if r["rule"] == rule and r["scale"] == scale]
+        row = {"rule": rule, "scale": scale, "seeds": len(runs)}
+        for m in STUDY_MILESTONES:
+            mine = [r for r in runs if measured(r, m)]
+            steps = sorted(r["milestones"][m]["step"] if r["milestones"].get(m) else np.inf for r in mine)
+            mid = steps[(len(steps) - 1) // 2] if steps else np.inf  # the lower median: an observed seed
+            row[f"steps_{m}"] = None if not np.isfinite(mid) else int(mid)
+            row[f"reached_{m}"] = sum(np.isfinite(s) for s in steps)
+            row[f"measured_{m}"] = len(mine)
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    def fmt(v):
+        return "-" if v is None else f"{v / 1e3:,.0f}k"
+
+    ref = {r["rule"]: r for r in rows if r["scale"] == 1}
+    lines = [
+        "| rule | games (x default) | seeds | steps to 0 | steps to +18 (reached/ran to it) "
+        "| steps to +20 (reached/ran to it) | +18 against 1x |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        base = ref.get(r["rule"]) or ref.get("minibatch") or {}
+        ratio = f"{r['steps_18'] / base['steps_18']:.2f}x" if r["steps_18"] and base.get("steps_18") else "-"
+        lines.append(
+            f"| {r['rule']} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
+            f"({r['reached_18']}/{r['measured_18']}) | {fmt(r['steps_20'])} "
+            f"({r['reached_20']}/{r['measured_20']}) | {ratio} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = summarise(results)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for rule in sorted({r["rule"] for r in rows}):
+        mine = [r for r in rows if r["rule"] == rule]
+        for m, style in zip(STUDY_MILESTONES, (":", "-", "--")):
+            pts = [(r["scale"], r[f"steps_{m}"]) for r in mine if r[f"steps_{m}"]]
+            if pts:
+                x, y = zip(*pts)
+                ax.plot(x, np.array(y) / 1e6, style, marker="o", label=f"{rule}: to {m if m == '0' else '+' + m}")
+        for r in results:
+            if r["rule"] == rule and r["milestones"].get("18"):
+                ax.scatter(r["scale"], r["milestones"]["18"]["step"] / 1e6, s=8, color="grey", alpha=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("global batch (x the default's 32 games x 64 steps)")
+    ax.set_ylabel("agent steps (millions), median over seeds")
+    ax.set_title("Agent steps to each milestone as the global batch grows (grey: +18, each seed)", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _row(rule: str, scale: int, seed: int, games: int, run_dir: Path, max_steps: int, target: float) -> dict:
+    """The results line of one finished run, read from its games.jsonl and metrics.jsonl."""
+    outcome = run_outcome(run_dir)
+    return {
+        "rule": rule,
+        "scale": scale,
+        "seed": seed,
+        "games": games,
+        "milestones": {m: outcome["milestones"][m] for m in map(str, MILESTONES)},
+        "steps": outcome["steps"],
+        "time_s": outcome["time_s"],
+        "max_steps": max_steps,
+        "target": target,
+    }
+
+
+def batch_study(
+    config_file: str,
+    *,
+    scales: list[int],
+    seeds: list[int],
+    rules: list[str],
+    max_steps: int,
+    out_dir: str,
+    target: float = 20,
+    jobs: int = 1,
+    extra_args: list[str] | None = None,
+) -> int:
+    cfg = build(config_file, {})
+    base_games = cfg.env.num_envs
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / "results.jsonl"
+    done = {(r["rule"], r["scale"], r["seed"]) for r in read_jsonl(results_file)}
+    # Seeds outermost: a study stopped early still has every scale at its first seeds.
+    plan = [(rule, scale, seed) for seed in seeds for scale in scales for rule in rules]
+    todo = [p for p in plan if p not in done]
+    running: list[tuple[tuple[str, int, int], Path, subprocess.Popen]] = []
+    failed = False
+    while (todo and not failed) or running:
+        while todo and not failed and len(running) < jobs:
+            rule, scale, seed = todo.pop(0)
+            run_dir = out / f"{rule}_x{scale}_seed{seed}"
+            cmd = train_argv(
+                config_file,
+                run_dir,
+                "--seed",
+                str(seed),
+                "--total-steps",
+                str(max_steps),
+                "--target-return",
+                f"{target:g}",
+                "--progress",
+                "off",
+                "--checkpoint-every",
+                "1000000000",
+                *run_args(rule, scale, cfg),
+                *(extra_args or []),
+            )
+            print(f"{rule} x{scale} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+            # Output goes to a file, not a pipe nobody reads while the run is going.
+            with (out / f"{run_dir.name}.log").open("w") as log:  # the child keeps its own copy of the file
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+            running.append(((rule, scale, seed), run_dir, proc))
+        time.sleep(2)
+        for item in [r for r in running if r[2].poll() is not None]:
+            running.remove(item)
+            (rule, scale, seed), run_dir, proc = item
+            if proc.returncode != 0:
+                tail = (out / f"{run_dir.name}.log").read_text()[-600:]
+                print(f"{rule} x{scale} seed {seed} failed ({proc.returncode}): {tail.strip()}", flush=True)
+                failed = True
+                continue
+            row = _row(rule, scale, seed, base_games * scale, run_dir, max_steps, target)
+            with results_file.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+            reached = row["milestones"]
+            print(
+                f"{rule} x{scale} seed {seed} done:  "
+                + "  ".join(
+                    f"{m}: " + (f"{r['step'] / 1e3:.0f}k" if (r := reached[m]) else "-") for m in STUDY_MILESTONES
+                ),
+                flush=True,
+            )
+    if failed:
+        return 1
+    results = read_jsonl(results_file)
+    text = table(summarise(results))
+    (out / "table.md").write_text(text + "\n")
+    plot(results, out / "steps_to_milestones.png")
+    print(text)
+    print(f"table: {out / 'table.md'}  plot: {out / 'steps_to_milestones.png'}")
+    return 0
+
+
+def _ints(flag: str, text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag}: {text!r} is not a comma-separated list of whole numbers (e.g. 1,2,4)") from None
+    if any(v < 1 for v in values):
+        raise ConfigError(f"{flag}: {text!r}: every value must be at least 1")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(
+        prog="python -m jaxpong.batchstudy",
+        description="Agent steps to a mean of 0, +18 and +20 over the last 20 games, with k x the config's "
+        "games in one process (the global batch of k x its ranks), under each batch rule. Resumable: runs "
+        "already in OUT/results.jsonl are skipped. Flags it does not know go to every `jaxpong train`.",
+    )
+    p.add_argument("--config", default="configs/default.yaml", help="the config every run starts from")
+    p.add_argument("--scales", default="1,2,4,8,16", help="k: the multiples of the config's games")
+    p.add_argument("--seeds", default="1,2,3", help="the seeds each scale trains")
+    p.add_argument(
+        "--rules",
+        default="minibatch",
+        help="arms to compare, comma-separated: a batch rule (minibatch, steps, sqrt_lr, none), optionally with "
+        "+ewma (PPO-EWMA proximal policy) and/or +kl (learning rate adapted to the KL), e.g. minibatch,steps+ewma",
+    )
+    p.add_argument(
+        "--total-steps", dest="max_steps", type=int, default=3_000_000, help="agent steps after which a run stops"
+    )
+    p.add_argument("--out", default="runs/batch_study", help="folder of the runs, results.jsonl and table.md")
+    p.add_argument(
+        "--target-return", dest="target", type=float, default=20, help="stop each run at this last-20 mean return"
+    )
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    a, extra = p.parse_known_args(argv)
+    try:
+        scales, seeds = _ints("--scales", a.scales), _ints("--seeds", a.seeds)
+        rules = a.rules.split(",")
+        for arm in rules:
+            parse_arm(arm)
+        if a.jobs < 1 or a.max_steps < 1:
+            raise ConfigError("--jobs and --total-steps must be at least 1")
+        return batch_study(
+            a.config,
+            scales=scales,
+            seeds=seeds,
+            rules=rules,
+            max_steps=a.max_steps,
+            out_dir=a.out,
+            target=a.target,
+            jobs=a.jobs,
+            extra_args=extra,
+        )
+    except ConfigError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
