@@ -70,7 +70,7 @@ def train(
     passes its process's start, so that start-up counts there). Bad input raises ConfigError (one line) before
     anything is trained; a failed write before training raises jaxpong.store.rundir.WriteFailed.
     """
-    from jaxpong.train import launch
+    from jaxpong.training import launch
 
     clock_start = time.time() if clock_start is None else clock_start
     if threading.current_thread() is not threading.main_thread():

@@ -228,3 +228,18 @@ def test_train_and_load_policy_refuse_bad_input_in_one_line(example, capsys, tmp
         assert api_error(lambda: jaxpong.load_policy(source, checkpoint)) == cli_error(
             capsys, "eval", source, "--checkpoint", checkpoint
         )
+
+
+def test_the_api_names_stay_the_api_after_every_module_is_imported():
+    """A subpackage named like an API function would replace it on the package once imported
+    (`import jaxpong.x.y` binds jaxpong.x): every module imported, the API names are still the API's."""
+    import importlib
+    import pkgutil
+
+    import jaxpong
+
+    for module in pkgutil.walk_packages(jaxpong.__path__, "jaxpong."):
+        if not module.name.endswith("__main__"):
+            importlib.import_module(module.name)
+    for name in ("train", "load_policy", "Config", "ConfigError", "Policy", "RunResult"):
+        assert getattr(jaxpong, name) is getattr(importlib.import_module("jaxpong.api"), name), name

@@ -14,7 +14,7 @@ from jaxpong.base.errors import ConfigError
 from jaxpong.learn.learner import init_state, make_optimizer
 from jaxpong.learn.networks import make_network
 from jaxpong.store.checkpoint import Checkpoints
-from jaxpong.train.round import Counters
+from jaxpong.training.round import Counters
 
 
 def trained_state(seed):

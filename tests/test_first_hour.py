@@ -29,7 +29,7 @@ from conftest import REPO, SMOKE_CONFIG, read_jsonl
 from jaxpong.base import config as config_lib
 from jaxpong.cli import dispatch as cli
 from jaxpong.store.logger import eta_seconds, format_eta
-from jaxpong.train import stop
+from jaxpong.training import stop
 
 
 def one_error_line(code: int, out: str, err: str) -> str:
@@ -430,7 +430,7 @@ def test_video_every_records_clips_between_rounds(jaxpong_cli, tmp_path):
 
 
 def test_a_clip_due_widens_the_next_hang_limit_like_an_evaluation():
-    from jaxpong.train.between_rounds import eval_allowance_s
+    from jaxpong.training.between_rounds import eval_allowance_s
 
     cfg = config_lib.build(None, {"run": {"video_every": 3}, "dist": {"hang_timeout_s": 20}})
     for update, allowance in ((2, 0.0), (3, 450.0), (6, 450.0), (7, 0.0)):

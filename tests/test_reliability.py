@@ -433,7 +433,7 @@ def test_a_replacement_interrupted_between_its_renames_is_undone(tmp_path):
 
 
 def test_signal_handler_only_sets_the_flag_and_the_main_thread_announces_it(monkeypatch):
-    from jaxpong.train.signals import SignalFlag
+    from jaxpong.training.signals import SignalFlag
 
     flag = SignalFlag()
     written = io.StringIO()

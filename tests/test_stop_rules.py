@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from jaxpong.base.config import Config
-from jaxpong.train.stop import RECENT_GAMES, stop_reason, target_reached
+from jaxpong.training.stop import RECENT_GAMES, stop_reason, target_reached
 
 
 def config(total_steps=10_000, time_limit_s=0.0, target_return=math.nan) -> Config:

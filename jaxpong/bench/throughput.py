@@ -167,7 +167,7 @@ def interleaved_repeat(
     machine. A stopped trainer loses nothing but its caches, so if anything this favours raw envpool.
     Every process of the trainer is stopped: mpirun, its proxy and each rank.
     """
-    from jaxpong.train.stop import EXIT_PREEMPTED
+    from jaxpong.training.stop import EXIT_PREEMPTED
 
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     # A reused --run-dir still holds the previous run's metrics until the trainer replaces the folder;

@@ -23,7 +23,7 @@ from jaxpong.cli.scale import add_scale_commands
 from jaxpong.cli.train import add_train
 from jaxpong.cli.watch import add_watch_commands
 from jaxpong.store.rundir import WriteFailed
-from jaxpong.train.stop import EXIT_IO_ERROR, EXIT_PREEMPTED, EXIT_USAGE
+from jaxpong.training.stop import EXIT_IO_ERROR, EXIT_PREEMPTED, EXIT_USAGE
 
 
 def build_parser() -> Parser:

@@ -8,7 +8,7 @@ import difflib
 import re
 
 from jaxpong.base import config as config_lib
-from jaxpong.train.stop import EXIT_USAGE
+from jaxpong.training.stop import EXIT_USAGE
 
 
 class Parser(argparse.ArgumentParser):

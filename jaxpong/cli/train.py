@@ -1,5 +1,5 @@
 """`jaxpong train`: its arguments (the config's fields as flags, the run directory, resume, --ranks) and
-their checks; the run itself is the Python API's `jaxpong.train` (jaxpong/api.py, jaxpong/train/launch.py)."""
+their checks; the run itself is the Python API's `jaxpong.train` (jaxpong/api.py, jaxpong/training/launch.py)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ def launch_ranks(args, command: str, cfg=None) -> None:
 def cmd_train(args) -> int:
     from jaxpong import api
     from jaxpong.base.clock import PROCESS_START
-    from jaxpong.train import launch
+    from jaxpong.training import launch
 
     cfg = launch.train_config(args.config, overrides(args), run_dir=args.run_dir, resume=args.resume)
     launch_ranks(args, "train", cfg)  # after the config is checked: a bad flag fails here, once, not on N ranks

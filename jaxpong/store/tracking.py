@@ -25,7 +25,7 @@ from typing import Any
 
 RUN_ID_FILE = "wandb_run_id"
 STEP_METRIC = "step"
-# Files written at the end of training (jaxpong/train/end_of_run.py), logged when the run finishes.
+# Files written at the end of training (jaxpong/training/end_of_run.py), logged when the run finishes.
 END_OF_RUN_MEDIA = {"media/learning_curve": "learning_curve.png", "media/final_video": "videos/final.mp4"}
 
 

@@ -26,8 +26,8 @@ from jaxpong.learn.learner import init_state, make_optimizer
 from jaxpong.learn.networks import make_network
 from jaxpong.play.rollout import RoundInfo
 from jaxpong.ranks.comm import LocalComm, MpiComm
-from jaxpong.train.round import Counters, Round
-from jaxpong.train.signals import SignalFlag
+from jaxpong.training.round import Counters, Round
+from jaxpong.training.signals import SignalFlag
 
 comm = MpiComm()
 assert comm.size == 2, "run with mpirun -n 2"

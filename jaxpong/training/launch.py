@@ -1,5 +1,5 @@
 """Starting or resuming a training run: its config, its run directory (checked, locked and prepared by
-rank 0), the ranks, and the run itself (jaxpong/train/run.py).
+rank 0), the ranks, and the run itself (jaxpong/training/run.py).
 
 Heavy imports (jax, envpool, MPI) happen inside the functions, after JAX's process settings are made.
 """
@@ -44,7 +44,7 @@ def train(
     """Train with `cfg` on the ranks this process was launched with (one, or mpirun/srun's), in `run_dir`
     (default runs/<env>__<algo>__<seed>__<unix time>); with `resume`, continue `run_dir` from its latest
     checkpoint; --time-limit-s counts from `clock_start` (time.time(); default the process's start).
-    Returns how it ended (jaxpong.train.finish.RunEnd: exit status, reason, run directory, counters)."""
+    Returns how it ended (jaxpong.training.finish.RunEnd: exit status, reason, run directory, counters)."""
     from jaxpong.ranks import placement
     from jaxpong.ranks.jaxsetup import setup_jax
 
@@ -74,7 +74,7 @@ def run_training(
     platform_line: str = "",
     clock_start: float | None = None,
 ):
-    """Check the run directory on rank 0, then train on every rank (-> jaxpong.train.finish.RunEnd)."""
+    """Check the run directory on rank 0, then train on every rank (-> jaxpong.training.finish.RunEnd)."""
     from jaxpong.store import rundir
 
     decision, lock = None, None
@@ -123,7 +123,7 @@ def _train_in(
     from jaxpong.base.console import log_line
     from jaxpong.ranks import placement
     from jaxpong.store import rundir
-    from jaxpong.train.run import Training
+    from jaxpong.training.run import Training
 
     training = Training(cfg, comm, path, resume_step=resume_step, resume_fallback=resume_fallback)
     where = comm.gather_to_root(f"{comm.rank}=pid {os.getpid()}@{os.uname().nodename}")

@@ -1,4 +1,4 @@
-"""What rank 0 records about the rounds of a run (a part of `Training`, jaxpong/train/run.py): the
+"""What rank 0 records about the rounds of a run (a part of `Training`, jaxpong/training/run.py): the
 metrics.jsonl line of a round, the per-rank totals of wait and busy time behind its comm/ fractions, the
 mean of the recent games, and links.jsonl's line."""
 
@@ -17,7 +17,7 @@ from jaxpong.base.console import log_line
 from jaxpong.learn import noise_scale
 from jaxpong.learn.learner import TrainState, lr_fraction, schedule
 from jaxpong.store.logger import RunLogger
-from jaxpong.train.round import Counters, Round, RoundOutcome
+from jaxpong.training.round import Counters, Round, RoundOutcome
 
 
 class RoundRecords:

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 
-from jaxpong.train.stop import EXIT_PREEMPTED
+from jaxpong.training.stop import EXIT_PREEMPTED
 
 
 class SignalFlag:

@@ -4,7 +4,7 @@ Every rank issues the same collectives in the same order every round: the host e
 records (jaxpong/ranks/exchange.py; its duration is the rank's wait: the late-sender cost), then the jitted
 update with one allreduce per optimizer step. One rank is the degenerate case of many: the same code
 runs with a communicator that does nothing. The round never decides to stop: it sends the stop flags
-it is given and returns the agreed facts, from which the run loop (jaxpong/train/run.py) decides.
+it is given and returns the agreed facts, from which the run loop (jaxpong/training/run.py) decides.
 """
 
 from __future__ import annotations
@@ -50,8 +50,8 @@ from jaxpong.ranks.exchange import (
     record_row,
 )
 from jaxpong.ranks.watchdog import Watchdog, hang_limit
-from jaxpong.train.between_rounds import eval_allowance_s
-from jaxpong.train.stop import EXIT_FAULT, Stop
+from jaxpong.training.between_rounds import eval_allowance_s
+from jaxpong.training.stop import EXIT_FAULT, Stop
 
 
 @dataclass

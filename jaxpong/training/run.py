@@ -1,7 +1,7 @@
-"""The run loop around the round (jaxpong/train/round.py): stop rules, checkpoints, evaluation between rounds,
+"""The run loop around the round (jaxpong/training/round.py): stop rules, checkpoints, evaluation between rounds,
 logging, progress, and the end of the run (a final exchange that checks replication, the last files,
 the pictures). `Training` is this loop with two parts of its own: rank 0's records of each round
-(jaxpong/train/records.py) and the end of the run (jaxpong/train/finish.py).
+(jaxpong/training/records.py) and the end of the run (jaxpong/training/finish.py).
 
 Stop decisions are computed from the agreed (reduced) facts of each round's exchange, so all ranks
 agree; rank 0 alone writes files and asks for stops through the flags the next exchange carries.
@@ -28,13 +28,13 @@ from jaxpong.learn.networks import make_network
 from jaxpong.store.checkpoint import Checkpoints
 from jaxpong.store.logger import Progress, RunLogger
 from jaxpong.store.rundir import WriteFailed
-from jaxpong.train.between_rounds import Evaluations, clip, eval_due, video_due
-from jaxpong.train.finish import RunEnd, RunEnding
-from jaxpong.train.records import RoundRecords
-from jaxpong.train.resume import starting_state
-from jaxpong.train.round import Round, sparse_update
-from jaxpong.train.signals import SignalFlag
-from jaxpong.train.stop import (
+from jaxpong.training.between_rounds import Evaluations, clip, eval_due, video_due
+from jaxpong.training.finish import RunEnd, RunEnding
+from jaxpong.training.records import RoundRecords
+from jaxpong.training.resume import starting_state
+from jaxpong.training.round import Round, sparse_update
+from jaxpong.training.signals import SignalFlag
+from jaxpong.training.stop import (
     EXIT_FAULT,
     EXIT_IO_ERROR,
     EXIT_OK,

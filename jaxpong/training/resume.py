@@ -15,7 +15,7 @@ from jaxpong.base.console import log_line
 from jaxpong.base.errors import ConfigError
 from jaxpong.learn.learner import TrainState, init_state
 from jaxpong.store.checkpoint import Checkpoints, ResumeRefused, resume_changes
-from jaxpong.train.round import Counters
+from jaxpong.training.round import Counters
 
 
 @dataclass

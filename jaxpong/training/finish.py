@@ -1,6 +1,6 @@
-"""The end of a run, after its last round (a part of `Training`, jaxpong/train/run.py): a final exchange on
+"""The end of a run, after its last round (a part of `Training`, jaxpong/training/run.py): a final exchange on
 every rank (the last round's timings and a replication check), then rank 0's last files (the final
-checkpoint and logs, the late-sender report, the learning curve and a final clip: jaxpong/train/end_of_run.py)
+checkpoint and logs, the late-sender report, the learning curve and a final clip: jaxpong/training/end_of_run.py)
 and the line that says what to do next.
 """
 
@@ -22,10 +22,10 @@ from jaxpong.report.finding import useful_ranks_line
 from jaxpong.store.checkpoint import Checkpoints
 from jaxpong.store.logger import RunLogger
 from jaxpong.store.rundir import WriteFailed
-from jaxpong.train.between_rounds import fmt_return
-from jaxpong.train.end_of_run import write_imbalance_report, write_media
-from jaxpong.train.round import Counters, Round, param_checksum
-from jaxpong.train.stop import (
+from jaxpong.training.between_rounds import fmt_return
+from jaxpong.training.end_of_run import write_imbalance_report, write_media
+from jaxpong.training.round import Counters, Round, param_checksum
+from jaxpong.training.stop import (
     EXIT_FAULT,
     EXIT_IO_ERROR,
     EXIT_OK,
