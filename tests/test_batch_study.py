@@ -3,6 +3,8 @@ missed a milestone counts as infinitely slow and a seed that stopped at a lower 
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from jaxpong.scale.batchstudy import summarise, table
@@ -61,7 +63,7 @@ def test_a_run_that_stopped_at_plus_18_leaves_plus_20_unmeasured_not_missed():
 def test_the_table_gives_each_scale_against_1x():
     rows = summarise([_run(1, 1, 300_000, 800_000, None), _run(2, 1, 400_000, 1_000_000, None)])
     text = table(rows)
-    assert "| minibatch | 2x | 1 | 400k | 1,000k (1/1) | - (0/1) | 1.25x |" in text
+    assert "| minibatch | 2x | 1 | 400k | 1,000k (1/1) | - (0/1) | 1.25x | - | - | - |" in text
 
 
 def test_bad_study_flags_get_one_line(capsys):
@@ -100,3 +102,27 @@ def test_an_arm_is_one_process_with_the_rule_of_k_ranks(arm, scale, expected):
     flags = ["--num-envs", "--num-steps", "--num-minibatches", "--learning-rate", "--batch-rule"]
     assert args[:10:2] == flags
     assert args[1:10:2] + args[10:] == expected
+
+
+def test_rounds_to_a_milestone_and_the_late_drift_by_hand(tmp_path):
+    """A run's row gains the round by which it reached each milestone and the median late KL and clip
+    fraction over its rounds up to +18; the summary takes the lower median of rounds and the seeds' median."""
+    from jaxpong.scale.batchstudy import _row
+
+    metrics = [
+        {"update": u, "step": 1000 * u, "time_s": u, "charts/approx_kl_late": kl, "charts/clipfrac_late": cf}
+        for u, kl, cf in ((1, 0.01, 0.1), (2, 0.02, 0.2), (3, 0.03, 0.3), (4, 0.5, 0.9))
+    ]
+    # 20 games of -21 by step 1000, then 20 of +19 finished by step 2500 (round 3): 0 and +18 at 2500.
+    games = [{"update": 1, "step": 1000, "process_s": 1.0, "return": -21.0}] * 20
+    games += [{"update": 3, "step": 2500, "process_s": 2.0, "return": 19.0}] * 20
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    (tmp_path / "games.jsonl").write_text("".join(json.dumps(g) + "\n" for g in games))
+    row = _row("minibatch", 8, 1, 256, tmp_path, 10_000, 18)
+    assert row["rounds"] == {"0": 3, "18": 3, "20": None}
+    # rounds up to step 2,500: KL 0.01, 0.02 (round 3 ends at 3,000 > 2,500) -> median 0.015
+    assert (row["approx_kl_late"], row["clipfrac_late"]) == (0.015, 0.15)
+    other = dict(row, seed=2, rounds={"0": 5, "18": 7, "20": None}, approx_kl_late=0.025, clipfrac_late=0.25)
+    (summary,) = summarise([row, other])
+    assert summary["rounds_18"] == 3 and summary["approx_kl_late"] == 0.02
+    assert "| minibatch | 8x | 2 |" in table([summary]) and "| 3 | 0.0200 | 0.200 |" in table([summary])

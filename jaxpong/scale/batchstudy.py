@@ -106,6 +106,15 @@ def summarise(results: list[dict]) -> list[dict]:
             row[f"steps_{m}"] = None if not np.isfinite(mid) else int(mid)
             row[f"reached_{m}"] = sum(np.isfinite(s) for s in steps)
             row[f"measured_{m}"] = len(mine)
+        # Rounds to +18 (lower median, a miss the slowest) and the seeds' median late drift.
+        rounds = sorted(
+            (r.get("rounds") or {}).get("18") or np.inf for r in runs if measured(r, "18") and "rounds" in r
+        )
+        mid = rounds[(len(rounds) - 1) // 2] if rounds else np.inf
+        row["rounds_18"] = None if not np.isfinite(mid) else int(mid)
+        for name in (d.split("/")[-1] for d in DRIFT):
+            values = [r[name] for r in runs if r.get(name) is not None]
+            row[name] = float(np.median(values)) if values else None
         rows.append(row)
     return rows
 
@@ -117,16 +126,21 @@ def table(rows: list[dict]) -> str:
     ref = {r["rule"]: r for r in rows if r["scale"] == 1}
     lines = [
         "| rule | games (x default) | seeds | steps to 0 | steps to +18 (reached/ran to it) "
-        "| steps to +20 (reached/ran to it) | +18 against 1x |",
-        "|---|---|---|---|---|---|---|",
+        "| steps to +20 (reached/ran to it) | +18 against 1x | rounds to +18 | late KL | late clip fraction |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def num(v, digits):
+        return "-" if v is None else f"{v:.{digits}f}"
+
     for r in rows:
         base = ref.get(r["rule"]) or ref.get("minibatch") or {}
         ratio = f"{r['steps_18'] / base['steps_18']:.2f}x" if r["steps_18"] and base.get("steps_18") else "-"
         lines.append(
             f"| {r['rule']} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
             f"({r['reached_18']}/{r['measured_18']}) | {fmt(r['steps_20'])} "
-            f"({r['reached_20']}/{r['measured_20']}) | {ratio} |"
+            f"({r['reached_20']}/{r['measured_20']}) | {ratio} | {r.get('rounds_18') or '-'} "
+            f"| {num(r.get('approx_kl_late'), 4)} | {num(r.get('clipfrac_late'), 3)} |"
         )
     return "\n".join(lines)
 
@@ -159,9 +173,31 @@ def plot(results: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+DRIFT = ("charts/approx_kl_late", "charts/clipfrac_late")  # how far a round's last optimizer steps have moved
+
+
+def rounds_to(metrics: list[dict], step: int) -> int | None:
+    """The round (update) by whose end the run had `step` agent steps; None if it never had."""
+    return next((int(m["update"]) for m in metrics if m["step"] >= step), None)
+
+
+def drift(metrics: list[dict], until_step: float) -> dict:
+    """The median over the rounds up to agent step `until_step` of each DRIFT metric (None where a run did not
+    log it): the policy's distance from the one that played, late in each round."""
+    out: dict[str, float | None] = {}
+    for name in DRIFT:
+        values = [m[name] for m in metrics if m["step"] <= until_step and m.get(name) is not None]
+        out[name.split("/")[-1]] = round(float(np.median(values)), 5) if values else None
+    return out
+
+
 def _row(rule: str, scale: int, seed: int, games: int, run_dir: Path, max_steps: int, target: float) -> dict:
-    """The results line of one finished run, read from its games.jsonl and metrics.jsonl."""
+    """The results line of one finished run, read from its games.jsonl and metrics.jsonl: the milestones, the
+    rounds to each, and the late drift (DRIFT) up to +18 (or the end, where +18 was not reached)."""
     outcome = run_outcome(run_dir)
+    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    reached = outcome["milestones"]
+    plus18 = reached.get("18")
     return {
         "rule": rule,
         "scale": scale,
@@ -172,6 +208,8 @@ def _row(rule: str, scale: int, seed: int, games: int, run_dir: Path, max_steps:
         "time_s": outcome["time_s"],
         "max_steps": max_steps,
         "target": target,
+        "rounds": {m: rounds_to(metrics, reached[m]["step"]) if reached.get(m) else None for m in STUDY_MILESTONES},
+        **drift(metrics, plus18["step"] if plus18 else np.inf),
     }
 
 
