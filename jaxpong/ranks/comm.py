@@ -23,6 +23,7 @@ import time
 
 from jaxpong.ranks.placement import launched_size
 
+ABORT_PAUSE_S = 1.0  # before MPI_Abort: time for the launcher to forward the last line printed
 PROBE_BYTES = 1 << 20  # a link probe's message: large enough that bandwidth, not latency, sets its time
 PROBE_REPEATS = 3
 
@@ -288,6 +289,9 @@ class MpiComm:
         self.world.Barrier()
 
     def abort(self, code: int = 1):
+        # The line that says why was just printed; across hosts it travels through the launcher's proxy,
+        # which the abort tears down: a moment's pause lets it arrive first.
+        time.sleep(ABORT_PAUSE_S)
         self.world.Abort(code)
 
 
