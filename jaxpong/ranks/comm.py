@@ -264,6 +264,9 @@ class MpiComm:
             if self.rank == 0:
                 mb_s = 2 * repeats * nbytes / max(seconds, 1e-9) / 1e6
                 out.append({"host": host, "rank": peer, "mb_s": round(mb_s, 1), "rtt_ms": round(rtt * 1e3, 3)})
+        # Everyone waits (sleeping) until the last link is timed: a rank that went on to compile would take
+        # the cores the probe's two ends need, and the link would look slower than it is.
+        self._wait(self.world.Ibarrier(), self.world, timeout_s * len(leaders), "the link probe", who="a rank")
         return out if self.rank == 0 else None
 
     def _round_trip(self, buf, other: int, timeout_s: float, label: str, tag: int = 7302) -> None:
