@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -197,15 +198,20 @@ def checkpoint_steps(directory: Path) -> list[int]:
         return []
     from jaxpong.store.checkpoint import Checkpoints
 
+    changed: OSError | None = None
     for _ in range(READ_ATTEMPTS):
         try:
             return Checkpoints(directory, read_only=True).steps()
-        except FileNotFoundError:  # a live run removed a checkpoint while orbax listed the folder: list again
-            continue
+        except (FileNotFoundError, NotADirectoryError) as err:
+            # A live run removed or replaced a checkpoint while orbax listed the folder: list again.
+            changed = err
+            time.sleep(0.05)
         except Exception as err:  # orbax raises several kinds for a folder that is not its own
             raise ConfigError(
                 f"{str(directory)!r} cannot be read as a checkpoint folder ({type(err).__name__})"
             ) from None
+    if isinstance(changed, NotADirectoryError):  # the same every time: not a folder that moved, a wrong one
+        raise ConfigError(f"{str(directory)!r} cannot be read as a checkpoint folder (NotADirectoryError)")
     raise ConfigError(f"{str(directory)!r} changed {READ_ATTEMPTS} times while it was listed; try again")
 
 
