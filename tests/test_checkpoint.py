@@ -99,3 +99,30 @@ def test_restoring_into_another_model_is_a_config_error(tmp_path):
     )
     with pytest.raises(ConfigError, match="checkpoint"):
         ckpt.restore(1, other)
+
+
+def test_a_checkpoint_from_before_the_proximal_field_restores(tmp_path):
+    """Checkpoints written before TrainState gained `proximal` hold (params, opt_state, key) only: they restore
+    into today's state (proximal None), counters without lr_scale included; one with ewma weights keeps them."""
+    from flax import struct
+
+    @struct.dataclass
+    class EarlierTrainState:  # TrainState as it was saved before the field
+        params: dict
+        opt_state: object
+        key: jax.Array
+
+    saved = trained_state(seed=1)
+    earlier = EarlierTrainState(params=saved.params, opt_state=saved.opt_state, key=saved.key)
+    old_counters = {k: v for k, v in asdict(Counters(update=3, step=99)).items() if k != "lr_scale"}
+    ckpt = Checkpoints(tmp_path / "checkpoints", keep=3)
+    ckpt.save(99, earlier, {"counters": old_counters})
+    restored, meta = Checkpoints(tmp_path / "checkpoints", read_only=True).restore(99, trained_state(seed=2))
+    assert restored.proximal is None
+    assert_bitwise_equal(restored, saved)
+    assert Counters(**meta["counters"]).lr_scale == 1.0
+    # A state with proximal weights round-trips them.
+    with_ewma = saved.replace(proximal=jax.tree.map(lambda x: x + 1.0, saved.params))
+    ckpt.save(100, with_ewma, {"counters": old_counters})
+    back, _ = Checkpoints(tmp_path / "checkpoints", read_only=True).restore(100, with_ewma)
+    assert_bitwise_equal(back, with_ewma)

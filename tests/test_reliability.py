@@ -443,3 +443,18 @@ def test_signal_handler_only_sets_the_flag_and_the_main_thread_announces_it(monk
     flag.announce()
     flag.announce()
     assert written.getvalue().count("SIGTERM received: finishing this round") == 1
+
+
+def test_resume_of_a_checkpoint_without_a_defining_field_compares_it_with_its_default(tmp_path):
+    """A checkpoint's config from before algo.proximal existed trained with its default (behaviour): resuming
+    it with --proximal ewma is refused with the field named, and the default passes."""
+    from jaxpong.base.config import Config, to_dict
+    from jaxpong.store.checkpoint import ResumeRefused, resume_changes
+
+    saved = to_dict(Config())
+    del saved["algo"]["proximal"]
+    ewma = Config()
+    ewma.algo.proximal = "ewma"
+    with pytest.raises(ResumeRefused, match="algo.proximal = 'behaviour', and this run asks for 'ewma'"):
+        resume_changes(saved, ewma, tmp_path)
+    assert resume_changes(saved, Config(), tmp_path) == []

@@ -6,6 +6,7 @@ optimizer state, RNG key) plus JSON metadata: counters, the resolved config, the
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import sys
@@ -97,7 +98,11 @@ def resume_changes(saved: dict, cfg, checkpoint: Path) -> list[str]:
     changed = []
     for section, fields in now.items():
         for name, value in fields.items():
-            before = (saved.get(section) or {}).get(name, value)
+            if (section, name) in DEFINING_FIELDS and name not in (saved.get(section) or {}):
+                # Saved by a version without the field: it trained with the field's default.
+                before = getattr(getattr(type(cfg)(), section), name)
+            else:
+                before = (saved.get(section) or {}).get(name, value)
             if _same(before, value):
                 continue
             if (section, name) in DEFINING_FIELDS:
@@ -108,6 +113,15 @@ def resume_changes(saved: dict, cfg, checkpoint: Path) -> list[str]:
                 )
             changed.append(f"{section}.{name} {before!r} -> {value!r}")
     return changed
+
+
+def _without_none_fields(state) -> dict | None:
+    """A dataclass state's fields that are not None, as a dict (None when none is None, or not a dataclass)."""
+    if not dataclasses.is_dataclass(state) or isinstance(state, type):
+        return None
+    fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    kept = {k: v for k, v in fields.items() if v is not None}
+    return kept if len(kept) < len(fields) else None
 
 
 REPLACING = ".replacing"  # where a checkpoint of a step that already has one is written first
@@ -223,17 +237,30 @@ class Checkpoints:
         """(state shaped like `template`, meta). A mismatch (other model or algorithm) is a ConfigError."""
         ocp = _ocp()
         abstract = jax.tree.map(lambda x: np.zeros(np.shape(x), np.asarray(x).dtype), template)
-        try:
-            out = self.manager.restore(
-                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore())
+
+        def read(target):
+            return self.manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore())
             )
+
+        try:
+            try:
+                out = read(abstract)
+                state = out["state"]
+            except Exception:
+                # A checkpoint from before a state field that is None here (e.g. TrainState.proximal) was added
+                # holds the tree without it: read it as such, then give back the template's type.
+                older = _without_none_fields(abstract)
+                if older is None:
+                    raise
+                out = read(older)
+                state = abstract.replace(**out["state"])
         except Exception as err:
             raise ConfigError(
                 f"checkpoint {self.directory / str(step)} cannot be restored into this model "
                 f"({type(err).__name__}: {str(err).splitlines()[0][:160] if str(err) else ''}); it is truncated, "
                 "corrupted, or from another model or algorithm"
             ) from None
-        state = out["state"]
         for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(abstract)):
             if np.shape(got) != np.shape(want):
                 raise ConfigError(

@@ -72,7 +72,7 @@ class RoundRecords:
             "charts/SPS": round(sps, 1),
             "charts/episodes": c.episodes,
             "charts/env_steps": c.env_steps,
-            "charts/learning_rate": self.cfg.algo.learning_rate * lr_fraction(self.cfg, c.step) * c.lr_scale,
+            "charts/learning_rate": self.round.cfg.algo.learning_rate * lr_fraction(self.cfg, c.step) * c.lr_scale,
         }
         if games:
             line["charts/episodic_return"] = float(np.mean([r for r, _ in games]))

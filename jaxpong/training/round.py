@@ -235,6 +235,8 @@ class Round(RoundExchange):
         # algo.target_kl reads the late KL from the update's metrics to set the next round's learning rate.
         adaptive = cfg.algo.algo == "ppo" and cfg.algo.target_kl > 0
         self.kl_column = metric_names(cfg.algo.algo).index("charts/approx_kl_late") if adaptive else None
+        if not adaptive:
+            counters.lr_scale = 1.0  # a run resumed with the rule off trains at the learning rate it is given
         # This rank's games and their draws are numbered among all ranks' games (jaxpong/play/keys.py): what a
         # game plays does not depend on which rank steps it.
         first_game = comm.rank * cfg.env.num_envs
@@ -322,9 +324,6 @@ class Round(RoundExchange):
         t_opt = time.perf_counter()
         skipped_before = int(state.opt_state.total_notfinite)
         state, metrics = self._update(state, counters, prepared, facts)
-        if self.kl_column is not None:
-            kl = float(metrics[self.kl_column])
-            counters.lr_scale = adapt_lr_scale(counters.lr_scale, kl, self.cfg.algo.target_kl)
         compute_s = prepared.seconds + (time.perf_counter() - t_opt)
 
         games = [g for per_rank in logged[1] for g in per_rank]  # rank 0 only; the others learn the count
@@ -332,6 +331,9 @@ class Round(RoundExchange):
         # An update (round) is skipped when any of its optimizer steps had a non-finite gradient; optax
         # left parameters and optimizer state untouched for those steps, on every rank alike.
         skipped = int(int(state.opt_state.total_notfinite) > skipped_before)
+        if self.kl_column is not None and not skipped:  # a skipped update moved nothing: its KL says nothing
+            kl = float(metrics[self.kl_column])
+            counters.lr_scale = adapt_lr_scale(counters.lr_scale, kl, self.cfg.algo.target_kl)
         counters.skipped_updates += skipped
         record = {
             "update": counters.update,

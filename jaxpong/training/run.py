@@ -53,7 +53,11 @@ class Training(RoundRecords, RunEnding):
         self.is_main = comm.rank == 0
         self.signals = SignalFlag()
         network = make_network(cfg.model)
-        optimizer = make_optimizer(cfg)
+        # The games and the update follow the rank count (jaxpong/learn/batch_rule.py); the saved config keeps the
+        # user's values, so a resume at another rank count derives its own. The optimizer is built from the
+        # rule's config: batch_rule sqrt_lr sets its learning rate.
+        round_cfg, rule_lines = batch_rule.apply(cfg, comm.size)
+        optimizer = make_optimizer(round_cfg)
         wants_sparse, _ = sparse_update(cfg)
         if self.is_main and wants_sparse and cfg.algo.mirror_augment:
             log_line("model.sparse_input is not used with algo.mirror_augment (mirroring flips dense frames)")
@@ -63,9 +67,6 @@ class Training(RoundRecords, RunEnding):
         )
         start = starting_state(cfg, comm, network, optimizer, self.checkpoints, resume_step, resume_fallback)
         self.state, self.counters, self.resumed_from = start.state, start.counters, start.resumed_from
-        # The games and the update follow the rank count (jaxpong/learn/batch_rule.py); the saved config keeps the
-        # user's values, so a resume at another rank count derives its own.
-        round_cfg, rule_lines = batch_rule.apply(cfg, comm.size)
         for line in rule_lines if self.is_main else []:
             log_line(line)
         self.round = Round(round_cfg, comm, network, optimizer, self.counters, self.signals)
