@@ -101,19 +101,22 @@ def test_missing_mpirun_is_one_line():
         placement.find_mpirun("/no/such/mpirun")
 
 
-def test_the_bundled_mpirun_binds_each_rank_to_its_own_cores():
+def test_the_bundled_mpirun_binds_each_rank_to_its_own_cores(tmp_path):
     """The real mpich wheel: 2 ranks x 1 core on this 2-core machine see one core each, and size to it."""
     mpirun = placement.find_mpirun()
     assert placement.mpi_flavour(mpirun) == "hydra"
     cmd = placement.mpirun_command(mpirun, "hydra", placement.Plan(2, 1, 2), [], python=sys.executable)
+    # Each rank writes its own file: two ranks printing at once can interleave on hydra's stdout.
     probe = (
-        "import os; from jaxpong.ranks import placement as p; "
-        "print(len(os.sched_getaffinity(0)), p.local_ranks(), p.launcher_size(), p.under_launcher())"
+        "import os, pathlib; from jaxpong.ranks import placement as p; "
+        f"pathlib.Path({str(tmp_path)!r}, os.environ['PMI_RANK']).write_text("
+        "f'{len(os.sched_getaffinity(0))} {p.local_ranks()} {p.launcher_size()} {p.under_launcher()}')"
     )
     cmd = cmd[: cmd.index("-m")] + ["-c", probe]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert sorted(out.stdout.split("\n")[:2]) == ["1 2 2 True", "1 2 2 True"]
+    lines = {f.name: f.read_text() for f in tmp_path.iterdir()}
+    assert lines == {"0": "1 2 2 True", "1": "1 2 2 True"}
 
 
 def test_platform_rule():
