@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,26 +277,36 @@ def _network_template(cfg: Config):
 def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
     """The policy of a run directory's checkpoint. A run that is still training rotates its checkpoints (it
     keeps the newest keep_checkpoints, the best one is replaced by a better one), possibly while this reads
-    one: a read that fails because its checkpoint went away (or was replaced) takes the newest one again,
-    and only a checkpoint that is still there and cannot be read is reported as unreadable. The writer
+    one: a copy that fails because its checkpoint went away (or was replaced) takes the newest one again,
+    and only a checkpoint that was copied whole and cannot be read is reported as unreadable. The writer
     never waits for readers."""
 
     saved = config_lib.read_config(run_dir)  # a clear error when this is not a run directory
-    for _ in range(READ_ATTEMPTS):
+    for attempt in range(READ_ATTEMPTS):
         directory, step = _choose_step(run_dir, checkpoint)
-        # What the writer can change under a reader: this checkpoint, and the folder's list (orbax opens the
-        # others' metadata too, so removing an older one can fail this read).
-        before = (_identity(directory / str(step)), checkpoint_steps(directory))
-        try:
-            return _read_checkpoint(directory, step, saved)
-        except ConfigError:
-            if before[0] is not None and (_identity(directory / str(step)), checkpoint_steps(directory)) == before:
-                raise  # nothing changed while it was read: the checkpoint itself is the problem
-            if checkpoint not in (None, "latest", "best"):
-                raise ConfigError(
-                    f"--checkpoint {step}: the run removed that checkpoint while it was read (it keeps only its "
-                    f"newest ones while it trains); give a newer one: {_listing(checkpoint_steps(directory))}"
-                ) from None
+        # The checkpoint is copied, then read from the copy: the writer can only race the copy (milliseconds),
+        # not orbax's read (seconds on a busy machine, longer than a round). Checkpoints appear by an atomic
+        # rename and never change after, so a folder whose identity is the same after the copy as before was
+        # copied whole.
+        source = directory / str(step)
+        before = _identity(source)
+        with tempfile.TemporaryDirectory(prefix="jaxpong-read-") as tmp:
+            try:
+                shutil.copytree(source, Path(tmp) / str(step))
+                copied = before is not None and _identity(source) == before
+            except OSError:
+                copied = False
+            if copied:
+                try:
+                    return _read_checkpoint(Path(tmp), step, saved, shown=directory)
+                except ConfigError as err:  # a whole copy that cannot be read: the checkpoint is the problem
+                    raise ConfigError(str(err).replace(str(Path(tmp)), str(directory))) from None
+        if checkpoint not in (None, "latest", "best"):
+            raise ConfigError(
+                f"--checkpoint {step}: the run removed that checkpoint while it was read (it keeps only its "
+                f"newest ones while it trains); give a newer one: {_listing(checkpoint_steps(directory))}"
+            )
+        time.sleep(0.05 * (attempt + 1))
     raise ConfigError(
         f"{str(run_dir)!r} replaced its newest checkpoint {READ_ATTEMPTS} times while it was read; try again, "
         "or checkpoint less often (--checkpoint-every)"
@@ -311,17 +323,20 @@ def _identity(path: Path) -> tuple | None:
         return None
 
 
-def _read_checkpoint(directory: Path, step: int, saved: dict) -> Policy:
+def _read_checkpoint(directory: Path, step: int, saved: dict, shown: Path | None = None) -> Policy:
+    """The policy of checkpoint `step` in `directory`; `shown`: the folder to name as its source (where
+    `directory` holds a copy)."""
     from jaxpong.store.checkpoint import Checkpoints
 
+    shown = directory if shown is None else shown
     checkpoints = Checkpoints(directory, read_only=True)
     meta = checkpoints.read_meta(step)
     # The checkpoint's own config is the one its parameters were trained under (config.yaml is rewritten
     # on --resume); config.yaml is the fallback for checkpoints without one.
     doc = meta.get("config") if isinstance(meta, dict) and meta.get("config") else saved
-    cfg = _build_config(doc, f"checkpoint {directory / str(step)}")
+    cfg = _build_config(doc, f"checkpoint {shown / str(step)}")
     state, meta = checkpoints.restore(step, _network_template(cfg))
-    return Policy(cfg=cfg, params=state.params, source=str(directory / str(step)), step=step, meta=meta)
+    return Policy(cfg=cfg, params=state.params, source=str(shown / str(step)), step=step, meta=meta)
 
 
 def _from_file(path: Path) -> Policy:
