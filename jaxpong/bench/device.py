@@ -51,7 +51,7 @@ def measured(run_dir: Path) -> dict:
     return {
         "run_dir": str(run_dir),
         "startup_s": metrics[0]["process_s"] if metrics else None,
-        "steps_per_s": round(outcome["sps"], 1),
+        "steps_per_s": round(outcome["sps"], 1) or None,  # None: fewer than 2 updates logged
         "steps": reached["step"] if reached else None,
         "seconds": reached["time_s"] if reached else None,
         "trained_steps": outcome["steps"],
@@ -129,8 +129,9 @@ def table(summary: dict) -> str:
             if s["seconds"] is None:
                 seconds += f" (not reached: last-20 {num(s['last20'], '{:+.1f}')} after {num(s['trained_s'])} s)"
             lines.append(line(n, Path(s["run_dir"]).name, s["startup_s"], s["steps_per_s"], s["steps"], seconds))
-        against = num(row["measured_over_predicted"], "{:.2f}")
-        seconds = f"{num(m['seconds'], '{:.1f}')} (x{against} the prediction)"
+        seconds = num(m["seconds"], "{:.1f}")
+        if row["measured_over_predicted"] is not None:
+            seconds += f" ({row['measured_over_predicted']:.2f}x the prediction)"
         lines.append(line(n, f"median of {len(row['measured'])}", None, None, m["steps"], seconds))
     first = summary["counts"][0]["ranks"] if summary["counts"] else None
     for row in summary["counts"][1:]:
