@@ -37,6 +37,7 @@ def test_a_seed_reaches_18_when_its_last_20_games_average_18(tmp_path):
     assert device.measured(_seed_dir(tmp_path, "seed_2", reach_at_game=3))["seconds"] == 31.0
     never = device.measured(_seed_dir(tmp_path, "seed_3"))
     assert never["seconds"] is None and never["steps"] is None and never["last20"] == -21.0
+    assert never["trained_steps"] == 30_000 and never["trained_s"] == 35.0  # its last update
 
 
 def test_compare_and_speedups_by_hand():

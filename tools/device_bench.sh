@@ -57,6 +57,9 @@ exec > >(tee "$OUT/device_bench.log") 2>&1
 tee_pid=$!
 # A fresh compilation cache: the first runs compile, as on a fresh machine, and warm it for the later ones.
 export JAXPONG_COMPILE_CACHE=$W/xla_cache PYTHONUNBUFFERED=1
+# The default's MLP runs on the CPU cores (--jax-platform auto); should any process here start JAX on the GPU,
+# it must not take 75 % of its memory, as JAX does by default, ahead of the others.
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
 pack() {  # the run folders and logs (checkpoints, TensorBoard events and the cache left out), the summary
     tar -czf "$OUT/device_bench.tar.gz.part" -C "$(dirname "$W")" --exclude='checkpoints*' --exclude='xla_cache' \

@@ -31,7 +31,9 @@ def read_prediction(path: Path) -> dict | None:
 
 def predicted(prediction: dict | None, ranks: int) -> dict | None:
     """What `simulate --predict` said for `ranks` ranks: start-up, valid steps/s, agent steps and seconds to +18."""
-    row = next((r for r in (prediction or {}).get("rows", []) if r["ranks"] == ranks), None)
+    if prediction is None:
+        return None
+    row = next((r for r in prediction.get("rows", []) if r["ranks"] == ranks), None)
     if row is None:
         return None
     return {
@@ -55,7 +57,7 @@ def measured(run_dir: Path) -> dict:
         "steps": reached["step"] if reached else None,
         "seconds": reached["time_s"] if reached else None,
         "trained_steps": outcome["steps"],
-        "trained_s": outcome["time_s"],
+        "trained_s": metrics[-1]["process_s"] if metrics else None,  # its last update, since process start
         "last20": outcome["final_return"],
     }
 
@@ -73,10 +75,14 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 3) if a and b else None
 
 
+def _seconds(pred: dict | None) -> float | None:
+    return pred["seconds"] if pred else None
+
+
 def compare(counts: list[tuple[int, dict | None, list[dict]]]) -> dict:
     """Per rank count (ranks, predicted, measured seeds): both sides with the seeds' medians, measured over
     predicted seconds, and each count's speed-up to +18 over the first count, predicted and measured."""
-    rows = []
+    rows: list[dict] = []
     for ranks, pred, seeds in counts:
         median = {key: lower_median([s[key] for s in seeds]) for key in ("steps", "seconds")}
         rows.append(
@@ -85,16 +91,13 @@ def compare(counts: list[tuple[int, dict | None, list[dict]]]) -> dict:
                 "predicted": pred,
                 "measured": seeds,
                 "median": median,
-                "measured_over_predicted": _ratio(median["seconds"], pred and pred["seconds"]),
+                "measured_over_predicted": _ratio(median["seconds"], _seconds(pred)),
             }
         )
-    first = rows[0] if rows else None
     for row in rows:
         row["speedup_over_first"] = {
-            "predicted": _ratio(
-                first["predicted"] and first["predicted"]["seconds"], row["predicted"] and row["predicted"]["seconds"]
-            ),
-            "measured": _ratio(first["median"]["seconds"], row["median"]["seconds"]),
+            "predicted": _ratio(_seconds(rows[0]["predicted"]), _seconds(row["predicted"])),
+            "measured": _ratio(rows[0]["median"]["seconds"], row["median"]["seconds"]),
         }
     return {"milestone": MILESTONE, "counts": rows}
 
@@ -127,7 +130,7 @@ def table(summary: dict) -> str:
         for s in row["measured"]:
             seconds = num(s["seconds"], "{:.1f}")
             if s["seconds"] is None:
-                seconds += f" (not reached: last-20 {num(s['last20'], '{:+.1f}')} after {num(s['trained_s'])} s)"
+                seconds += f" (not reached: last-20 {num(s['last20'], '{:+.1f}')} at {num(s['trained_s'])} s)"
             lines.append(line(n, Path(s["run_dir"]).name, s["startup_s"], s["steps_per_s"], s["steps"], seconds))
         seconds = num(m["seconds"], "{:.1f}")
         if row["measured_over_predicted"] is not None:
