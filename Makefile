@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-two-like-one bench-batch-rules bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed clean
+.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-two-like-one bench-batch-rules bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed bench-device device-wheels clean
 
 install: $(STAMP)
 
@@ -177,6 +177,19 @@ bench-2016-speed: install
 SIM_SECONDS ?= 30
 bench-sim: install
 	$(PY) -m jaxpong simulate --validate --seconds $(SIM_SECONDS) $(ARGS)
+
+# What a lent GPU machine (Python 3.12, x86-64, no network) lacks of jaxpong's dependencies, into .whl/ (add
+# /.whl/ to .git/info/exclude): cp312 wheels, envpool's and its assets' repacked with Atari alone, and mpi4jax's
+# source, which the machine builds itself; checks that they and the working tree stay within the 64 MiB that travel.
+device-wheels:
+	tools/device_wheels.sh .whl
+
+# What 2 cores cannot measure, as one script of about 9 minutes for a lent 16-core GPU machine: `bench --ranks 8`,
+# then the default to +18 at 1 and 8 ranks (2 seeds each, seconds and agent steps) beside `simulate --predict`'s
+# seconds (docs/benchmarks.md, "On a lent 16-core machine"; settings at the top of tools/device_bench.sh). Here,
+# `make bench-device DEVICE_QUICK=1` runs the same commands at 2 ranks for seconds each, to check them.
+bench-device: install
+	PY=$(PY) tools/device_bench.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -63,3 +63,16 @@ def test_ranks_count_from_the_launchers_start_and_pass_it_on_to_nothing(tmp_path
             check=True,
         ).stdout.split()
         assert (float(out[0]) == pytest.approx(given, abs=1e-6)) == taken and out[1] == "None"
+
+
+def test_bench_learn_passes_greedy_games_at_one_rank_count(monkeypatch, capsys):
+    """`bench --learn --greedy-games 0` reaches the learning benchmark (the device bench skips greedy games)."""
+    from jaxpong.bench import learning
+    from jaxpong.cli.dispatch import main
+
+    seen: dict = {}
+    monkeypatch.setattr(learning, "learning_benchmark", lambda cfg, **kwargs: seen.update(kwargs) or 0)
+    assert main(["bench", "--learn", "--time-limit-s", "5", "--greedy-games", "0"]) == 0
+    assert seen["greedy_games"] == 0 and seen["seeds"] == 1
+    assert main(["bench", "--learn", "--time-limit-s", "5", "--greedy-games", "-1"]) == 2
+    assert "--greedy-games: -1 must be 0 or more" in capsys.readouterr().err

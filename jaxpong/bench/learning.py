@@ -227,7 +227,13 @@ def _base_dir(cfg: Config, run_dir: str | None, kind: str) -> tuple[Path, Path]:
 
 
 def learning_benchmark(
-    cfg: Config, *, time_limit_s: float, seeds: int, run_dir: str | None, extra_args: list[str] | None = None
+    cfg: Config,
+    *,
+    time_limit_s: float,
+    seeds: int,
+    run_dir: str | None,
+    extra_args: list[str] | None = None,
+    greedy_games: int = GREEDY_GAMES,
 ) -> int:
     cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, time_limit_s=time_limit_s))
     base, cfg_file = _base_dir(cfg, run_dir, "bench_learn")
@@ -236,7 +242,7 @@ def learning_benchmark(
         seed = cfg.run.seed + k
         seed_dir = base / f"seed_{seed}"
         print(f"seed {seed}: training for {time_limit_s:g} s -> {seed_dir}", flush=True)
-        row, games = _train_seed(cfg_file, seed_dir, seed, time_limit_s, extra_args or [])
+        row, games = _train_seed(cfg_file, seed_dir, seed, time_limit_s, extra_args or [], greedy_games)
         per_seed.append(row)
         curves.append((seed, games))
     med = median_milestones([r["milestones"] for r in per_seed])

@@ -44,7 +44,7 @@ def add_bench(sub) -> None:
         type=int,
         default=10,
         metavar="G",
-        help="with --learn --ranks A,B: greedy games each trained policy plays at the end (0: none)",
+        help="with --learn: greedy games each trained policy plays at the end (0: none)",
     )
     p.add_argument(
         "--ranks",
@@ -77,6 +77,8 @@ def cmd_bench(args) -> int:
     from jaxpong.cli import commands
 
     cfg = config_lib.build(args.config, overrides(args))
+    if args.greedy_games < 0:
+        raise ConfigError(f"--greedy-games: {args.greedy_games} must be 0 or more")
     if args.startup:
         from jaxpong.bench import scaling
 
@@ -96,8 +98,6 @@ def cmd_bench(args) -> int:
         )
         from jaxpong.bench.learning import compare_ranks
 
-        if args.greedy_games < 0:
-            raise ConfigError(f"--greedy-games: {args.greedy_games} must be 0 or more")
         return compare_ranks(cfg, counts, seeds=args.seeds, run_dir=args.run_dir, greedy_games=args.greedy_games)
     ranks = (
         placement.plan_ranks(args.ranks, len(os.sched_getaffinity(0)), oversubscribe=args.per_core).ranks
@@ -119,4 +119,5 @@ def cmd_bench(args) -> int:
         seeds=args.seeds,
         ranks=ranks,
         per_core=args.per_core,
+        greedy_games=args.greedy_games,
     )

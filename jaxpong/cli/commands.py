@@ -26,6 +26,7 @@ def bench(
     seeds: int = 1,
     ranks: int = 1,
     per_core: bool = False,
+    greedy_games: int = 10,
 ) -> int:
     """`jaxpong bench`: one of the benchmarks, as the flags chose (jaxpong/bench/)."""
     from jaxpong.bench import scaling
@@ -40,6 +41,7 @@ def bench(
             seeds=seeds,
             run_dir=run_dir,
             extra_args=["--ranks", str(ranks)] if ranks > 1 else None,
+            greedy_games=greedy_games,
         )
     if per_core:
         return scaling.per_core(cfg, ranks, seconds=seconds, run_dir=run_dir, repeats=repeats)
