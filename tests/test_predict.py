@@ -56,3 +56,36 @@ def test_a_higher_milestone_is_never_predicted_sooner_than_a_lower_one():
     assert model.at("20", 4, 512) == pytest.approx(1_200_000)
     assert milestone_steps(model, 4, 512) == pytest.approx({"0": 600_000, "18": 1_600_000, "20": 1_600_000})
     assert milestone_steps(model, 1, 512) == pytest.approx({"0": 300_000, "18": 800_000, "20": 1_200_000})
+
+
+def test_the_rules_round_sets_the_simulated_round_its_collectives_and_its_compute():
+    """At 8 ranks of 32 games each (256 games, 8x) the steps rule plays rounds of 64 / sqrt(8) = 22.6, so 23
+    steps, and 23 x 256 / 512 = 11.5, so 11 minibatches of about 512 samples: the simulated round has 23 rows
+    and 4 epochs x 11 minibatches = 44 allreduces, and the update's compute scales by 23 / 64."""
+    from jaxpong.base.config import build
+    from jaxpong.learn import batch_rule
+    from jaxpong.scale.predict import rule_setup
+    from jaxpong.scale.simulate import Measured, Setup
+
+    measured = Measured(
+        step_time_s=[[0.01]],
+        gap_s=[[0.0]],
+        compute_s=[0.64, 1.28],
+        game_length_steps=[3000],
+        point_interval_steps=[150],
+        typical_ranks=[0],
+        setup=Setup(num_envs=32, num_steps=64, optimizer_steps=16),
+    )
+    cfg = build("configs/default.yaml", {"algo": {"batch_rule": "steps"}, "env": {"min_rank_games": 32}})
+    scaled, _ = batch_rule.apply(cfg, 8)
+    assert scaled.algo.num_steps == 23
+    got = rule_setup(measured, scaled)
+    assert got.setup.num_steps == 23
+    assert scaled.algo.num_minibatches == 11 and got.setup.optimizer_steps == 44
+    assert got.compute_s == pytest.approx([0.64 * 23 / 64, 1.28 * 23 / 64])
+    assert measured.setup.num_steps == 64 and measured.compute_s == [0.64, 1.28]  # the measured ones stay
+    # today's rule keeps the round: 64 rows, 8 x 4 minibatches x 4 epochs allreduces, the same compute
+    today, _ = batch_rule.apply(build("configs/default.yaml", {"env": {"min_rank_games": 32}}), 8)
+    same = rule_setup(measured, today)
+    assert same.setup.num_steps == 64 and same.setup.optimizer_steps == 4 * 32
+    assert same.compute_s == pytest.approx([0.64, 1.28])

@@ -9,8 +9,9 @@
   Large-Batch Training"), with B_crit the gradient noise scale a run measured (charts/noise_scale) and
   E_min fitted to the largest measured scale.
 - steps per second comes from the simulator (jaxpong/scale/simulate.py, deadline mode) on distributions
-  measured in a real run of the same config (`--from RUN_DIR`), with the batch rule's optimizer steps
-  per round (jaxpong/learn/batch_rule.py) at each rank count, so its collectives are counted.
+  measured in a real run of the same config (`--from RUN_DIR`), with the batch rule's round at each rank
+  count (jaxpong/learn/batch_rule.py): its optimizer steps, so its collectives are counted, and its round
+  length, with the update's compute in proportion, so a shorter round's extra exchanges are counted too.
 - start-up is the measured time from process start to the first update (a run's first metrics line).
 
 Each predicted time says which of the three limits it most: samples (the critical batch), collectives
@@ -94,10 +95,7 @@ def predict(
         # A rank's speed is the --from run's, so that run should have a rank's games and cores at scale.
         scaled, _ = batch_rule.apply(cfg, n)
         games = scaled.env.num_envs * n
-        setup = dataclasses.replace(
-            measured.setup, optimizer_steps=scaled.algo.update_epochs * scaled.algo.num_minibatches
-        )
-        out = simulate.simulate(dataclasses.replace(measured, setup=setup), "deadline", n, rounds=rounds, seed=seed)
+        out = simulate.simulate(rule_setup(measured, scaled), "deadline", n, rounds=rounds, seed=seed)
         batch = scaled.algo.num_steps * games / scaled.algo.num_minibatches
         row: dict = {
             "ranks": n,
@@ -115,6 +113,20 @@ def predict(
         row["limit"] = limit(out.efficiency, out.wait_fraction, sample_factor)
         rows.append(row)
     return rows
+
+
+def rule_setup(measured, scaled: Config):
+    """The measured distributions with the round that the batch rule gives a rank (`scaled`): its optimizer
+    steps (one allreduce each), its round length, and the update's compute in proportion to the samples a
+    rank learns from per round. A shorter round (the steps rule) is fewer samples, less time per round
+    and more rounds, so more exchanges, per agent step."""
+    rows = scaled.algo.num_steps / measured.setup.num_steps
+    setup = dataclasses.replace(
+        measured.setup,
+        num_steps=scaled.algo.num_steps,
+        optimizer_steps=scaled.algo.update_epochs * scaled.algo.num_minibatches,
+    )
+    return dataclasses.replace(measured, setup=setup, compute_s=[c * rows for c in measured.compute_s])
 
 
 def limit(efficiency: float, wait_fraction: float, sample_factor: float) -> str:
