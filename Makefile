@@ -138,14 +138,16 @@ bench-batch: install
 
 # The candidate update rules past 4x the default's games (docs/batch_scaling.md, "Candidate rules past 4x"):
 # each arm at RULE_SCALES with RULE_SEEDS, to +18 or RULE_STEPS agent steps, next to today's rule; resumable
-# (runs/batch_rules/results.jsonl), so more seeds or scales can be added to the same folder later.
+# (RULE_OUT/results.jsonl), so more seeds or scales can be added to the same folder later. The learning rate
+# anneals over the config's 10M steps, not the cap (runs/batch_rules holds the first screen, annealed over 2.5M).
 RULE_ARMS ?= minibatch,steps,sqrt_lr,minibatch+ewma,minibatch+kl
 RULE_SCALES ?= 8
 RULE_SEEDS ?= 1,2
 RULE_STEPS ?= 2500000
+RULE_OUT ?= runs/batch_rules_10m
 bench-batch-rules: install
 	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales $(RULE_SCALES) --seeds $(RULE_SEEDS) --rules $(RULE_ARMS) \
-		--total-steps $(RULE_STEPS) --target-return 18 --out runs/batch_rules $(ARGS)
+		--total-steps $(RULE_STEPS) --target-return 18 --out $(RULE_OUT) $(ARGS)
 
 # The 2016 setup (configs/seed_ppg.yaml) at small scale, one core per rank as on ARCHER: 1 rank (two runs
 # side by side, pinned to cores 0 and 1), then 2 ranks, each with the 2016 fixed 2-s windows (unscored

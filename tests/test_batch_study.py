@@ -118,7 +118,8 @@ def test_rounds_to_a_milestone_and_the_late_drift_by_hand(tmp_path):
     games += [{"update": 3, "step": 2500, "process_s": 2.0, "return": 19.0}] * 20
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (tmp_path / "games.jsonl").write_text("".join(json.dumps(g) + "\n" for g in games))
-    row = _row("minibatch", 8, 1, 256, tmp_path, 10_000, 18)
+    row = _row("minibatch", 8, 1, 256, tmp_path, 10_000, 18, 10_000_000)
+    assert row["anneal_steps"] == 10_000_000
     assert row["rounds"] == {"0": 3, "18": 3, "20": None}
     # rounds up to step 2,500: KL 0.01, 0.02 (round 3 ends at 3,000 > 2,500) -> median 0.015
     assert (row["approx_kl_late"], row["clipfrac_late"]) == (0.015, 0.15)
@@ -126,3 +127,25 @@ def test_rounds_to_a_milestone_and_the_late_drift_by_hand(tmp_path):
     (summary,) = summarise([row, other])
     assert summary["rounds_18"] == 3 and summary["approx_kl_late"] == 0.02
     assert "| minibatch | 8x | 2 |" in table([summary]) and "| 3 | 0.0200 | 0.200 |" in table([summary])
+
+
+def test_the_learning_rate_anneals_over_the_configs_horizon_not_the_studys_cap(tmp_path):
+    """configs/default.yaml trains for 10M steps: a study run capped at 2.5M anneals over 10M all the same (at
+    1.5M its rate is 85% of the start, not 40%), unless the study's flags give --anneal-steps; a folder of runs
+    that annealed over another horizon is not mixed in."""
+    from jaxpong.base.config import build
+    from jaxpong.base.errors import ConfigError
+    from jaxpong.scale.batchstudy import anneal_horizon, batch_study
+
+    cfg = build("configs/default.yaml", {})
+    assert anneal_horizon(cfg, [], 2_500_000) == (["--anneal-steps", "10000000"], 10_000_000)
+    assert anneal_horizon(cfg, ["--anneal-steps", "5000"], 2_500_000) == ([], 5000)
+    assert anneal_horizon(cfg, ["--seed", "3", "--anneal-steps=0"], 2_500_000) == ([], 2_500_000)  # 0: the cap
+    four = build("configs/default.yaml", {"algo": {"anneal_steps": 4_000_000}})
+    assert anneal_horizon(four, [], 2_500_000) == (["--anneal-steps", "4000000"], 4_000_000)
+    with pytest.raises(ConfigError, match="--anneal-steps: 'x' is not a whole number"):
+        anneal_horizon(cfg, ["--anneal-steps", "x"], 1)
+    old = {"rule": "minibatch", "scale": 8, "seed": 1, "max_steps": 2_500_000, "milestones": {}}  # no anneal_steps
+    (tmp_path / "results.jsonl").write_text(json.dumps(old) + "\n")
+    with pytest.raises(ConfigError, match=r"annealed over 2,500,000 agent steps; this study anneals over 10,000,000"):
+        batch_study("configs/default.yaml", scales=[8], seeds=[1], rules=["minibatch"], max_steps=1, out_dir=tmp_path)

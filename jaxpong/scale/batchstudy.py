@@ -9,7 +9,9 @@ The study is resumable: every finished run appends one line to OUT/results.jsonl
 the (rule, scale, seed) triples already there. A run stops at its target return (+20 unless --target-return says
 otherwise); a milestone above a run's target was not measured by that run and is left out of that
 milestone's median, where a milestone the run missed counts as infinitely slow. --jobs N trains N runs at
-once: agent steps do not depend on the machine's speed. On 2 cores it bought little: a 2x and a 4x run
+once: agent steps do not depend on the machine's speed. The learning rate anneals over the config's own
+horizon (its total_steps, 10M for the default), not over --total-steps, which only caps a study run; a
+folder's runs must share that horizon. On 2 cores it bought little: a 2x and a 4x run
 together stepped about 2,100 steps/s, a 1x run alone about 2,000 and a 16x run alone about 2,600.
 """
 
@@ -191,7 +193,28 @@ def drift(metrics: list[dict], until_step: float) -> dict:
     return out
 
 
-def _row(rule: str, scale: int, seed: int, games: int, run_dir: Path, max_steps: int, target: float) -> dict:
+def anneal_horizon(cfg, extra_args: list[str], max_steps: int) -> tuple[list[str], int]:
+    """(the flags that set the learning rate's horizon, that horizon in agent steps): the config's own horizon
+    (its anneal_steps, else its total_steps) unless the study's extra flags give --anneal-steps. --total-steps
+    only caps a study run: left to it, the rate would anneal to zero at the cap, so a scale that needs more
+    agent steps would learn them at a lower rate than one that needs fewer, and studies with caps of 2.5M and
+    3M would train at different rates at the same step."""
+    for i, a in enumerate(extra_args):
+        given = a.split("=", 1)[1] if a.startswith("--anneal-steps=") else None
+        if a == "--anneal-steps" and i + 1 < len(extra_args):
+            given = extra_args[i + 1]
+        if given is not None:
+            try:
+                return [], int(given) or max_steps  # 0: over --total-steps, as train reads it
+            except ValueError:
+                raise ConfigError(f"--anneal-steps: {given!r} is not a whole number of agent steps") from None
+    steps = cfg.algo.anneal_steps or cfg.run.total_steps
+    return ["--anneal-steps", str(steps)], steps
+
+
+def _row(
+    rule: str, scale: int, seed: int, games: int, run_dir: Path, max_steps: int, target: float, anneal_steps: int
+) -> dict:
     """The results line of one finished run, read from its games.jsonl and metrics.jsonl: the milestones, the
     rounds to each, and the late drift (DRIFT) up to +18 (or the end, where +18 was not reached)."""
     outcome = run_outcome(run_dir)
@@ -209,6 +232,7 @@ def _row(rule: str, scale: int, seed: int, games: int, run_dir: Path, max_steps:
         "max_steps": max_steps,
         "target": target,
         "rounds": {m: rounds_to(metrics, reached[m]["step"]) if reached.get(m) else None for m in STUDY_MILESTONES},
+        "anneal_steps": anneal_steps,  # the learning rate's horizon
         **drift(metrics, plus18["step"] if plus18 else np.inf),
     }
 
@@ -230,6 +254,14 @@ def batch_study(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results_file = out / "results.jsonl"
+    horizon, anneal_steps = anneal_horizon(cfg, extra_args or [], max_steps)
+    # A study's rows are compared with each other: they must share the learning rate's schedule.
+    mixed = sorted({r.get("anneal_steps", r["max_steps"]) for r in read_jsonl(results_file)} - {anneal_steps})
+    if mixed:
+        raise ConfigError(
+            f"{results_file} holds runs whose learning rate annealed over {', '.join(f'{m:,}' for m in mixed)} "
+            f"agent steps; this study anneals over {anneal_steps:,}: give another --out"
+        )
     done = {(r["rule"], r["scale"], r["seed"]) for r in read_jsonl(results_file)}
     # Seeds outermost: a study stopped early still has every scale at its first seeds.
     plan = [(rule, scale, seed) for seed in seeds for scale in scales for rule in rules]
@@ -254,6 +286,7 @@ def batch_study(
                 "--checkpoint-every",
                 "1000000000",
                 *run_args(rule, scale, cfg),
+                *horizon,
                 *(extra_args or []),
             )
             print(f"{rule} x{scale} seed {seed}: {' '.join(cmd[3:])}", flush=True)
@@ -270,7 +303,7 @@ def batch_study(
                 print(f"{rule} x{scale} seed {seed} failed ({proc.returncode}): {tail.strip()}", flush=True)
                 failed = True
                 continue
-            row = _row(rule, scale, seed, base_games * scale, run_dir, max_steps, target)
+            row = _row(rule, scale, seed, base_games * scale, run_dir, max_steps, target, anneal_steps)
             with results_file.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             reached = row["milestones"]
