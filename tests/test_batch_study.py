@@ -114,19 +114,21 @@ def test_rounds_to_a_milestone_and_the_late_drift_by_hand(tmp_path):
         for u, kl, cf in ((1, 0.01, 0.1), (2, 0.02, 0.2), (3, 0.03, 0.3), (4, 0.5, 0.9))
     ]
     # 20 games of -21 by step 1000, then 20 of +19 finished by step 2500 (round 3): 0 and +18 at 2500.
-    games = [{"update": 1, "step": 1000, "process_s": 1.0, "return": -21.0}] * 20
-    games += [{"update": 3, "step": 2500, "process_s": 2.0, "return": 19.0}] * 20
+    games = [{"update": 1, "step": 1000, "process_s": 1.0, "return": -21.0, "length": 2}] * 20
+    games += [{"update": 3, "step": 2500, "process_s": 2.0, "return": 19.0, "length": 2}] * 20
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
     (tmp_path / "games.jsonl").write_text("".join(json.dumps(g) + "\n" for g in games))
     row = _row("minibatch", 8, 1, 256, tmp_path, 10_000, 18, 10_000_000)
     assert row["anneal_steps"] == 10_000_000
+    # by the games' middles (2 steps x 256 games / 2 = 256 before their ends): the +19s were played around 2,244
+    assert row["played"] == {"0": 2244, "18": 2244, "20": None}
     assert row["rounds"] == {"0": 3, "18": 3, "20": None}
     # rounds up to step 2,500: KL 0.01, 0.02 (round 3 ends at 3,000 > 2,500) -> median 0.015
     assert (row["approx_kl_late"], row["clipfrac_late"]) == (0.015, 0.15)
     other = dict(row, seed=2, rounds={"0": 5, "18": 7, "20": None}, approx_kl_late=0.025, clipfrac_late=0.25)
     (summary,) = summarise([row, other])
-    assert summary["rounds_18"] == 3 and summary["approx_kl_late"] == 0.02
-    assert "| minibatch | 8x | 2 |" in table([summary]) and "| 3 | 0.0200 | 0.200 |" in table([summary])
+    assert summary["rounds_18"] == 3 and summary["approx_kl_late"] == 0.02 and summary["played_18"] == 2244
+    assert "| minibatch | 8x | 2 |" in table([summary]) and "| 3 | 2k | 0.0200 | 0.200 |" in table([summary])
 
 
 def test_the_learning_rate_anneals_over_the_configs_horizon_not_the_studys_cap(tmp_path):
@@ -149,3 +151,59 @@ def test_the_learning_rate_anneals_over_the_configs_horizon_not_the_studys_cap(t
     (tmp_path / "results.jsonl").write_text(json.dumps(old) + "\n")
     with pytest.raises(ConfigError, match=r"annealed over 2,500,000 agent steps; this study anneals over 10,000,000"):
         batch_study("configs/default.yaml", scales=[8], seeds=[1], rules=["minibatch"], max_steps=1, out_dir=tmp_path)
+
+
+def test_played_milestones_date_each_game_by_its_middle_and_wait_for_the_games_around_it():
+    """4 games side by side, a window of 2. A game of length L that ended at step s was played around
+    s - L x 4 / 2: 800, 500, 1000, 1200 and 1800. The longest game (300) spans 600 steps of the run either
+    side, so middles after 2000 - 600 = 1400 are not counted (the last game's +21 is left out). In middle
+    order: 19, -21 (mean -1 at 800: -15 and -10), 19 (-1), 20 (19.5 at 1200: 0, +10, +18); +20 never. By
+    their ends instead: -1 at 1100, 19 at 1200, 20.5 at 2000 (+20)."""
+    from jaxpong.bench.learning import milestones_from_games, played_milestones
+
+    games = [
+        {"step": 1000, "length": 100, "return": -21.0, "process_s": 1.0},
+        {"step": 1100, "length": 300, "return": 19.0, "process_s": 2.0},
+        {"step": 1200, "length": 100, "return": 19.0, "process_s": 3.0},
+        {"step": 1400, "length": 100, "return": 20.0, "process_s": 4.0},
+        {"step": 2000, "length": 100, "return": 21.0, "process_s": 5.0},
+    ]
+    assert played_milestones(games, 4, window=2) == {
+        "-15": 800,
+        "-10": 800,
+        "0": 1200,
+        "10": 1200,
+        "18": 1200,
+        "20": None,
+    }
+    ended = milestones_from_games(games, window=2)
+    assert ended["-10"]["step"] == 1100 and ended["18"]["step"] == 1200 and ended["20"]["step"] == 2000
+    assert played_milestones([], 4) == {m: None for m in ("-15", "-10", "0", "10", "18", "20")}
+
+
+def test_a_rerun_dates_older_rows_by_the_games_middles_from_their_run_folders(tmp_path):
+    """A row written before the played column gains it when the study runs again (nothing left to train):
+    20 games of 19 over 2 steps each on 256 games, ended at 1,000, were played around 1,000 - 256 = 744."""
+    from jaxpong.scale.batchstudy import batch_study
+
+    row = {"rule": "minibatch", "scale": 8, "seed": 1, "games": 256, "max_steps": 5000, "anneal_steps": 10_000_000}
+    row["milestones"] = {"0": {"step": 1000}, "18": {"step": 1000}, "20": None}
+    (tmp_path / "results.jsonl").write_text(json.dumps(row) + "\n")
+    (tmp_path / "minibatch_x8_seed1").mkdir()
+    game = {"step": 1000, "length": 2, "return": 19.0, "process_s": 1.0}
+    (tmp_path / "minibatch_x8_seed1" / "games.jsonl").write_text((json.dumps(game) + "\n") * 20)
+    assert (
+        batch_study(
+            "configs/default.yaml",
+            scales=[8],
+            seeds=[1],
+            rules=["minibatch"],
+            max_steps=5000,
+            out_dir=str(tmp_path),
+            target=18,
+        )
+        == 0
+    )
+    (again,) = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert again["played"] == {"0": 744, "18": 744, "20": None}
+    assert "| 1k |" in (tmp_path / "table.md").read_text()  # +18 by the games' middle: 744 -> 1k

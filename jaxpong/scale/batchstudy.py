@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxpong.base.config import build
 from jaxpong.base.errors import ConfigError
-from jaxpong.bench.learning import MILESTONES, read_jsonl, run_outcome, train_argv
+from jaxpong.bench.learning import MILESTONES, played_milestones, read_jsonl, run_outcome, train_argv
 from jaxpong.learn import batch_rule
 
 STUDY_MILESTONES = ("0", "18", "20")
@@ -114,6 +114,11 @@ def summarise(results: list[dict]) -> list[dict]:
         )
         mid = rounds[(len(rounds) - 1) // 2] if rounds else np.inf
         row["rounds_18"] = None if not np.isfinite(mid) else int(mid)
+        played = sorted(
+            (r.get("played") or {}).get("18") or np.inf for r in runs if measured(r, "18") and "played" in r
+        )
+        mid = played[(len(played) - 1) // 2] if played else np.inf
+        row["played_18"] = None if not np.isfinite(mid) else int(mid)
         for name in (d.split("/")[-1] for d in DRIFT):
             values = [r[name] for r in runs if r.get(name) is not None]
             row[name] = float(np.median(values)) if values else None
@@ -128,8 +133,9 @@ def table(rows: list[dict]) -> str:
     ref = {r["rule"]: r for r in rows if r["scale"] == 1}
     lines = [
         "| rule | games (x default) | seeds | steps to 0 | steps to +18 (reached/ran to it) "
-        "| steps to +20 (reached/ran to it) | +18 against 1x | rounds to +18 | late KL | late clip fraction |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| steps to +20 (reached/ran to it) | +18 against 1x | rounds to +18 | +18 by the games' middle "
+        "| late KL | late clip fraction |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def num(v, digits):
@@ -142,7 +148,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['rule']} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
             f"({r['reached_18']}/{r['measured_18']}) | {fmt(r['steps_20'])} "
             f"({r['reached_20']}/{r['measured_20']}) | {ratio} | {r.get('rounds_18') or '-'} "
-            f"| {num(r.get('approx_kl_late'), 4)} | {num(r.get('clipfrac_late'), 3)} |"
+            f"| {fmt(r.get('played_18'))} | {num(r.get('approx_kl_late'), 4)} | {num(r.get('clipfrac_late'), 3)} |"
         )
     return "\n".join(lines)
 
@@ -232,9 +238,25 @@ def _row(
         "max_steps": max_steps,
         "target": target,
         "rounds": {m: rounds_to(metrics, reached[m]["step"]) if reached.get(m) else None for m in STUDY_MILESTONES},
+        # The same milestones dated by when the games were played, not when they ended (a game's end lags
+        # the policy that played it by its length x the games, which grows with the scale).
+        "played": {m: played_milestones(outcome["played"], games)[m] for m in STUDY_MILESTONES},
         "anneal_steps": anneal_steps,  # the learning rate's horizon
         **drift(metrics, plus18["step"] if plus18 else np.inf),
     }
+
+
+def _date_by_play(results_file: Path, out: Path) -> None:
+    """Rows written before the study dated milestones by the games' middles gain them from their run folders."""
+    rows = read_jsonl(results_file)
+    stale = [r for r in rows if "played" not in r and (out / f"{r['rule']}_x{r['scale']}_seed{r['seed']}").is_dir()]
+    for r in stale:
+        games = read_jsonl(out / f"{r['rule']}_x{r['scale']}_seed{r['seed']}" / "games.jsonl")
+        r["played"] = {m: played_milestones(games, r["games"])[m] for m in STUDY_MILESTONES}
+    if stale:
+        tmp = results_file.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(results_file)  # atomic: the study's record is never half written
 
 
 def batch_study(
@@ -262,6 +284,7 @@ def batch_study(
             f"{results_file} holds runs whose learning rate annealed over {', '.join(f'{m:,}' for m in mixed)} "
             f"agent steps; this study anneals over {anneal_steps:,}: give another --out"
         )
+    _date_by_play(results_file, out)
     done = {(r["rule"], r["scale"], r["seed"]) for r in read_jsonl(results_file)}
     # Seeds outermost: a study stopped early still has every scale at its first seeds.
     plan = [(rule, scale, seed) for seed in seeds for scale in scales for rule in rules]
