@@ -153,12 +153,11 @@ def test_the_learning_rate_anneals_over_the_configs_horizon_not_the_studys_cap(t
         batch_study("configs/default.yaml", scales=[8], seeds=[1], rules=["minibatch"], max_steps=1, out_dir=tmp_path)
 
 
-def test_played_milestones_date_each_game_by_its_middle_and_wait_for_the_games_around_it():
-    """4 games side by side, a window of 2. A game of length L that ended at step s was played around
-    s - L x 4 / 2: 800, 500, 1000, 1200 and 1800. The longest game (300) spans 600 steps of the run either
-    side, so middles after 2000 - 600 = 1400 are not counted (the last game's +21 is left out). In middle
-    order: 19, -21 (mean -1 at 800: -15 and -10), 19 (-1), 20 (19.5 at 1200: 0, +10, +18); +20 never. By
-    their ends instead: -1 at 1100, 19 at 1200, 20.5 at 2000 (+20)."""
+def test_played_milestones_move_each_milestone_back_by_half_the_games_span():
+    """4 games side by side, a window of 2. By their ends the means are -1 at 1,100 (-15, -10), 19 at 1,200
+    (0, +10, +18) and 20.5 at 2,000 (+20). The two games that reached each mean lasted (100, 300), (300, 100)
+    and (100, 100) steps: medians 200, 200 and 100, each spanning x 4 games, so they were played around
+    1,100 - 400 = 700, 1,200 - 400 = 800 and 2,000 - 200 = 1,800."""
     from jaxpong.bench.learning import milestones_from_games, played_milestones
 
     games = [
@@ -168,17 +167,17 @@ def test_played_milestones_date_each_game_by_its_middle_and_wait_for_the_games_a
         {"step": 1400, "length": 100, "return": 20.0, "process_s": 4.0},
         {"step": 2000, "length": 100, "return": 21.0, "process_s": 5.0},
     ]
-    assert played_milestones(games, 4, window=2) == {
-        "-15": 800,
-        "-10": 800,
-        "0": 1200,
-        "10": 1200,
-        "18": 1200,
-        "20": None,
-    }
     ended = milestones_from_games(games, window=2)
-    assert ended["-10"]["step"] == 1100 and ended["18"]["step"] == 1200 and ended["20"]["step"] == 2000
-    assert played_milestones([], 4) == {m: None for m in ("-15", "-10", "0", "10", "18", "20")}
+    assert [ended[m]["step"] for m in ("-10", "18", "20")] == [1100, 1200, 2000]
+    assert played_milestones(games, 4, window=2) == {
+        "-15": 700,
+        "-10": 700,
+        "0": 800,
+        "10": 800,
+        "18": 800,
+        "20": 1800,
+    }
+    assert played_milestones(games[:1], 4, window=2) == {m: None for m in ("-15", "-10", "0", "10", "18", "20")}
 
 
 def test_a_rerun_dates_older_rows_by_the_games_middles_from_their_run_folders(tmp_path):

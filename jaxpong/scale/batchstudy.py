@@ -239,7 +239,7 @@ def _row(
         "target": target,
         "rounds": {m: rounds_to(metrics, reached[m]["step"]) if reached.get(m) else None for m in STUDY_MILESTONES},
         # The same milestones dated by when the games were played, not when they ended (a game's end lags
-        # the policy that played it by its length x the games, which grows with the scale).
+        # the policy that played it by half its length x the games, which grows with the scale).
         "played": {m: played_milestones(outcome["played"], games)[m] for m in STUDY_MILESTONES},
         "anneal_steps": anneal_steps,  # the learning rate's horizon
         **drift(metrics, plus18["step"] if plus18 else np.inf),
