@@ -299,8 +299,10 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
             if copied:
                 try:
                     return _read_checkpoint(Path(tmp), step, saved, shown=directory)
-                except ConfigError as err:  # a whole copy that cannot be read: the checkpoint is the problem
-                    raise ConfigError(str(err).replace(str(Path(tmp)), str(directory))) from None
+                except ConfigError as err:
+                    if _identity(source) == before:  # still there, unchanged: the checkpoint is the problem
+                        raise ConfigError(str(err).replace(str(Path(tmp)), str(directory))) from None
+                    # else the writer was removing it while it was copied: take the newest again
         if checkpoint not in (None, "latest", "best"):
             raise ConfigError(
                 f"--checkpoint {step}: the run removed that checkpoint while it was read (it keeps only its "
@@ -314,11 +316,14 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
 
 
 def _identity(path: Path) -> tuple | None:
-    """(inode, change time) of a checkpoint folder and of the folders in it, None when it is gone: a replaced
-    folder differs, and so does one being removed (its files go first, which changes their folders)."""
+    """(inode, change time) of a checkpoint folder and of every folder below it, None when it is gone: a
+    replaced folder differs, and so does one being removed, at any depth (removing a file changes its
+    folder). Checkpoints are never changed in place, so files need no look of their own."""
     try:
-        folders = [path, *sorted(p for p in path.iterdir() if p.is_dir())]
-        return tuple((p.name, p.stat().st_ino, p.stat().st_ctime_ns) for p in folders)
+        if not path.is_dir():
+            return None
+        folders = [path, *sorted(p for p in path.rglob("*") if p.is_dir())]
+        return tuple((str(p.relative_to(path)), p.stat().st_ino, p.stat().st_ctime_ns) for p in folders)
     except OSError:
         return None
 
