@@ -133,8 +133,8 @@ bench-startup: install
 # at 1x-4x, 2 at 8x and 16x, two runs at a time; resumable (results.jsonl), then simulate --predict turns
 # it into wall-clock per rank count.
 bench-batch: install
-	$(PY) -m jaxpong.scale.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 1,2,3 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
-	$(PY) -m jaxpong.scale.batchstudy --config $(CONFIG) --scales 8,16 --seeds 1,2 --target-return 18 --jobs 2 --out runs/batch_study $(ARGS)
+	$(PY) -m jaxpong.scale.batchstudy --config $(CONFIG) --scales 1,2,4 --seeds 1,2,3 --target-return 18 --jobs 2 --out runs/batch_study_10m $(ARGS)
+	$(PY) -m jaxpong.scale.batchstudy --config $(CONFIG) --scales 8,16 --seeds 1,2 --target-return 18 --jobs 2 --out runs/batch_study_10m $(ARGS)
 
 # The candidate update rules past 4x the default's games (docs/batch_scaling.md, "Candidate rules past 4x"):
 # each arm at RULE_SCALES with RULE_SEEDS, to +18 or RULE_STEPS agent steps, next to today's rule; resumable

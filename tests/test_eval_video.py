@@ -378,3 +378,6 @@ def test_bad_input_is_one_line_and_exit_2(smoke_run, tmp_path, capsys):
         assert code == 2, (argv, out, err)
         assert len(errors) == 1 and message in errors[0], (argv, err)
         assert "Traceback" not in err and out == "", (argv, err)
+    # the damaged checkpoint is read from a copy, but the message names the run's own folder
+    code, out, err = run_cli(capsys, "eval", damaged_run)
+    assert str(damaged_run / "checkpoints") in err and "jaxpong-read-" not in err, err

@@ -94,3 +94,19 @@ def test_a_checkpoint_removed_while_it_is_read_is_taken_again_not_called_another
     message = str(err.value)
     assert f"--checkpoint {steps[0]}: the run removed that checkpoint while it was read" in message
     assert "model" not in message
+
+
+def test_a_copy_that_fails_with_nothing_moved_says_so(smoke_run, tmp_path, monkeypatch):
+    """No space to copy a checkpoint into, while the run holds still: one line that says the copy failed and
+    where, not that the run rotated its checkpoints (nor 8 retries)."""
+    import errno
+
+    def full(src, dst, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(policy_lib.shutil, "copytree", full)
+    with pytest.raises(jaxpong.ConfigError) as err:
+        jaxpong.load_policy(smoke_run, checkpoint="Latest")
+    message = str(err.value)
+    assert "could not be copied to read it (OSError: No space left on device)" in message, message
+    assert "replaced" not in message and "removed" not in message

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MPIRUN = Path(sys.executable).parent / "mpirun"
 
 
-def _mpirun(args, timeout=900, env_extra=None):
+def _mpirun(args, timeout=600, env_extra=None):
     env = dict(os.environ, **(env_extra or {}))
     env.setdefault("JAXPONG_COMPILE_CACHE", str(Path("/tmp") / "jaxpong-test-cache"))
     return subprocess.run(

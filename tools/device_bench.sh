@@ -34,6 +34,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
 
+FAILED_STEPS=""
 QUICK=${DEVICE_QUICK:-0}
 if [ "$QUICK" = 1 ]; then q=1; else q=0; fi
 pick() { if [ "$q" = 1 ]; then echo "$2"; else echo "$1"; fi; }  # pick DEVICE_VALUE QUICK_VALUE
@@ -74,6 +75,7 @@ step() {  # step NAME COMMAND...: run it into W/NAME.log, say how it ended and h
     shift
     echo "== $name (at ${SECONDS} s): $*"
     "$@" > "$W/$name.log" 2>&1 || rc=$?
+    [ $rc = 0 ] || FAILED_STEPS="$FAILED_STEPS $name"
     echo "== $name: $([ $rc = 0 ] && echo ok || echo "FAILED ($rc)") after $((SECONDS - start)) s; its last lines:"
     tail -n 4 "$W/$name.log" | cut -c1-400
     pack
@@ -155,6 +157,9 @@ fit_to_deadline() {  # shrink the learning runs' limits in proportion where they
     local per_run=10  # each `bench --learn` process's own start and end around its training run
     local one=$(( (SIDE_BY_SIDE == 1 ? 1 : SEEDS) * (ONE_RANK_S + per_run) )) many=$(( SEEDS * (RANKS_S + per_run) ))
     local left=$(( DEADLINE_S - SECONDS - 20 ))  # 20 s for the summary and the last pack
+    if (( left < 60 )); then  # too little left to learn anything: the learning steps still run, briefly
+        left=60
+    fi
     if (( one + many > left )); then
         ONE_RANK_S=$(( ONE_RANK_S * left / (one + many) ))
         RANKS_S=$(( RANKS_S * left / (one + many) ))
@@ -194,6 +199,7 @@ step summary "$PY" -m jaxpong.bench.device --out "$W" \
     --count 1 "$W/predict_1.log" "$W"/learn_1/seed_* "$W"/learn_1/part_*/seed_* \
     --count "$N" "$W/predict_$N.log" "$W/learn_$N"/seed_*
 cat "$W/summary.md" 2>/dev/null
-echo "== done after ${SECONDS} s; results in $OUT"
+echo "== done after ${SECONDS} s; results in $OUT${FAILED_STEPS:+; failed steps:$FAILED_STEPS}"
 exec >&- 2>&-
 wait "$tee_pid"  # so that device_bench.log is complete when the script returns
+[ -z "${FAILED_STEPS:-}" ]  # the exit status says whether every step ran

@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     counts = []
     for ranks, log, *run_dirs in (
-        c if len(c) >= 3 else parser.error(f"--count {' '.join(c)}: give N, a log and run dirs") for c in args.count
+        c if len(c) >= 2 else parser.error(f"--count {' '.join(c)}: give N, a log and the run dirs") for c in args.count
     ):
         counts.append(
             (int(ranks), predicted(read_prediction(Path(log)), int(ranks)), [measured(Path(d)) for d in run_dirs])

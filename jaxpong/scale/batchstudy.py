@@ -114,9 +114,8 @@ def summarise(results: list[dict]) -> list[dict]:
         )
         mid = rounds[(len(rounds) - 1) // 2] if rounds else np.inf
         row["rounds_18"] = None if not np.isfinite(mid) else int(mid)
-        played = sorted(
-            (r.get("played") or {}).get("18") or np.inf for r in runs if measured(r, "18") and "played" in r
-        )
+        dated = [(r.get("played") or {}).get("18") for r in runs if measured(r, "18") and "played" in r]
+        played = sorted(np.inf if v is None else v for v in dated)
         mid = played[(len(played) - 1) // 2] if played else np.inf
         row["played_18"] = None if not np.isfinite(mid) else int(mid)
         for name in (d.split("/")[-1] for d in DRIFT):
@@ -249,9 +248,13 @@ def _row(
 def _date_by_play(results_file: Path, out: Path) -> None:
     """Rows written before the study dated milestones by the games' middles gain them from their run folders."""
     rows = read_jsonl(results_file)
-    stale = [r for r in rows if "played" not in r and (out / f"{r['rule']}_x{r['scale']}_seed{r['seed']}").is_dir()]
+
+    def games_file(r: dict) -> Path:
+        return out / f"{r['rule']}_x{r['scale']}_seed{r['seed']}" / "games.jsonl"
+
+    stale = [r for r in rows if "played" not in r and "games" in r and games_file(r).is_file()]
     for r in stale:
-        games = read_jsonl(out / f"{r['rule']}_x{r['scale']}_seed{r['seed']}" / "games.jsonl")
+        games = read_jsonl(games_file(r))
         r["played"] = {m: played_milestones(games, r["games"])[m] for m in STUDY_MILESTONES}
     if stale:
         tmp = results_file.with_suffix(".tmp")
@@ -278,7 +281,8 @@ def batch_study(
     results_file = out / "results.jsonl"
     horizon, anneal_steps = anneal_horizon(cfg, extra_args or [], max_steps)
     # A study's rows are compared with each other: they must share the learning rate's schedule.
-    mixed = sorted({r.get("anneal_steps", r["max_steps"]) for r in read_jsonl(results_file)} - {anneal_steps})
+    horizons = {r.get("anneal_steps", r.get("max_steps")) for r in read_jsonl(results_file)}
+    mixed = sorted(h for h in horizons - {anneal_steps} if h is not None)
     if mixed:
         raise ConfigError(
             f"{results_file} holds runs whose learning rate annealed over {', '.join(f'{m:,}' for m in mixed)} "

@@ -282,6 +282,7 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
     never waits for readers."""
 
     saved = config_lib.read_config(run_dir)  # a clear error when this is not a run directory
+    moving = str(checkpoint if checkpoint is not None else "latest").strip().lower() in ("latest", "best")
     for attempt in range(READ_ATTEMPTS):
         directory, step = _choose_step(run_dir, checkpoint)
         # The checkpoint is copied, then read from the copy: the writer can only race the copy (milliseconds),
@@ -290,20 +291,25 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
         # copied whole.
         source = directory / str(step)
         before = _identity(source)
-        with tempfile.TemporaryDirectory(prefix="jaxpong-read-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="jaxpong-read-", ignore_cleanup_errors=True) as tmp:
             try:
                 shutil.copytree(source, Path(tmp) / str(step))
-                copied = before is not None and _identity(source) == before
-            except OSError:
-                copied = False
-            if copied:
-                try:
-                    return _read_checkpoint(Path(tmp), step, saved, shown=directory)
-                except ConfigError as err:
-                    if _identity(source) == before:  # still there, unchanged: the checkpoint is the problem
-                        raise ConfigError(str(err).replace(str(Path(tmp)), str(directory))) from None
-                    # else the writer was removing it while it was copied: take the newest again
-        if checkpoint not in (None, "latest", "best"):
+            except OSError as err:
+                if before is not None and _identity(source) == before:  # nothing moved: the copy itself failed
+                    raise ConfigError(
+                        f"checkpoint {source} could not be copied to read it ({type(err).__name__}: "
+                        f"{getattr(err, 'strerror', None) or err}); check the space and permissions of "
+                        f"{tempfile.gettempdir()} (or set TMPDIR)"
+                    ) from None
+            else:
+                if before is not None and _identity(source) == before:
+                    try:
+                        return _read_checkpoint(Path(tmp), step, saved, shown=directory)
+                    except ConfigError as err:
+                        if _identity(source) == before:  # still there, unchanged: the checkpoint is the problem
+                            raise ConfigError(str(err).replace(str(Path(tmp)), str(directory))) from None
+                        # else the writer was removing it while it was copied: take the newest again
+        if not moving:
             raise ConfigError(
                 f"--checkpoint {step}: the run removed that checkpoint while it was read (it keeps only its "
                 f"newest ones while it trains); give a newer one: {_listing(checkpoint_steps(directory))}"

@@ -100,7 +100,7 @@ for algo, extra in (("pg", {"pg_unscored": "mask"}), ("ppo", {"num_minibatches":
         layout.pack({"moments": np.asarray(moments, np.float64), "checksum_max": -np.inf, "checksum_neg_min": -np.inf}),
         layout,
         record_row(log_layout(4), None, []),
-        timeout_s=600,  # the other rank may still be compiling on a busy machine: waiting is not what this checks
+        timeout_s=300,  # the other rank may still be compiling on a busy machine: waiting is not what this checks
         label="the test's exchange",
     )
     norm = layout.unpack(reduced)["moments"]

@@ -53,7 +53,7 @@ record = {
 }
 games = [(-21.0 + rank, 800 + rank)] * (rank % 2)
 for _ in range(3):  # the same op and datatype serve every round
-    reduced, rows = comm.exchange(agreed, layout, record_row(logs, record, games), timeout_s=600, label="the check")
+    reduced, rows = comm.exchange(agreed, layout, record_row(logs, record, games), timeout_s=300, label="the check")
 facts = layout.unpack(reduced)
 expect = {
     "filled": sum(100 + r for r in range(size)),
