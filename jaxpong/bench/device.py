@@ -12,10 +12,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
-from jaxpong.bench.learning import read_jsonl, run_outcome
+from jaxpong.bench.learning import lower_median, read_jsonl, run_outcome
 
 MILESTONE = "18"
 
@@ -60,15 +59,6 @@ def measured(run_dir: Path) -> dict:
         "trained_s": metrics[-1]["process_s"] if metrics else None,  # its last update, since process start
         "last20": outcome["final_return"],
     }
-
-
-def lower_median(values: list[float | None]) -> float | None:
-    """The lower median (an observed seed, never an average), a miss (None) counting as infinitely slow."""
-    if not values:
-        return None
-    ordered = sorted(math.inf if v is None else v for v in values)
-    mid = ordered[(len(ordered) - 1) // 2]
-    return None if math.isinf(mid) else mid
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:

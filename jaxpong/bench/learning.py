@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -24,19 +25,27 @@ WINDOW = 20
 GREEDY_GAMES = 10
 
 
-def milestones_from_games(games: list[dict], window: int = WINDOW) -> dict:
-    """{"-15": {"time_s", "step"} or None, ...}: first time the mean of the last `window` games >= m."""
-    out: dict[str, dict | None] = {str(m): None for m in MILESTONES}
-    returns = []
-    for g in games:
+def _first_reached(games: list[dict], window: int) -> dict[str, int | None]:
+    """{"-15": index of the game after which the mean of the last `window` games first reached it, or None}."""
+    out: dict[str, int | None] = {str(m): None for m in MILESTONES}
+    returns: list[float] = []
+    for i, g in enumerate(games):
         returns.append(g["return"])
         if len(returns) < window:
             continue
         mean = float(np.mean(returns[-window:]))
         for m in MILESTONES:
             if out[str(m)] is None and mean >= m:
-                out[str(m)] = {"time_s": round(g["process_s"], 1), "step": int(g["step"])}
+                out[str(m)] = i
     return out
+
+
+def milestones_from_games(games: list[dict], window: int = WINDOW) -> dict:
+    """{"-15": {"time_s", "step"} or None, ...}: first time the mean of the last `window` games >= m."""
+    return {
+        m: None if i is None else {"time_s": round(games[i]["process_s"], 1), "step": int(games[i]["step"])}
+        for m, i in _first_reached(games, window).items()
+    }
 
 
 def played_milestones(games: list[dict], num_games: int, window: int = WINDOW) -> dict:
@@ -46,18 +55,22 @@ def played_milestones(games: list[dict], num_games: int, window: int = WINDOW) -
     milestone were played around that moment less their median length x num_games / 2. With many games a
     game's end comes long after the policy that won it: at the default's +18, games of about 2,300 steps end
     37k agent steps after their middle with 32 games, 294k with 256."""
-    out: dict[str, int | None] = {str(m): None for m in MILESTONES}
-    returns: list[float] = []
-    for i, g in enumerate(games):
-        returns.append(g["return"])
-        if len(returns) < window:
-            continue
-        mean = float(np.mean(returns[-window:]))
-        lag = float(np.median([x["length"] for x in games[i - window + 1 : i + 1]])) * num_games / 2
-        for m in MILESTONES:
-            if out[str(m)] is None and mean >= m:
-                out[str(m)] = max(0, int(g["step"] - lag))
-    return out
+
+    def middle(i: int) -> int:
+        lag = float(np.median([g["length"] for g in games[i - window + 1 : i + 1]])) * num_games / 2
+        return max(0, int(games[i]["step"] - lag))
+
+    return {m: None if i is None else middle(i) for m, i in _first_reached(games, window).items()}
+
+
+def lower_median(values: list[float | None]) -> float | None:
+    """The lower median of the seeds' values (an observed seed, never an average), a miss (None) counting as
+    infinitely slow: None when fewer than half of them got there, or there are none."""
+    if not values:
+        return None
+    ordered = sorted(math.inf if v is None else v for v in values)
+    mid = ordered[(len(ordered) - 1) // 2]
+    return None if math.isinf(mid) else mid
 
 
 def median_milestones(per_seed: list[dict]) -> dict:

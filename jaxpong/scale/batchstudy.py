@@ -17,6 +17,7 @@ together stepped about 2,100 steps/s, a 1x run alone about 2,000 and a 16x run a
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import subprocess
@@ -28,7 +29,7 @@ import numpy as np
 
 from jaxpong.base.config import build
 from jaxpong.base.errors import ConfigError
-from jaxpong.bench.learning import MILESTONES, played_milestones, read_jsonl, run_outcome, train_argv
+from jaxpong.bench.learning import MILESTONES, lower_median, played_milestones, read_jsonl, run_outcome, train_argv
 from jaxpong.learn import batch_rule
 
 STUDY_MILESTONES = ("0", "18", "20")
@@ -108,16 +109,10 @@ def summarise(results: list[dict]) -> list[dict]:
             row[f"steps_{m}"] = None if not np.isfinite(mid) else int(mid)
             row[f"reached_{m}"] = sum(np.isfinite(s) for s in steps)
             row[f"measured_{m}"] = len(mine)
-        # Rounds to +18 (lower median, a miss the slowest) and the seeds' median late drift.
-        rounds = sorted(
-            (r.get("rounds") or {}).get("18") or np.inf for r in runs if measured(r, "18") and "rounds" in r
-        )
-        mid = rounds[(len(rounds) - 1) // 2] if rounds else np.inf
-        row["rounds_18"] = None if not np.isfinite(mid) else int(mid)
-        dated = [(r.get("played") or {}).get("18") for r in runs if measured(r, "18") and "played" in r]
-        played = sorted(np.inf if v is None else v for v in dated)
-        mid = played[(len(played) - 1) // 2] if played else np.inf
-        row["played_18"] = None if not np.isfinite(mid) else int(mid)
+        # Rounds to +18 and +18 by the games' middle (lower medians, a miss the slowest), the late drift's median.
+        for key, name in (("rounds", "rounds_18"), ("played", "played_18")):
+            mid = lower_median([(r.get(key) or {}).get("18") for r in runs if measured(r, "18") and key in r])
+            row[name] = None if mid is None else int(mid)
         for name in (d.split("/")[-1] for d in DRIFT):
             values = [r[name] for r in runs if r.get(name) is not None]
             row[name] = float(np.median(values)) if values else None
@@ -204,15 +199,17 @@ def anneal_horizon(cfg, extra_args: list[str], max_steps: int) -> tuple[list[str
     only caps a study run: left to it, the rate would anneal to zero at the cap, so a scale that needs more
     agent steps would learn them at a lower rate than one that needs fewer, and studies with caps of 2.5M and
     3M would train at different rates at the same step."""
-    for i, a in enumerate(extra_args):
-        given = a.split("=", 1)[1] if a.startswith("--anneal-steps=") else None
-        if a == "--anneal-steps" and i + 1 < len(extra_args):
-            given = extra_args[i + 1]
-        if given is not None:
-            try:
-                return [], int(given) or max_steps  # 0: over --total-steps, as train reads it
-            except ValueError:
-                raise ConfigError(f"--anneal-steps: {given!r} is not a whole number of agent steps") from None
+    flags = argparse.ArgumentParser(add_help=False, allow_abbrev=False, exit_on_error=False)
+    flags.add_argument("--anneal-steps")
+    try:
+        given = flags.parse_known_args(extra_args)[0].anneal_steps
+    except argparse.ArgumentError as err:
+        raise ConfigError(str(err)) from None
+    if given is not None:
+        try:
+            return [], int(given) or max_steps  # 0: over --total-steps, as train reads it
+        except ValueError:
+            raise ConfigError(f"--anneal-steps: {given!r} is not a whole number of agent steps") from None
     steps = cfg.algo.anneal_steps or cfg.run.total_steps
     return ["--anneal-steps", str(steps)], steps
 
@@ -239,10 +236,16 @@ def _row(
         "rounds": {m: rounds_to(metrics, reached[m]["step"]) if reached.get(m) else None for m in STUDY_MILESTONES},
         # The same milestones dated by when the games were played, not when they ended (a game's end lags
         # the policy that played it by half its length x the games, which grows with the scale).
-        "played": {m: played_milestones(outcome["played"], games)[m] for m in STUDY_MILESTONES},
+        "played": _played(outcome["played"], games),
         "anneal_steps": anneal_steps,  # the learning rate's horizon
         **drift(metrics, plus18["step"] if plus18 else np.inf),
     }
+
+
+def _played(games: list[dict], num_games: int) -> dict:
+    """The study's milestones dated by the games' middles (bench.learning.played_milestones)."""
+    played = played_milestones(games, num_games)
+    return {m: played[m] for m in STUDY_MILESTONES}
 
 
 def _date_by_play(results_file: Path, out: Path) -> None:
@@ -254,8 +257,7 @@ def _date_by_play(results_file: Path, out: Path) -> None:
 
     stale = [r for r in rows if "played" not in r and "games" in r and games_file(r).is_file()]
     for r in stale:
-        games = read_jsonl(games_file(r))
-        r["played"] = {m: played_milestones(games, r["games"])[m] for m in STUDY_MILESTONES}
+        r["played"] = _played(read_jsonl(games_file(r)), r["games"])
     if stale:
         tmp = results_file.with_suffix(".tmp")
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -363,8 +365,6 @@ def _ints(flag: str, text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(
         prog="python -m jaxpong.batchstudy",
         description="Agent steps to a mean of 0, +18 and +20 over the last 20 games, with k x the config's "
