@@ -38,8 +38,9 @@ def test_readers_of_a_live_run_never_fail(tmp_path, monkeypatch):
     try:
         wait_for(lambda: len(policy_lib.checkpoint_steps(run_dir / "checkpoints")) >= 2, trainer, "two checkpoints")
         loaded = 0
-        # At least READS reads, and on until the run has moved past six checkpoints: on a busy machine the
-        # trainer may write fewer checkpoints in READS reads, and how fast it goes is not what this tests.
+        # At least READS reads, and on until the run has moved past six checkpoints (the reads followed a moving
+        # run): on a busy machine the trainer may write fewer checkpoints in READS reads, and how fast it goes is
+        # not what this tests.
         while loaded < READS or len(steps) <= 5:
             assert trainer.poll() is None, (tmp_path / "train.log").read_text()[-2000:]
             policy = jaxpong.load_policy(run_dir)  # the newest complete checkpoint, whatever the writer does
@@ -59,7 +60,6 @@ def test_readers_of_a_live_run_never_fail(tmp_path, monkeypatch):
     finally:
         trainer.send_signal(signal.SIGTERM)
         trainer.wait(timeout=120)
-    assert len(steps) > 5, steps  # the reads followed a moving run
     assert trainer.returncode == 75
     retried = len(copies) - loaded
     print(f"{loaded} reads of {len(steps)} checkpoints; {retried} retried after a rotation")  # shown with -s

@@ -10,6 +10,7 @@ the `eval` command's games and report (`play`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import tempfile
@@ -285,30 +286,16 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
     moving = str(checkpoint if checkpoint is not None else "latest").strip().lower() in ("latest", "best")
     for attempt in range(READ_ATTEMPTS):
         directory, step = _choose_step(run_dir, checkpoint)
-        # The checkpoint is copied, then read from the copy: the writer can only race the copy (milliseconds),
-        # not orbax's read (seconds on a busy machine, longer than a round). Checkpoints appear by an atomic
-        # rename and never change after, so a folder whose identity is the same after the copy as before was
-        # copied whole.
         source = directory / str(step)
-        before = _identity(source)
         with tempfile.TemporaryDirectory(prefix="jaxpong-read-", ignore_cleanup_errors=True) as tmp:
-            try:
-                shutil.copytree(source, Path(tmp) / str(step))
-            except OSError as err:
-                if before is not None and _identity(source) == before:  # nothing moved: the copy itself failed
-                    raise ConfigError(
-                        f"checkpoint {source} could not be copied to read it ({type(err).__name__}: "
-                        f"{getattr(err, 'strerror', None) or err}); check the space and permissions of "
-                        f"{tempfile.gettempdir()} (or set TMPDIR)"
-                    ) from None
-            else:
-                if before is not None and _identity(source) == before:
-                    try:
-                        return _read_checkpoint(Path(tmp), step, saved, shown=directory)
-                    except ConfigError as err:
-                        if _identity(source) == before:  # still there, unchanged: the checkpoint is the problem
-                            raise ConfigError(str(err).replace(str(Path(tmp)), str(directory))) from None
-                        # else the writer was removing it while it was copied: take the newest again
+            whole = _copy_whole(source, Path(tmp) / str(step))
+            if whole is not None:
+                try:
+                    return dataclasses.replace(_read_checkpoint(Path(tmp), step, saved), source=str(source))
+                except ConfigError as err:
+                    if _identity(source) == whole:  # still there, unchanged: the checkpoint is the problem
+                        raise ConfigError(str(err).replace(tmp, str(directory))) from None
+                    # else the writer was removing it while it was copied: take the newest again
         if not moving:
             raise ConfigError(
                 f"--checkpoint {step}: the run removed that checkpoint while it was read (it keeps only its "
@@ -319,6 +306,26 @@ def _from_run_dir(run_dir: Path, checkpoint: str | None) -> Policy:
         f"{str(run_dir)!r} replaced its newest checkpoint {READ_ATTEMPTS} times while it was read; try again, "
         "or checkpoint less often (--checkpoint-every)"
     )
+
+
+def _copy_whole(source: Path, copy: Path) -> tuple | None:
+    """Copy a checkpoint to read it from the copy: the writer can then race only the copy (milliseconds), not
+    orbax's read (seconds on a busy machine, longer than a round). Checkpoints appear by an atomic rename and
+    never change after, so a copy is whole when the source's identity is the same after it as before: that
+    identity is returned; None when the writer moved or removed the source meanwhile. A copy that fails
+    with nothing moved (no space, no permission) is a ConfigError."""
+    before = _identity(source)
+    try:
+        shutil.copytree(source, copy)
+    except OSError as err:
+        if before is not None and _identity(source) == before:
+            raise ConfigError(
+                f"checkpoint {source} could not be copied to read it ({type(err).__name__}: "
+                f"{getattr(err, 'strerror', None) or err}); check the space and permissions of "
+                f"{tempfile.gettempdir()} (or set TMPDIR)"
+            ) from None
+        return None
+    return before if before is not None and _identity(source) == before else None
 
 
 def _identity(path: Path) -> tuple | None:
@@ -334,20 +341,17 @@ def _identity(path: Path) -> tuple | None:
         return None
 
 
-def _read_checkpoint(directory: Path, step: int, saved: dict, shown: Path | None = None) -> Policy:
-    """The policy of checkpoint `step` in `directory`; `shown`: the folder to name as its source (where
-    `directory` holds a copy)."""
+def _read_checkpoint(directory: Path, step: int, saved: dict) -> Policy:
     from jaxpong.store.checkpoint import Checkpoints
 
-    shown = directory if shown is None else shown
     checkpoints = Checkpoints(directory, read_only=True)
     meta = checkpoints.read_meta(step)
     # The checkpoint's own config is the one its parameters were trained under (config.yaml is rewritten
     # on --resume); config.yaml is the fallback for checkpoints without one.
     doc = meta.get("config") if isinstance(meta, dict) and meta.get("config") else saved
-    cfg = _build_config(doc, f"checkpoint {shown / str(step)}")
+    cfg = _build_config(doc, f"checkpoint {directory / str(step)}")
     state, meta = checkpoints.restore(step, _network_template(cfg))
-    return Policy(cfg=cfg, params=state.params, source=str(shown / str(step)), step=step, meta=meta)
+    return Policy(cfg=cfg, params=state.params, source=str(directory / str(step)), step=step, meta=meta)
 
 
 def _from_file(path: Path) -> Policy:
