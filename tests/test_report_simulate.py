@@ -532,8 +532,16 @@ def test_the_slow_link_is_named_by_its_host_with_its_cost_by_hand():
     assert "Host h1's link is the slow one (40x slower than the next): ranks 2 and 3 there slow" in text
     assert (
         "16 allreduces carry about 17.3 MB a round over each link; the update took 0.78 s, 52% of the mean round "
-        "(1.5 s): fewer, larger optimizer steps or a faster link would shorten it." in text
+        "(1.5 s) on every rank alike: fewer, larger optimizer steps or a faster link would shorten it; the deadline "
+        "cannot (it cuts collection only)." in text
     )
+    # The report gives the update's share once: with the links' cost, finding leaves its own out.
+    assert report_finding.links_carry_cost(record)
+    assert "The update, with its allreduces" not in report_finding.finding(_host_stats(1.5, 0.78), update_share=False)
+    assert "The update, with its allreduces" in report_finding.finding(_host_stats(1.5, 0.78))
+    # A rate below 10 MB/s keeps two digits: a tbf-shaped link read 1.4 MB/s, not "1 MB/s".
+    slow = dict(record, links=[dict(record["links"][0], mb_s=1.43), record["links"][1]])
+    assert "h1 1.4 MB/s, h2 1,000 MB/s." in report_finding.link_text(slow, _host_stats(1.5, 0.78))
     # Links alike: no host named; a short update is not called a cost.
     fast = dict(record, links=[dict(k, mb_s=1000.0) for k in record["links"]])
     text = report_finding.link_text(fast, _host_stats(1.5, 0.1))
@@ -548,3 +556,7 @@ def test_links_are_read_from_the_last_complete_line(tmp_path):
     (tmp_path / "links.jsonl").write_text(json.dumps(first) + "\n" + json.dumps(second) + "\n" + '{"hosts": ["a"')
     assert report_stats.read_links(tmp_path)["links"][0]["mb_s"] == 20.0
     assert report_stats.read_links(tmp_path / "nothing") is None
+    # A later process on one host wrote a line without links: there are no links to speak of.
+    with (tmp_path / "links.jsonl").open("a") as f:
+        f.write("\n" + json.dumps({"update": 40, "hosts": ["a"], "links": []}) + "\n")
+    assert report_stats.read_links(tmp_path) is None

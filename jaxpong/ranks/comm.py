@@ -59,7 +59,7 @@ class LocalComm:
     def host_first(self, thunk, timeout_s: float = 300.0, label: str = "", key: str | None = None):
         return thunk()
 
-    def link_probe(self, hosts, nbytes: int = PROBE_BYTES, repeats: int = PROBE_REPEATS, timeout_s: float = 60.0):
+    def link_probe(self, hosts, nbytes: int = PROBE_BYTES, repeats: int = PROBE_REPEATS, timeout_s: float = 30.0):
         return None
 
     def barrier(self):
@@ -231,7 +231,7 @@ class MpiComm:
         self.world.Gather(np.ascontiguousarray(row, np.float64), rows, root=0)
         return out, rows
 
-    def link_probe(self, hosts, nbytes: int = PROBE_BYTES, repeats: int = PROBE_REPEATS, timeout_s: float = 60.0):
+    def link_probe(self, hosts, nbytes: int = PROBE_BYTES, repeats: int = PROBE_REPEATS, timeout_s: float = 30.0):
         """Every rank calls it with rank 0's list of the ranks' hosts (None elsewhere). With ranks on more
         than one host, rank 0 measures the link to each other host in turn, one at a time so that no two
         share a link: the round trip of a small message and the bandwidth of `repeats` round trips of

@@ -97,8 +97,9 @@ def _slow_text(slow: list[RankStats], stats: list[RankStats]) -> str:
     return text + "."
 
 
-def finding(stats: list[RankStats]) -> str:
-    """A short plain-language reading of the per-rank numbers: who is late, and what it costs the others."""
+def finding(stats: list[RankStats], update_share: bool = True) -> str:
+    """A short plain-language reading of the per-rank numbers: who is late, and what it costs the others.
+    update_share False leaves out the update's share across hosts (link_text gives it with the links)."""
     if not stats:
         return "no rounds to report."
     rounds = max(s.rounds for s in stats)
@@ -109,6 +110,7 @@ def finding(stats: list[RankStats]) -> str:
         if masked
         else ""
     )
+    update_txt = update_text(stats) if update_share else ""
     if len(stats) == 1:
         s = stats[0]
         busy = s.collect_s + s.compute_s + s.wait_s
@@ -126,7 +128,7 @@ def finding(stats: list[RankStats]) -> str:
         return (
             f"no persistent late sender: the last arrival moves between ranks (most often rank {top.rank}, in "
             f"{_pct(top.last_arrivals / max(rounds, 1))} of {rounds} rounds); the ranks lost on average "
-            f"{_pct(mean_wait)} of their time waiting.{update_text(stats)}{slow_txt}{masked_txt}"
+            f"{_pct(mean_wait)} of their time waiting.{update_txt}{slow_txt}{masked_txt}"
         )
     others = [s for s in stats if s.rank not in late_ranks]
     one = len(late) == 1
@@ -174,7 +176,7 @@ def finding(stats: list[RankStats]) -> str:
             " Its collection is not slower: rank 0's own host work between rounds"
             " (logging, checkpoints, evaluations) delays it."
         )
-    return text + host_text(late, stats) + update_text(stats) + slow_txt + masked_txt
+    return text + host_text(late, stats) + update_txt + slow_txt + masked_txt
 
 
 UPDATE_SHARE_NOTED = 0.3  # across hosts, an update that takes more of a round than this is named
@@ -198,6 +200,16 @@ def update_text(stats: list[RankStats]) -> str:
     )
 
 
+def rate_text(mb_s: float) -> str:
+    """A link's rate in MB/s: whole numbers from 10 up, two significant digits below (1.4, not 1)."""
+    return f"{mb_s:,.0f} MB/s" if mb_s >= 10 else f"{mb_s:.2g} MB/s"
+
+
+def links_carry_cost(record: dict | None) -> bool:
+    """Whether link_text will give the update's cost over the links (so finding need not give its share)."""
+    return bool(record and record.get("links") and record.get("allreduce_bytes") and record.get("allreduces_per_round"))
+
+
 SLOW_LINK_RATIO = 4.0  # a host whose link from rank 0's host is this many times slower than another's is named
 
 
@@ -215,7 +227,7 @@ def link_text(record: dict | None, stats: list[RankStats]) -> str:
         mine = [str(r) for r, h in enumerate(hosts) if h == host]
         return f"rank{'s' if len(mine) > 1 else ''} {_and(mine)}" if mine else "its ranks"
 
-    rates = ", ".join(f"{k['host']} {k['mb_s']:,.0f} MB/s" for k in links)
+    rates = ", ".join(f"{k['host']} {rate_text(k['mb_s'])}" for k in links)
     text = f" Links from rank 0's host {home}, measured at start (links.jsonl): {rates}."
     slowest = links[0]
     if len(links) > 1 and links[1]["mb_s"] >= SLOW_LINK_RATIO * slowest["mb_s"]:
@@ -237,7 +249,10 @@ def link_text(record: dict | None, stats: list[RankStats]) -> str:
             f"over each link; the update took {update_s:.3g} s, {_pct(share)} of the mean round ({round_s:.3g} s)"
         )
         text += (
-            ": fewer, larger optimizer steps or a faster link would shorten it." if share >= UPDATE_SHARE_NOTED else "."
+            " on every rank alike: fewer, larger optimizer steps or a faster link would shorten it; the deadline"
+            " cannot (it cuts collection only)."
+            if share >= UPDATE_SHARE_NOTED
+            else "."
         )
     return text
 

@@ -14,6 +14,7 @@ from jaxpong.report.finding import (
     finding,
     late_senders,
     link_text,
+    links_carry_cost,
     noise_scale_line,
     slow_collectors,
     summary,
@@ -37,7 +38,8 @@ def make_report(
     path = check_run_dir(run_dir)
     rounds = read_rounds(path)
     stats = rank_stats(rounds)
-    text = finding(stats) + link_text(read_links(path), stats)
+    links = read_links(path)
+    text = finding(stats, update_share=not links_carry_cost(links)) + link_text(links, stats)
     if picture == "auto":
         picture = "timeline" if len(stats) <= TIMELINE_MAX_RANKS else "heatmap"
     image_path = Path(out) if out else path / IMAGE_NAME

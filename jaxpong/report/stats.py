@@ -236,7 +236,8 @@ def _as_rounds(records) -> Rounds:
 
 
 def read_links(run_dir) -> dict | None:
-    """The last line of RUN_DIR/links.jsonl (the latest process's measured links), None without one."""
+    """The last line of RUN_DIR/links.jsonl: the latest process's measured links, None without a file or
+    when that process ran on one host (its line then has no links)."""
     path = Path(run_dir) / "links.jsonl"
     if not path.is_file():
         return None
@@ -246,9 +247,9 @@ def read_links(run_dir) -> dict | None:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut short by a crash
-        if isinstance(record, dict) and record.get("links"):
+        if isinstance(record, dict):
             last = record
-    return last
+    return last if last and last.get("links") else None
 
 
 def _phases(rounds: Rounds) -> list[str]:

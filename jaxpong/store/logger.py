@@ -198,7 +198,8 @@ class RunLogger:
 
     def log_links(self, record: dict) -> None:
         """links.jsonl: one line per process start of a run across hosts, the links rank 0 measured to the
-        other hosts then (comm.link_probe), with what the update sends over them each round."""
+        other hosts then (comm.link_probe), with what the update sends over them each round; a later start
+        on one host adds a line with no links."""
         path = self.run_dir / "links.jsonl"
 
         def append() -> None:

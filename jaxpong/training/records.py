@@ -16,6 +16,7 @@ from jaxpong.base.config import Config
 from jaxpong.base.console import log_line
 from jaxpong.learn import noise_scale
 from jaxpong.learn.learner import TrainState, lr_fraction, schedule
+from jaxpong.report.finding import rate_text
 from jaxpong.store.logger import RunLogger
 from jaxpong.training.round import Counters, Round, RoundOutcome
 
@@ -41,7 +42,7 @@ class RoundRecords:
         epochs, minibatches = schedule(round_cfg)
         log_line(
             f"links from rank 0's host {hosts[0]}: "
-            + ", ".join(f"{k['host']} {k['mb_s']:,.0f} MB/s (round trip {k['rtt_ms']:.2g} ms)" for k in links)
+            + ", ".join(f"{k['host']} {rate_text(k['mb_s'])} (round trip {k['rtt_ms']:.2g} ms)" for k in links)
         )
         return {
             "update": self.counters.update,

@@ -74,7 +74,8 @@ class Training(RoundRecords, RunEnding):
         hosts = comm.gather_to_root(socket.gethostname()) if comm.size > 1 else None
         # Across hosts, rank 0 times its link to each other host once (a slow link slows every rank's
         # allreduces alike, so it cannot show as a late rank; this names it).
-        links = comm.link_probe(hosts) if comm.size > 1 else None
+        # A host that does not answer ends the job within the hang limit, as in any collective.
+        links = comm.link_probe(hosts, timeout_s=cfg.dist.hang_timeout_s) if comm.size > 1 else None
         self.logger = (
             RunLogger(
                 self.run_dir,
@@ -90,6 +91,11 @@ class Training(RoundRecords, RunEnding):
             if links:
                 assert hosts is not None  # links are measured between the hosts of several ranks
                 self.logger.log_links(self._links_record(hosts, links, round_cfg))
+            elif (self.run_dir / "links.jsonl").exists():
+                # Resumed on one host after a run across hosts: a line without links, so the report does not
+                # speak of links this process did not use.
+                here = hosts or [socket.gethostname()]
+                self.logger.log_links({"update": self.counters.update, "hosts": here, "links": []})
         self.evaluations = Evaluations(cfg, self.run_dir, self.round.policy_step) if self.is_main else None
         self.recent = collections.deque(self.counters.recent_returns, maxlen=RECENT_GAMES)
         self.rank_totals: dict[int, np.ndarray] = collections.defaultdict(

@@ -177,3 +177,7 @@ def test_a_partition_ends_the_job_and_the_survivor_resumes(tmp_path):
     assert code == 0, text[-3000:]
     assert f"resumed from the checkpoint at step {steps[-1]:,}" in text, text[-2000:]  # the newest one
     assert read_jsonl(run_dir / "metrics.jsonl")[-1]["step"] >= steps[-1] + 1024
+    # The two-host start measured its link; the resume on one host adds a line without links, so the report
+    # does not speak of a link the last process did not use.
+    links = read_jsonl(run_dir / "links.jsonl")
+    assert links[0]["links"] and links[-1]["links"] == [], links
