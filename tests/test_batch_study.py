@@ -180,6 +180,24 @@ def test_played_milestones_move_each_milestone_back_by_half_the_games_span():
     assert played_milestones(games[:1], 4, window=2) == {m: None for m in ("-15", "-10", "0", "10", "18", "20")}
 
 
+def test_a_resumed_runs_milestones_count_the_time_of_every_process():
+    """A run's first process ended its last game at 300 s; the resumed process's clock starts again, and its
+    games end at 40 s and 60 s of its own: 340 s and 360 s since the run's first command. A window of 1
+    puts +20 at the second game of the resumed process (step 900)."""
+    from jaxpong.bench.learning import elapsed_s, milestones_from_games
+
+    games = [
+        {"step": 100, "return": -21.0, "process_s": 200.0},
+        {"step": 500, "return": 10.0, "process_s": 300.0},
+        {"step": 800, "return": 19.0, "process_s": 40.0},
+        {"step": 900, "return": 21.0, "process_s": 60.0},
+    ]
+    assert elapsed_s(games) == [200.0, 300.0, 340.0, 360.0]
+    reached = milestones_from_games(games, window=1)
+    assert reached["18"] == {"time_s": 340.0, "step": 800}
+    assert reached["20"] == {"time_s": 360.0, "step": 900}
+
+
 def test_a_rerun_dates_older_rows_by_the_games_middles_from_their_run_folders(tmp_path):
     """A row written before the played column gains it when the study runs again (nothing left to train):
     20 games of 19 over 2 steps each on 256 games, ended at 1,000, were played around 1,000 - 256 = 744."""

@@ -40,10 +40,25 @@ def _first_reached(games: list[dict], window: int) -> dict[str, int | None]:
     return out
 
 
+def elapsed_s(games: list[dict]) -> list[float]:
+    """Each game's end in seconds since its run's first command started: `process_s` counts from its own
+    process's start, so where a resumed process starts again from zero, the earlier processes' times (each
+    up to its last game) are added."""
+    out, offset, last = [], 0.0, 0.0
+    for g in games:
+        if g["process_s"] < last:  # a new process: its clock started again
+            offset += last
+        last = g["process_s"]
+        out.append(offset + last)
+    return out
+
+
 def milestones_from_games(games: list[dict], window: int = WINDOW) -> dict:
-    """{"-15": {"time_s", "step"} or None, ...}: first time the mean of the last `window` games >= m."""
+    """{"-15": {"time_s", "step"} or None, ...}: first time the mean of the last `window` games >= m, in
+    seconds since the run's first command (elapsed_s) and in agent steps."""
+    seconds = elapsed_s(games)
     return {
-        m: None if i is None else {"time_s": round(games[i]["process_s"], 1), "step": int(games[i]["step"])}
+        m: None if i is None else {"time_s": round(seconds[i], 1), "step": int(games[i]["step"])}
         for m, i in _first_reached(games, window).items()
     }
 
@@ -362,8 +377,8 @@ def compare_ranks(
     steps, each with a rank-sum p against the first count. Resumable: a seed already in DIR/results.json
     (same flags) is not trained again. Extendable: rerun with a larger --total-steps (and a --target-return),
     each seed that stopped at the smaller budget is resumed from its last checkpoint to the new one; its
-    row says where ("resumed_at_step"), and its seconds after that count from the resumed process's start,
-    so compare extended runs in agent steps."""
+    row says where ("resumed_at_step"), and its seconds add the time of each of its processes (elapsed_s;
+    the pause between them is not counted)."""
     base, cfg_file = _base_dir(cfg, run_dir, "bench_learn_ranks")
     rows: dict[int, list[dict]] = {n: [] for n in counts}
     curves: dict[int, list] = {n: [] for n in counts}
@@ -392,7 +407,9 @@ def compare_ranks(
                 row["resumed_at_step"] = done[(n, seed)]["steps"]
             elif (n, seed) in done and (seed_dir / "games.jsonl").exists():
                 print(f"seed {seed}, {n} rank(s): already trained ({seed_dir})", flush=True)
-                row, games = done[(n, seed)], read_jsonl(seed_dir / "games.jsonl")
+                games = read_jsonl(seed_dir / "games.jsonl")
+                # Dated again from its games, so a row written by an earlier version reads as a new one would.
+                row = dict(done[(n, seed)], milestones=milestones_from_games(games))
             else:
                 print(f"seed {seed}, {n} rank(s): training for {cfg.run.time_limit_s:g} s -> {seed_dir}", flush=True)
                 row, games = _train_seed(
