@@ -76,3 +76,27 @@ def test_bench_learn_passes_greedy_games_at_one_rank_count(monkeypatch, capsys):
     assert seen["greedy_games"] == 0 and seen["seeds"] == 1
     assert main(["bench", "--learn", "--time-limit-s", "5", "--greedy-games", "-1"]) == 2
     assert "--greedy-games: -1 must be 0 or more" in capsys.readouterr().err
+
+
+def test_a_seed_is_extended_only_where_its_learning_rate_schedule_stays(tmp_path):
+    """A seed trained to 800k is resumed to 1.6M when its rate annealed over a fixed 10M horizon (the
+    schedule goes on unchanged); one whose rate annealed over its own 800k budget would get another
+    schedule at the resume, and is refused with the flag that keeps it; a seed that already won is not."""
+    import yaml
+
+    from jaxpong.base.config import Config
+    from jaxpong.base.errors import ConfigError
+    from jaxpong.bench.learning import _extends
+
+    row = {"steps": 800_000, "best_return": 12.0}
+    saved = {"run": {"total_steps": 800_000}, "algo": {"anneal_lr": True, "anneal_steps": 10_000_000}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    longer = Config.from_dict(
+        {"run": {"total_steps": 1_600_000, "target_return": 20.0}, "algo": {"anneal_steps": 10_000_000}}
+    )
+    assert _extends(tmp_path, row, longer)
+    assert not _extends(tmp_path, dict(row, best_return=20.5), longer)  # reached the target already
+    saved["algo"]["anneal_steps"] = 0  # annealed over its own 800k
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="annealed over 800,000 agent steps.*--anneal-steps 800000"):
+        _extends(tmp_path, row, longer)

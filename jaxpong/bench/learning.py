@@ -363,7 +363,19 @@ def _extends(seed_dir: Path, row: dict, cfg: Config) -> bool:
     saved = yaml.safe_load((seed_dir / "config.yaml").read_text()) if (seed_dir / "config.yaml").exists() else {}
     budget_before = int((saved.get("run") or {}).get("total_steps", cfg.run.total_steps))
     won = row.get("best_return") is not None and row["best_return"] >= cfg.run.target_return  # nan: never
-    return budget_before < cfg.run.total_steps and row["steps"] < cfg.run.total_steps and not won
+    extends = budget_before < cfg.run.total_steps and row["steps"] < cfg.run.total_steps and not won
+    algo = saved.get("algo") or {}
+    if extends and cfg.algo.anneal_lr and algo.get("anneal_lr", True):
+        # A rate annealed over the run's own budget would change its schedule at the resume: a different run.
+        before = int(algo.get("anneal_steps", 0)) or budget_before
+        after = cfg.algo.anneal_steps or cfg.run.total_steps
+        if before != after:
+            raise ConfigError(
+                f"{seed_dir}: its learning rate annealed over {before:,} agent steps, a run to --total-steps "
+                f"{cfg.run.total_steps:,} anneals over {after:,}; resume it with --anneal-steps {before}, or "
+                "give another --run-dir"
+            )
+    return extends
 
 
 def compare_ranks(
