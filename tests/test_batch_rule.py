@@ -168,3 +168,32 @@ def test_rule_sqrt_lr_keeps_the_minibatches_and_raises_the_learning_rate():
     assert scaled.algo.learning_rate == pytest.approx(4e-3)  # 1e-3 x sqrt(16)
     assert "learning rate 0.004 (x sqrt 16), 4 minibatches of 8192 samples" in line
     assert batch_rule.apply(cfg, 1) == (cfg, [])
+
+
+@pytest.mark.parametrize(
+    "ranks, games, chosen",
+    [
+        (1, 32, "behaviour"),  # 1x: the policy that played, as today
+        (2, 32, "behaviour"),  # shared games: still 1x
+        (8, 128, "behaviour"),  # 8 ranks down to the floor of 16 games: 4x, below 8x
+        (16, 256, "ewma"),  # 16 ranks of 16: 8x, the moving average
+        (32, 512, "ewma"),  # 16x
+    ],
+)
+def test_proximal_auto_clips_to_the_moving_average_from_eight_times_the_games(ranks, games, chosen):
+    cfg = _cfg(proximal="auto")
+    scaled, lines = batch_rule.apply(cfg, ranks)
+    assert scaled.algo.proximal == chosen and cfg.algo.proximal == "auto"  # the user's config keeps auto
+    assert scaled.env.num_envs * ranks == games
+    line = lines[-1]
+    assert line.startswith(f"proximal auto: {games} games in all ({games // 32:g}x reference_games)"), line
+    assert ("(ewma)" in line) == (chosen == "ewma") and line.endswith("ewma from 8x")
+    # The rule moves only the clip's reference: the other rules give the same update as without it.
+    plain, _ = batch_rule.apply(_cfg(), ranks)
+    assert dataclasses.replace(scaled.algo, proximal="behaviour") == plain.algo
+
+
+def test_proximal_other_than_auto_is_left_as_given():
+    for given in ("behaviour", "ewma"):
+        cfg = _cfg(proximal=given)
+        assert batch_rule.proximal_for(cfg, 512) == (cfg, None)

@@ -226,3 +226,21 @@ def test_ppo_ewma_moves_the_proximal_weights_by_their_decay(ppo_setup):
     want = jax.tree.map(lambda old, new: 0.75 * old + 0.25 * new, params, plain[0].params)
     assert_trees_close(ewma[0].proximal, want, rtol=1e-5, atol=1e-6)
     assert plain[0].proximal is None
+
+
+def test_a_moving_average_kept_but_not_clipped_to_leaves_plain_ppo(ppo_setup):
+    """proximal auto below ewma_from_scale: the round config says behaviour, the state still carries the
+    average (so a resume at a larger scale can use it). The parameters move exactly as plain PPO's, and the
+    average by its decay (0.75 at ewma_age 4), as with ewma."""
+    cfg, network, params, batch, targets, norm = ppo_setup
+    apply_fn = lambda p, x: network.apply(p, x)  # noqa: E731
+    b = jax.tree.map(jnp.asarray, batch)
+    plain = make_optimize(cfg, apply_fn, OPTIMIZER, lambda x: x)(fresh_state(params), b, targets, norm, 1.0, 1.0)
+    kept_cfg = small_cfg()
+    kept_cfg.algo.ewma_age = 4.0
+    assert kept_cfg.algo.proximal == "behaviour"
+    start = fresh_state(params).replace(proximal=params)
+    kept = make_optimize(kept_cfg, apply_fn, OPTIMIZER, lambda x: x)(start, b, targets, norm, 1.0, 1.0)
+    assert_trees_close(kept[0].params, plain[0].params, rtol=1e-6, atol=1e-7)
+    want = jax.tree.map(lambda old, new: 0.75 * old + 0.25 * new, params, plain[0].params)
+    assert_trees_close(kept[0].proximal, want, rtol=1e-5, atol=1e-6)

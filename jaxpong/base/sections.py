@@ -137,8 +137,16 @@ class AlgoConfig:
         "behaviour",
         "ppo: the policy the clip is measured against: behaviour = the one that played the round; ewma = an "
         "exponential moving average of the weights over the last ewma_age optimizer steps (PPO-EWMA, Hilton et "
-        "al. 2022), with the behaviour policy corrected for by an importance weight capped at ratio_cap",
-        choices=["behaviour", "ewma"],
+        "al. 2022), with the behaviour policy corrected for by an importance weight capped at ratio_cap; auto = "
+        "ewma where the global games are at least ewma_from_scale x reference_games, behaviour below (the "
+        "moving average is kept at every scale, so a resume at another rank count can switch)",
+        choices=["behaviour", "ewma", "auto"],
+    )
+    ewma_from_scale: float = _f(
+        8.0,
+        "ppo, proximal auto: the multiple of reference_games from which the clip is measured against the moving "
+        "average (below it the minibatch rule alone holds: docs/batch_scaling.md)",
+        min=0.0,
     )
     ewma_age: float = _f(
         8.0, "ppo, proximal ewma: the moving average's mean age in optimizer steps (decay 1 - 1/age)", min=1.0

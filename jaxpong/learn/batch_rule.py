@@ -21,7 +21,8 @@ candidates measured against it (docs/batch_scaling.md): `steps` shortens the rou
 `sqrt_lr` keeps num_minibatches and raises the learning rate by sqrt(k) (Adam's square-root rule). Two
 more live outside this file because they are not about the batch: algo.proximal ewma (the clip measured
 against a moving average of recent weights, jaxpong/learn/algorithms/ppo.py) and algo.target_kl (the learning
-rate following the late KL, learner.adapt_lr_scale).
+rate following the late KL, learner.adapt_lr_scale); algo.proximal auto turns the first on from
+ewma_from_scale x the reference games (proximal_for).
 
 The rule is applied once per process, from the world size, before anything is built; the run's saved
 config keeps the user's values, so a resume at another rank count derives its own.
@@ -140,12 +141,32 @@ def scaled_update(cfg: Config, global_games: int, rank_games: int) -> tuple[Conf
     return dataclasses.replace(cfg, algo=dataclasses.replace(algo, num_steps=steps, num_minibatches=mbs)), line
 
 
+def proximal_for(cfg: Config, global_games: int) -> tuple[Config, str | None]:
+    """algo.proximal auto for `global_games` games in all: (the config with proximal ewma where they are at
+    least ewma_from_scale x reference_games, behaviour below, one line saying which), or (cfg, None) when
+    proximal is not auto. The state keeps the moving average either way (learner.init_state), so a resume
+    at another rank count may switch."""
+    algo = cfg.algo
+    if algo.algo != "ppo" or algo.proximal != "auto":
+        return cfg, None
+    scale = global_games / algo.reference_games
+    chosen = "ewma" if scale >= algo.ewma_from_scale else "behaviour"
+    reference = "a moving average of the weights (ewma)" if chosen == "ewma" else "the policy that played (behaviour)"
+    line = (
+        f"proximal auto: {global_games} games in all ({scale:g}x reference_games), the clip measured against "
+        f"{reference}; ewma from {algo.ewma_from_scale:g}x"
+    )
+    return dataclasses.replace(cfg, algo=dataclasses.replace(algo, proximal=chosen)), line
+
+
 def apply(cfg: Config, world_size: int) -> tuple[Config, list[str]]:
     """(the config this process trains with, the lines saying what the rules changed): the games
-    first (share), then the update (algo.batch_rule) for the global batch that results."""
+    first (share), then the update (algo.batch_rule, algo.proximal auto) for the global batch that results."""
     cfg, share_line = share(cfg, world_size)
-    cfg, rule_line = scaled_update(cfg, cfg.env.num_envs * world_size, cfg.env.num_envs)
-    return cfg, [line for line in (share_line, rule_line) if line]
+    global_games = cfg.env.num_envs * world_size
+    cfg, rule_line = scaled_update(cfg, global_games, cfg.env.num_envs)
+    cfg, proximal_line = proximal_for(cfg, global_games)
+    return cfg, [line for line in (share_line, rule_line, proximal_line) if line]
 
 
 MOST_RANKS = 1 << 14  # where useful_ranks stops counting

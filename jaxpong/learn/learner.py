@@ -34,8 +34,8 @@ class TrainState:
     params: dict
     opt_state: optax.OptState
     key: jax.Array
-    # algo.proximal ewma: the moving average of the weights the clip is measured against (None otherwise, so a
-    # state without it has the tree of every earlier checkpoint).
+    # algo.proximal ewma or auto: the moving average of the weights the clip is measured against (None otherwise,
+    # so a state without it has the tree of every earlier checkpoint).
     proximal: dict | None = None
 
 
@@ -46,7 +46,7 @@ def init_state(cfg: Config, network, optimizer, seed_key) -> TrainState:
     # = keys.stream_root(seed, STREAM_INIT / STREAM_UPDATE) for seed_key = PRNGKey(seed) (tests/test_reliability.py)
     init_key, run_key = jax.random.split(seed_key)
     params = jax.jit(network.init)(init_key, to_float(dummy))  # jitted: eager init of a 5376x200 layer takes seconds
-    proximal = params if cfg.algo.algo == "ppo" and cfg.algo.proximal == "ewma" else None
+    proximal = params if cfg.algo.algo == "ppo" and cfg.algo.proximal in ("ewma", "auto") else None
     return TrainState(params=params, opt_state=optimizer.init(params), key=run_key, proximal=proximal)
 
 
@@ -242,6 +242,9 @@ def make_optimize(
     algorithm = ALGORITHMS[cfg.algo.algo]
     epochs, minibatches = schedule(cfg)
     decay = ewma_decay(cfg)
+    # Static: the clip's reference. A state may carry the moving average without using it (proximal auto
+    # below ewma_from_scale, resolved by batch_rule.apply); it is kept current either way.
+    clip_to_average = cfg.algo.algo == "ppo" and cfg.algo.proximal == "ewma"
     phase_columns = [algorithm.METRICS.index(name) for name in getattr(algorithm, "PHASE_METRICS", ())]
 
     def loss_fn(params, samples, norm, poison):
@@ -291,7 +294,7 @@ def make_optimize(
             mb = jax.tree.map(lambda x: x[idx], samples)
             if mb_sparse is not None:
                 mb["features"] = mb_sparse
-            if proximal is not None:  # PPO-EWMA: the clip's reference is the weights' moving average
+            if proximal is not None and clip_to_average:  # PPO-EWMA: the clip's reference is the weights' average
                 prox_logits, _ = apply_fn(proximal, to_float(mb["features"]))
                 prox_all = jax.nn.log_softmax(prox_logits)
                 mb["prox_logprobs"] = jnp.take_along_axis(prox_all, mb["actions"][:, None], axis=-1)[:, 0]
