@@ -16,7 +16,7 @@ LEARN_SECONDS ?= 300
 # the default build CPU-only, also where a CUDA toolkit without headers is installed.
 NOCUDA := $(abspath $(VENV))/nocuda
 
-.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-two-like-one bench-batch-rules bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed bench-device device-wheels clean
+.PHONY: install train test test-slow test-scale lint wheel-check bench bench-learn bench-learn-ranks bench-two-like-one bench-batch-rules bench-real-ranks bench-ranks bench-scaling bench-startup bench-batch bench-sim bench-2016 bench-2016-speed bench-device device-wheels clean
 
 install: $(STAMP)
 
@@ -148,6 +148,16 @@ RULE_OUT ?= runs/batch_rules_10m
 bench-batch-rules: install
 	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --scales $(RULE_SCALES) --seeds $(RULE_SEEDS) --rules $(RULE_ARMS) \
 		--total-steps $(RULE_STEPS) --target-return 18 --out $(RULE_OUT) $(ARGS)
+
+# Real ranks against their emulation (docs/batch_scaling.md, "Real ranks against the emulation"): REAL_RANKS
+# ranks sharing the config's games (the default's 32 down to 16 each: 4 ranks play 64, 2x), oversubscribed where
+# the host has fewer cores, against one process with as many games under the same rule, in agent steps.
+REAL_RANKS ?= 4
+REAL_SEEDS ?= 1,2,3
+REAL_ARM ?= minibatch
+bench-real-ranks: install
+	$(PY) -m jaxpong.batchstudy --config $(CONFIG) --ranks $(REAL_RANKS) --seeds $(REAL_SEEDS) --rules $(REAL_ARM) \
+		--total-steps 2500000 --target-return 18 --out runs/real_ranks $(ARGS)
 
 # The 2016 setup (configs/seed_ppg.yaml) at small scale, one core per rank as on ARCHER: 1 rank (two runs
 # side by side, pinned to cores 0 and 1), then 2 ranks, each with the 2016 fixed 2-s windows (unscored

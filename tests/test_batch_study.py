@@ -78,7 +78,7 @@ def test_bad_study_flags_get_one_line(capsys):
     assert main(["--rules", "minibatch+fast"]) == 2
     assert "optionally followed by +ewma or +kl" in capsys.readouterr().err
     assert main(["--total-steps", "0"]) == 2  # the same spelling as train's and bench --learn's
-    assert "--jobs and --total-steps must be at least 1" in capsys.readouterr().err
+    assert "--jobs, --ranks and --total-steps must be at least 1" in capsys.readouterr().err
     assert main(["--config", "nope.yaml", "--out", "/nonexistent/x"]) == 2
     assert "nope.yaml" in capsys.readouterr().err
 
@@ -225,3 +225,58 @@ def test_a_rerun_dates_older_rows_by_the_games_middles_from_their_run_folders(tm
     assert again["played"] == {"0": 744, "18": 744, "20": None}
     # rounds to +18 (not in this row) -, +18 by the games' middle 744 -> 1k, then no drift figures
     assert "| - | 1k | - | - |" in (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "arm, ranks, scale, flags",
+    [
+        # 4 ranks share the default's 32 games down to the floor of 16 each: 64 in all, the emulated 2x
+        ("minibatch", 4, 2, ["--ranks", "4", "--oversubscribe", "--batch-rule", "minibatch"]),
+        # 16 ranks of 16: 256 games, 8x, with the arm's modifier
+        (
+            "minibatch+ewma",
+            16,
+            8,
+            ["--ranks", "16", "--oversubscribe", "--batch-rule", "minibatch", "--proximal", "ewma"],
+        ),
+    ],
+)
+def test_real_ranks_share_the_games_and_land_on_an_emulated_scale(arm, ranks, scale, flags):
+    from jaxpong.base.config import build
+    from jaxpong.scale.batchstudy import real_ranks
+
+    assert real_ranks(arm, ranks, build("configs/default.yaml", {})) == (scale, flags)
+
+
+def test_real_ranks_whose_games_match_no_scale_are_refused():
+    """3 ranks of 16 games play 48, 1.5x the default's 32: no emulated row to set them beside."""
+    from jaxpong.base.config import build
+    from jaxpong.base.errors import ConfigError
+    from jaxpong.scale.batchstudy import real_ranks
+
+    with pytest.raises(ConfigError, match="--ranks 3: 48 games in all is not a whole multiple of the config's 32"):
+        real_ranks("minibatch", 3, build("configs/default.yaml", {}))
+
+
+def test_real_rank_rows_sit_beside_the_emulated_ones_in_the_table(tmp_path):
+    """A 1x row at 800k, an emulated 2x at 900k and 4 real ranks (2x) at 1,000k: the real row is labelled by its
+    ranks and compared with the 1x of its arm (1.25x); its folder is minibatch@4_x2_seed1."""
+    from jaxpong.scale.batchstudy import batch_study, run_name, summarise, table
+
+    def row(rule, scale, step):
+        milestones = {"0": {"step": step // 2}, "18": {"step": step}, "20": None}
+        return {"rule": rule, "scale": scale, "seed": 1, "target": 18, "milestones": milestones}
+
+    rows = summarise([row("minibatch", 1, 800_000), row("minibatch", 2, 900_000), row("minibatch@4", 2, 1_000_000)])
+    text = table(rows)
+    assert "| minibatch, 4 real ranks | 2x | 1 | 500k | 1,000k (1/1) | - (0/0) | 1.25x |" in text, text
+    assert "| minibatch | 2x | 1 | 450k | 900k (1/1) | - (0/0) | 1.12x |" in text, text
+    assert run_name("minibatch@4", 2, 1) == "minibatch@4_x2_seed1"
+    # A study of real ranks with its rows (real and emulated) already there trains nothing and tables both.
+    extra = dict(games=64, max_steps=5000, anneal_steps=10_000_000)
+    done = [dict(row("minibatch@4", 2, 1_000_000), **extra), dict(row("minibatch", 2, 900_000), **extra)]
+    (tmp_path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in done))
+    kwargs = dict(scales=[8], seeds=[1], rules=["minibatch"], max_steps=5000, out_dir=str(tmp_path), target=18)
+    assert batch_study("configs/default.yaml", ranks=4, **kwargs) == 0
+    written = (tmp_path / "table.md").read_text()
+    assert "| minibatch, 4 real ranks | 2x |" in written and "| minibatch | 2x |" in written

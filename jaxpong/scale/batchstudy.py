@@ -54,6 +54,28 @@ def parse_arm(arm: str) -> tuple[str, list[str]]:
     return rule, [flag for m in mods for flag in MODIFIERS[m]]
 
 
+def split_label(label: str) -> tuple[str, int]:
+    """A study row's rule label: `ARM` (one process standing in for ranks) or `ARM@R` (R real ranks)."""
+    arm, _, ranks = label.partition("@")
+    return arm, int(ranks) if ranks else 1
+
+
+def real_ranks(arm: str, ranks: int, cfg) -> tuple[int, list[str]]:
+    """(the scale, the train flags) of `ranks` real ranks (`train --ranks R`, oversubscribed where the host has
+    fewer cores) sharing the config's games under `arm`: env.share_games gives each rank its share (down to
+    min_rank_games), and the batch rule follows the global games as in any multi-rank run."""
+    rule, mods = parse_arm(arm)
+    ranked = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))
+    shared, _ = batch_rule.share(ranked, ranks)
+    games = shared.env.num_envs * ranks
+    if games % cfg.env.num_envs:
+        raise ConfigError(
+            f"--ranks {ranks}: {games} games in all is not a whole multiple of the config's {cfg.env.num_envs}, "
+            "so no emulated scale matches it; choose a rank count whose shares add up to one"
+        )
+    return games // cfg.env.num_envs, ["--ranks", str(ranks), "--oversubscribe", "--batch-rule", rule, *mods]
+
+
 def study_config(arm: str, scale: int, cfg):
     """The config one process trains with, standing in for `scale` ranks of the config's games each under
     `arm`: what the rule (jaxpong/learn/batch_rule.py) gives k real ranks, with one rank's games for its caps."""
@@ -136,10 +158,12 @@ def table(rows: list[dict]) -> str:
         return "-" if v is None else f"{v:.{digits}f}"
 
     for r in rows:
-        base = ref.get(r["rule"]) or ref.get("minibatch") or {}
+        arm, ranks = split_label(r["rule"])
+        base = ref.get(arm) or ref.get("minibatch") or {}
         ratio = f"{r['steps_18'] / base['steps_18']:.2f}x" if r["steps_18"] and base.get("steps_18") else "-"
+        name = f"{arm}, {ranks} real ranks" if ranks > 1 else arm
         lines.append(
-            f"| {r['rule']} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
+            f"| {name} | {r['scale']}x | {r['seeds']} | {fmt(r['steps_0'])} | {fmt(r['steps_18'])} "
             f"({r['reached_18']}/{r['measured_18']}) | {fmt(r['steps_20'])} "
             f"({r['reached_20']}/{r['measured_20']}) | {ratio} | {r.get('rounds_18') or '-'} "
             f"| {fmt(r.get('played_18'))} | {num(r.get('approx_kl_late'), 4)} | {num(r.get('clipfrac_late'), 3)} |"
@@ -248,12 +272,17 @@ def _played(games: list[dict], num_games: int) -> dict:
     return {m: played[m] for m in STUDY_MILESTONES}
 
 
+def run_name(label: str, scale: int, seed: int) -> str:
+    """A run's folder in the study's OUT: e.g. minibatch_x8_seed1, minibatch@4_x2_seed1 (4 real ranks)."""
+    return f"{label}_x{scale}_seed{seed}"
+
+
 def _date_by_play(results_file: Path, out: Path) -> None:
     """Rows written before the study dated milestones by the games' middles gain them from their run folders."""
     rows = read_jsonl(results_file)
 
     def games_file(r: dict) -> Path:
-        return out / f"{r['rule']}_x{r['scale']}_seed{r['seed']}" / "games.jsonl"
+        return out / run_name(r["rule"], r["scale"], r["seed"]) / "games.jsonl"
 
     stale = [r for r in rows if "played" not in r and "games" in r and games_file(r).is_file()]
     for r in stale:
@@ -275,7 +304,11 @@ def batch_study(
     target: float = 20,
     jobs: int = 1,
     extra_args: list[str] | None = None,
+    ranks: int = 1,
 ) -> int:
+    """Train what OUT/results.jsonl lacks, then write its table and plot. ranks > 1: each arm both as that many
+    real ranks (rows labelled ARM@R) and as the one process standing in for them, at the scale their shared
+    games give (`scales` is not used)."""
     cfg = build(config_file, {})
     base_games = cfg.env.num_envs
     out = Path(out_dir)
@@ -292,6 +325,12 @@ def batch_study(
         )
     _date_by_play(results_file, out)
     done = {(r["rule"], r["scale"], r["seed"]) for r in read_jsonl(results_file)}
+    launch: dict[str, list[str]] = {}  # a real-rank label's train flags
+    if ranks > 1:
+        real = {arm: real_ranks(arm, ranks, cfg) for arm in rules}
+        launch = {f"{arm}@{ranks}": flags for arm, (_, flags) in real.items()}
+        scales = sorted({scale for scale, _ in real.values()})
+        rules = [label for arm in rules for label in (arm, f"{arm}@{ranks}")]  # each beside its emulation
     # Seeds outermost: a study stopped early still has every scale at its first seeds.
     plan = [(rule, scale, seed) for seed in seeds for scale in scales for rule in rules]
     todo = [p for p in plan if p not in done]
@@ -300,7 +339,7 @@ def batch_study(
     while (todo and not failed) or running:
         while todo and not failed and len(running) < jobs:
             rule, scale, seed = todo.pop(0)
-            run_dir = out / f"{rule}_x{scale}_seed{seed}"
+            run_dir = out / run_name(rule, scale, seed)
             cmd = train_argv(
                 config_file,
                 run_dir,
@@ -314,7 +353,7 @@ def batch_study(
                 "off",
                 "--checkpoint-every",
                 "1000000000",
-                *run_args(rule, scale, cfg),
+                *(launch[rule] if rule in launch else run_args(rule, scale, cfg)),
                 *horizon,
                 *(extra_args or []),
             )
@@ -388,14 +427,22 @@ def main(argv: list[str] | None = None) -> int:
         "--target-return", dest="target", type=float, default=20, help="stop each run at this last-20 mean return"
     )
     p.add_argument("--jobs", type=int, default=1, help="runs trained at once")
+    p.add_argument(
+        "--ranks",
+        type=int,
+        default=1,
+        help="train each arm both as this many real ranks sharing the config's games (train --ranks R, "
+        "oversubscribed on a smaller host; rows labelled ARM@R) and as one process standing in for them; the "
+        "scale follows from their games, --scales is not used",
+    )
     a, extra = p.parse_known_args(argv)
     try:
         scales, seeds = _ints("--scales", a.scales), _ints("--seeds", a.seeds)
         rules = a.rules.split(",")
         for arm in rules:
             parse_arm(arm)
-        if a.jobs < 1 or a.max_steps < 1:
-            raise ConfigError("--jobs and --total-steps must be at least 1")
+        if a.jobs < 1 or a.max_steps < 1 or a.ranks < 1:
+            raise ConfigError("--jobs, --ranks and --total-steps must be at least 1")
         return batch_study(
             a.config,
             scales=scales,
@@ -406,6 +453,7 @@ def main(argv: list[str] | None = None) -> int:
             target=a.target,
             jobs=a.jobs,
             extra_args=extra,
+            ranks=a.ranks,
         )
     except ConfigError as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
