@@ -193,6 +193,14 @@ def test_a_resumed_runs_milestones_count_the_time_of_every_process():
         {"step": 900, "return": 21.0, "process_s": 60.0},
     ]
     assert elapsed_s(games) == [200.0, 300.0, 340.0, 360.0]
+    # A resumed process whose first game ends later on its own clock than the first process's last game
+    # shows by its lag behind the run's clock (time_s goes on across the resume; process_s starts again).
+    timed = [
+        {"step": 100, "return": -21.0, "process_s": 27.0, "time_s": 20.0},
+        {"step": 200, "return": 21.0, "process_s": 47.0, "time_s": 40.0},  # lag 7 s: the same process
+        {"step": 300, "return": 21.0, "process_s": 90.0, "time_s": 50.0},  # lag 40 s: a new one, 47 s before it
+    ]
+    assert elapsed_s(timed) == [27.0, 47.0, 137.0]
     reached = milestones_from_games(games, window=1)
     assert reached["18"] == {"time_s": 340.0, "step": 800}
     assert reached["20"] == {"time_s": 360.0, "step": 900}
@@ -232,12 +240,12 @@ def test_a_rerun_dates_older_rows_by_the_games_middles_from_their_run_folders(tm
     [
         # 4 ranks share the default's 32 games down to the floor of 16 each: 64 in all, the emulated 2x
         ("minibatch", 4, 2, ["--ranks", "4", "--oversubscribe", "--batch-rule", "minibatch"]),
-        # 16 ranks of 16: 256 games, 8x, with the arm's modifier
+        # 8 ranks of 16: 128 games, 4x (16 minibatches of 512 either way), with the arm's modifier
         (
             "minibatch+ewma",
-            16,
             8,
-            ["--ranks", "16", "--oversubscribe", "--batch-rule", "minibatch", "--proximal", "ewma"],
+            4,
+            ["--ranks", "8", "--oversubscribe", "--batch-rule", "minibatch", "--proximal", "ewma"],
         ),
     ],
 )
@@ -249,13 +257,17 @@ def test_real_ranks_share_the_games_and_land_on_an_emulated_scale(arm, ranks, sc
 
 
 def test_real_ranks_whose_games_match_no_scale_are_refused():
-    """3 ranks of 16 games play 48, 1.5x the default's 32: no emulated row to set them beside."""
+    """3 ranks of 16 games play 48, 1.5x the default's 32: no emulated row to set them beside. 16 ranks of 16
+    play 256 (8x), but a rank's 1,024 samples cap the minibatches at 16 where the 8x stand-in (ranks of 32,
+    2,048 samples) gets 32: another update, so no check of the stand-in."""
     from jaxpong.base.config import build
     from jaxpong.base.errors import ConfigError
     from jaxpong.scale.batchstudy import real_ranks
 
     with pytest.raises(ConfigError, match="--ranks 3: 48 games in all is not a whole multiple of the config's 32"):
         real_ranks("minibatch", 3, build("configs/default.yaml", {}))
+    with pytest.raises(ConfigError, match="ranks of 16 games get 16 minibatches.*8x stand-in .* gets 32"):
+        real_ranks("minibatch", 16, build("configs/default.yaml", {}))
 
 
 def test_real_rank_rows_sit_beside_the_emulated_ones_in_the_table(tmp_path):

@@ -86,7 +86,7 @@ def test_a_seed_is_extended_only_where_its_learning_rate_schedule_stays(tmp_path
 
     from jaxpong.base.config import Config
     from jaxpong.base.errors import ConfigError
-    from jaxpong.bench.learning import _extends
+    from jaxpong.bench.learning import _extends, resume_flags
 
     row = {"steps": 800_000, "best_return": 12.0}
     saved = {"run": {"total_steps": 800_000}, "algo": {"anneal_lr": True, "anneal_steps": 10_000_000}}
@@ -98,5 +98,20 @@ def test_a_seed_is_extended_only_where_its_learning_rate_schedule_stays(tmp_path
     assert not _extends(tmp_path, dict(row, best_return=20.5), longer)  # reached the target already
     saved["algo"]["anneal_steps"] = 0  # annealed over its own 800k
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
-    with pytest.raises(ConfigError, match="annealed over 800,000 agent steps.*--anneal-steps 800000"):
+    with pytest.raises(
+        ConfigError, match="annealed over 800,000 agent steps.*would anneal over 10,000,000.*--anneal-steps 800000"
+    ):
         _extends(tmp_path, row, longer)
+    # The flag the message names is what the resume then runs with: the seed extends, over its own 800k.
+    kept = Config.from_dict({"run": {"total_steps": 1_600_000}, "algo": {"anneal_steps": 800_000}})
+    assert _extends(tmp_path, row, kept)
+    assert resume_flags(kept)[-4:] == ["--anneal-lr", "true", "--anneal-steps", "800000"]
+    # A benchmark without annealing would change a seed that annealed: refused, and the other way round.
+    flat = Config.from_dict({"run": {"total_steps": 1_600_000}, "algo": {"anneal_lr": False}})
+    with pytest.raises(ConfigError, match="would not anneal; give --anneal-steps 800000"):
+        _extends(tmp_path, row, flat)
+    saved["algo"]["anneal_lr"] = False
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(saved))
+    with pytest.raises(ConfigError, match="was not annealed.*give --anneal-lr false"):
+        _extends(tmp_path, row, longer)
+    assert _extends(tmp_path, row, flat)

@@ -244,3 +244,17 @@ def test_a_moving_average_kept_but_not_clipped_to_leaves_plain_ppo(ppo_setup):
     assert_trees_close(kept[0].params, plain[0].params, rtol=1e-6, atol=1e-7)
     want = jax.tree.map(lambda old, new: 0.75 * old + 0.25 * new, params, plain[0].params)
     assert_trees_close(kept[0].proximal, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("proximal, kept", [("behaviour", False), ("ewma", True), ("auto", True)])
+def test_a_fresh_state_keeps_the_moving_average_for_ewma_and_auto(ppo_setup, proximal, kept):
+    """The average starts at the initial weights wherever it may be used (auto: at any rank count, so a
+    resume at another count finds it); with the behaviour policy the state has none (older checkpoints' tree)."""
+    from jaxpong.learn.learner import init_state
+
+    cfg, network = small_cfg(), ppo_setup[1]
+    cfg.algo.proximal = proximal
+    state = init_state(cfg, network, OPTIMIZER, jax.random.PRNGKey(0))
+    assert (state.proximal is not None) == kept
+    if kept:
+        assert_trees_close(state.proximal, state.params, rtol=0, atol=0)

@@ -149,10 +149,10 @@ class AlgoConfig:
         min=0.0,
     )
     ewma_age: float = _f(
-        8.0, "ppo, proximal ewma: the moving average's mean age in optimizer steps (decay 1 - 1/age)", min=1.0
+        8.0, "ppo, proximal ewma or auto: the moving average's mean age in optimizer steps (decay 1 - 1/age)", min=1.0
     )
     ratio_cap: float = _f(
-        2.0, "ppo, proximal ewma: cap on the importance weight proximal / behaviour probability", min=1.0
+        2.0, "ppo, proximal ewma or auto: cap on the importance weight proximal / behaviour probability", min=1.0
     )
     target_kl: float = _f(
         0.0,

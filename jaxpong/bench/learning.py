@@ -42,13 +42,16 @@ def _first_reached(games: list[dict], window: int) -> dict[str, int | None]:
 
 def elapsed_s(games: list[dict]) -> list[float]:
     """Each game's end in seconds since its run's first command started: `process_s` counts from its own
-    process's start, so where a resumed process starts again from zero, the earlier processes' times (each
-    up to its last game) are added."""
-    out, offset, last = [], 0.0, 0.0
+    process's start, so where a resumed process starts again, the earlier processes' times (each up to its
+    last game; a process that finished no game adds nothing) are added. A new process shows as process_s
+    going back, or as a jump in process_s - time_s (time_s, the run's clock, goes on across a resume)."""
+    out, offset, last, lag = [], 0.0, 0.0, None
     for g in games:
-        if g["process_s"] < last:  # a new process: its clock started again
+        this_lag = g["process_s"] - g["time_s"] if "time_s" in g else None
+        moved = lag is not None and this_lag is not None and abs(this_lag - lag) > 1.0
+        if out and (g["process_s"] < last or moved):  # a new process: its clock started again
             offset += last
-        last = g["process_s"]
+        last, lag = g["process_s"], this_lag
         out.append(offset + last)
     return out
 
@@ -170,12 +173,12 @@ def _plot(per_seed_runs: list[tuple[int, list[dict]]], out: Path, title: str) ->
         if len(games) < 1:
             continue
         rets = np.array([g["return"] for g in games], float)
-        t = np.array([g["process_s"] for g in games], float)
+        t = np.array(elapsed_s(games), float)
         trailing = np.array([rets[max(0, i - WINDOW + 1) : i + 1].mean() for i in range(len(rets))])
         ax.plot(t, trailing, label=f"seed {seed}")
     for m in MILESTONES:
         ax.axhline(m, color="grey", lw=0.5, ls=":")
-    ax.set_xlabel("wall-clock seconds since process start")
+    ax.set_xlabel("wall-clock seconds since the run's first command (a resumed run's processes added)")
     ax.set_ylabel(f"mean return, last {WINDOW} full games")
     ax.set_ylim(-21.5, 21.5)
     ax.set_title(title, fontsize=9)
@@ -364,18 +367,36 @@ def _extends(seed_dir: Path, row: dict, cfg: Config) -> bool:
     budget_before = int((saved.get("run") or {}).get("total_steps", cfg.run.total_steps))
     won = row.get("best_return") is not None and row["best_return"] >= cfg.run.target_return  # nan: never
     extends = budget_before < cfg.run.total_steps and row["steps"] < cfg.run.total_steps and not won
-    algo = saved.get("algo") or {}
-    if extends and cfg.algo.anneal_lr and algo.get("anneal_lr", True):
-        # A rate annealed over the run's own budget would change its schedule at the resume: a different run.
-        before = int(algo.get("anneal_steps", 0)) or budget_before
-        after = cfg.algo.anneal_steps or cfg.run.total_steps
+    if extends:
+        # The resume trains with this benchmark's schedule (resume_flags): it must be the one the seed had, or
+        # the resumed seed would be another run (a rate annealed over its own budget changes with the budget).
+        algo = saved.get("algo") or {}
+        before = (int(algo.get("anneal_steps", 0)) or budget_before) if algo.get("anneal_lr", True) else None
+        after = (cfg.algo.anneal_steps or cfg.run.total_steps) if cfg.algo.anneal_lr else None
         if before != after:
+            had = "was not annealed" if before is None else f"annealed over {before:,} agent steps"
+            would = "would not anneal" if after is None else f"would anneal over {after:,}"
+            keep = "--anneal-lr false" if before is None else f"--anneal-steps {before}"
             raise ConfigError(
-                f"{seed_dir}: its learning rate annealed over {before:,} agent steps, a run to --total-steps "
-                f"{cfg.run.total_steps:,} anneals over {after:,}; resume it with --anneal-steps {before}, or "
-                "give another --run-dir"
+                f"{seed_dir}: its learning rate {had}; resumed to --total-steps {cfg.run.total_steps:,} with "
+                f"these flags it {would}; give {keep} to keep its schedule, or another --run-dir"
             )
     return extends
+
+
+def resume_flags(cfg: Config) -> list[str]:
+    """What an extended seed's resume is given: the new budget and target, and this benchmark's learning-rate
+    schedule (which _extends checked is the seed's own), not the seed's saved one."""
+    return [
+        "--total-steps",
+        str(cfg.run.total_steps),
+        "--target-return",
+        str(cfg.run.target_return),
+        "--anneal-lr",
+        "true" if cfg.algo.anneal_lr else "false",
+        "--anneal-steps",
+        str(cfg.algo.anneal_steps or cfg.run.total_steps),
+    ]
 
 
 def compare_ranks(
@@ -406,7 +427,7 @@ def compare_ranks(
             if (n, seed) in done and (seed_dir / "games.jsonl").exists() and _extends(seed_dir, done[(n, seed)], cfg):
                 budget = cfg.run.total_steps
                 print(f"seed {seed}, {n} rank(s): resuming to {budget:,} steps ({seed_dir})", flush=True)
-                flags = ["--total-steps", str(budget), "--target-return", str(cfg.run.target_return)]
+                flags = resume_flags(cfg)
                 row, games = _train_seed(
                     cfg_file,
                     seed_dir,

@@ -236,8 +236,9 @@ class MpiComm:
         than one host, rank 0 measures the link to each other host in turn, one at a time so that no two
         share a link: the round trip of a small message and the bandwidth of `repeats` round trips of
         `nbytes` with that host's first rank. Returns, on rank 0, [{"host", "rank", "mb_s", "rtt_ms"}] per
-        other host (None elsewhere, or with one host). A host that does not answer within timeout_s ends
-        the job, as a rank that misses a collective does."""
+        other host (None elsewhere, or with one host). A host that does not answer within timeout_s (times
+        its turn: it waits while the hosts before it are probed) ends the job, as a rank that misses a
+        collective does."""
         import numpy as np
 
         hosts = self.world.bcast(hosts, root=0)
@@ -246,13 +247,14 @@ class MpiComm:
             return None
         big, small = np.zeros(nbytes, np.uint8), np.zeros(8, np.uint8)
         out = []
-        for host, peer in list(leaders.items())[1:]:
+        for turn, (host, peer) in enumerate(list(leaders.items())[1:]):
             if self.rank not in (0, peer):
                 continue
             other = peer if self.rank == 0 else 0
             label = f"the link probe between rank 0 and host {host} (rank {peer})"
-
-            trip = functools.partial(self._round_trip, other=other, timeout_s=timeout_s, label=label)
+            # A host's first message waits while rank 0 probes the hosts before it: each turn gets its own limit.
+            wait_s = timeout_s * (turn + 1)
+            trip = functools.partial(self._round_trip, other=other, timeout_s=wait_s, label=label)
             trip(small)  # warm the connection: the first message sets it up
             t0 = time.perf_counter()
             trip(small)

@@ -73,7 +73,19 @@ def real_ranks(arm: str, ranks: int, cfg) -> tuple[int, list[str]]:
             f"--ranks {ranks}: {games} games in all is not a whole multiple of the config's {cfg.env.num_envs}, "
             "so no emulated scale matches it; choose a rank count whose shares add up to one"
         )
-    return games // cfg.env.num_envs, ["--ranks", str(ranks), "--oversubscribe", "--batch-rule", rule, *mods]
+    scale = games // cfg.env.num_envs
+    # The stand-in holds ranks of the config's games; the rule's caps follow a rank's games, so past the share
+    # floor the real ranks may get another update than their stand-in: then they are not its check.
+    real_algo = batch_rule.scaled_update(ranked, games, shared.env.num_envs)[0].algo
+    stand_in = study_config(arm, scale, cfg).algo
+    if (real_algo.num_steps, real_algo.num_minibatches) != (stand_in.num_steps, stand_in.num_minibatches):
+        raise ConfigError(
+            f"--ranks {ranks}: ranks of {shared.env.num_envs} games get {real_algo.num_minibatches} minibatches "
+            f"of {real_algo.num_steps}-step rounds under {rule}, where the study's {scale}x stand-in (ranks of "
+            f"{cfg.env.num_envs}) gets {stand_in.num_minibatches} of {stand_in.num_steps}: not the same update; "
+            "choose fewer ranks"
+        )
+    return scale, ["--ranks", str(ranks), "--oversubscribe", "--batch-rule", rule, *mods]
 
 
 def study_config(arm: str, scale: int, cfg):
