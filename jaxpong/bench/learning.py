@@ -45,7 +45,8 @@ def elapsed_s(games: list[dict]) -> list[float]:
     process's start, so where a resumed process starts again, the earlier processes' times (each up to its
     last game; a process that finished no game adds nothing) are added. A new process shows as process_s
     going back, or as a jump in process_s - time_s (time_s, the run's clock, goes on across a resume)."""
-    out, offset, last, lag = [], 0.0, 0.0, None
+    out: list[float] = []
+    offset, last, lag = 0.0, 0.0, None
     for g in games:
         this_lag = g["process_s"] - g["time_s"] if "time_s" in g else None
         moved = lag is not None and this_lag is not None and abs(this_lag - lag) > 1.0
