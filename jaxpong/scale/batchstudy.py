@@ -66,8 +66,8 @@ def real_ranks(arm: str, ranks: int, cfg) -> tuple[int, list[str]]:
     min_rank_games), and the batch rule follows the global games as in any multi-rank run."""
     rule, mods = parse_arm(arm)
     ranked = dataclasses.replace(cfg, algo=dataclasses.replace(cfg.algo, batch_rule=rule))
-    shared, _ = batch_rule.share(ranked, ranks)
-    games = shared.env.num_envs * ranks
+    real, _ = batch_rule.apply(ranked, ranks)  # what each of the ranks trains with: its games, the rule's update
+    games = real.env.num_envs * ranks
     if games % cfg.env.num_envs:
         raise ConfigError(
             f"--ranks {ranks}: {games} games in all is not a whole multiple of the config's {cfg.env.num_envs}, "
@@ -76,11 +76,10 @@ def real_ranks(arm: str, ranks: int, cfg) -> tuple[int, list[str]]:
     scale = games // cfg.env.num_envs
     # The stand-in holds ranks of the config's games; the rule's caps follow a rank's games, so past the share
     # floor the real ranks may get another update than their stand-in: then they are not its check.
-    real_algo = batch_rule.scaled_update(ranked, games, shared.env.num_envs)[0].algo
-    stand_in = study_config(arm, scale, cfg).algo
+    real_algo, stand_in = real.algo, study_config(arm, scale, cfg).algo
     if (real_algo.num_steps, real_algo.num_minibatches) != (stand_in.num_steps, stand_in.num_minibatches):
         raise ConfigError(
-            f"--ranks {ranks}: ranks of {shared.env.num_envs} games get {real_algo.num_minibatches} minibatches "
+            f"--ranks {ranks}: ranks of {real.env.num_envs} games get {real_algo.num_minibatches} minibatches "
             f"of {real_algo.num_steps}-step rounds under {rule}, where the study's {scale}x stand-in (ranks of "
             f"{cfg.env.num_envs}) gets {stand_in.num_minibatches} of {stand_in.num_steps}: not the same update; "
             "choose fewer ranks"
@@ -137,12 +136,11 @@ def summarise(results: list[dict]) -> list[dict]:
         runs = [r for r in results if r["rule"] == rule and r["scale"] == scale]
         row = {"rule": rule, "scale": scale, "seeds": len(runs)}
         for m in STUDY_MILESTONES:
-            mine = [r for r in runs if measured(r, m)]
-            steps = sorted(r["milestones"][m]["step"] if r["milestones"].get(m) else np.inf for r in mine)
-            mid = steps[(len(steps) - 1) // 2] if steps else np.inf  # the lower median: an observed seed
-            row[f"steps_{m}"] = None if not np.isfinite(mid) else int(mid)
-            row[f"reached_{m}"] = sum(np.isfinite(s) for s in steps)
-            row[f"measured_{m}"] = len(mine)
+            steps = [(r["milestones"].get(m) or {}).get("step") for r in runs if measured(r, m)]
+            mid = lower_median(steps)  # an observed seed, a miss the slowest
+            row[f"steps_{m}"] = None if mid is None else int(mid)
+            row[f"reached_{m}"] = sum(s is not None for s in steps)
+            row[f"measured_{m}"] = len(steps)
         # Rounds to +18 and +18 by the games' middle (lower medians, a miss the slowest), the late drift's median.
         for key, name in (("rounds", "rounds_18"), ("played", "played_18")):
             mid = lower_median([(r.get(key) or {}).get("18") for r in runs if measured(r, "18") and key in r])
